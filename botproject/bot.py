@@ -1,0 +1,62 @@
+"""The demo bot: a pizza counter per chat and a message counter per user."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from telegram import Update
+from telegram.ext import Application, ApplicationBuilder, CommandHandler, MessageHandler, filters
+
+from botsessions import Fragment, SessionContext, Sessions, per_chat, per_user, use_sessions
+
+sessions = Sessions.multi(
+    chat=Fragment(initial=lambda: {"pizza_count": 0}, key=per_chat),
+    user=Fragment(initial=lambda: {"messages": 0}, key=per_user),
+    migrate_chats=True,
+)
+
+
+async def count_message(update: Update, context: SessionContext) -> None:
+    """Every text message counts for its sender; a 🍕 also counts for the chat."""
+    context.session.user["messages"] += 1
+    assert update.effective_message is not None
+    if "🍕" in (update.effective_message.text or ""):
+        context.session.chat["pizza_count"] += 1
+
+
+async def hunger(update: Update, context: SessionContext) -> None:
+    assert update.effective_message is not None
+    count = context.session.chat["pizza_count"]
+    await update.effective_message.reply_text(f"Your hunger level is {count}!")
+
+
+async def stats(update: Update, context: SessionContext) -> None:
+    assert update.effective_message is not None
+    messages = context.session.user["messages"]
+    await update.effective_message.reply_text(f"You have sent {messages} messages.")
+
+
+async def reset(update: Update, context: SessionContext) -> None:
+    assert update.effective_message is not None
+    context.session.chat = None
+    await update.effective_message.reply_text("Session reset.")
+
+
+def build_application() -> Application:  # type: ignore[type-arg]
+    """Build the demo bot from the settings (token and optional Bot API server)."""
+    token = settings.TELEGRAM_BOT_TOKEN
+    if not token:
+        raise ImproperlyConfigured(
+            "TELEGRAM_BOT_TOKEN is not set: export the token BotFather gave you "
+            "(or any 123:abc-shaped token when using a fake Bot API server)."
+        )
+    builder = ApplicationBuilder().token(token)
+    if settings.TELEGRAM_API_BASE_URL:
+        base = settings.TELEGRAM_API_BASE_URL.rstrip("/")
+        builder = builder.base_url(base).base_file_url(base.removesuffix("/bot") + "/file/bot")
+    application = use_sessions(builder, sessions).build()
+    application.add_handler(CommandHandler("hunger", hunger))
+    application.add_handler(CommandHandler("stats", stats))
+    application.add_handler(CommandHandler("reset", reset))
+    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, count_message))
+    return application

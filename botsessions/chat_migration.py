@@ -1,0 +1,59 @@
+"""Moving per-chat sessions when Telegram turns a group into a supergroup.
+
+Telegram sends two service messages: ``migrate_to_chat_id`` in the old group and
+``migrate_from_chat_id`` in the new supergroup, in no guaranteed order. Whichever
+arrives first moves the rows; the other finds nothing left to move. A row is never
+moved onto a key the new chat already uses: that data stays where it is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from telegram import Update
+
+from .config import Sessions
+from .storage.base import StorageKey
+
+logger = logging.getLogger("botsessions")
+
+
+def migration_of(update: Update) -> tuple[int, int] | None:
+    """The (old chat id, new chat id) an update announces, if it announces one."""
+    message = update.message or update.effective_message
+    if message is None:
+        return None
+    if message.migrate_to_chat_id:
+        return message.chat.id, message.migrate_to_chat_id
+    if message.migrate_from_chat_id:
+        return message.migrate_from_chat_id, message.chat.id
+    return None
+
+
+async def migrate_chat_sessions(
+    sessions: Sessions, bot_id: int, update: Update
+) -> list[StorageKey]:
+    """Move the sessions of a migrated group to its supergroup; return the moved keys."""
+    ids = migration_of(update)
+    if ids is None:
+        return []
+    return await move_chat(sessions, bot_id, *ids)
+
+
+async def move_chat(
+    sessions: Sessions, bot_id: int, old_chat_id: int, new_chat_id: int
+) -> list[StorageKey]:
+    """Move every per-chat key of ``old_chat_id`` in every fragment to ``new_chat_id``."""
+    moved: list[StorageKey] = []
+    for name, fragment in sessions.fragments.items():
+        storage = fragment.resolve_storage()
+        moved += await storage.rename_chat(bot_id, name, old_chat_id, new_chat_id)
+    if moved:
+        logger.info(
+            "botsessions: moved %d session(s) of bot %s from chat %s to %s",
+            len(moved),
+            bot_id,
+            old_chat_id,
+            new_chat_id,
+        )
+    return moved

@@ -1,0 +1,117 @@
+"""System checks: misconfiguration is reported by ``manage.py check``, not at 2 a.m."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from .conf import settings
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Check every botsessions setting for its shape and for a missing webhook secret."""
+    messages: list[CheckMessage] = []
+    if not getattr(django_settings, "USE_TZ", True):
+        messages.append(
+            Error(
+                "botsessions needs USE_TZ = True: session expiry is kept in UTC.",
+                id="botsessions.E001",
+            )
+        )
+    bots = settings.BOTS
+    if not isinstance(bots, dict):
+        messages.append(
+            Error(
+                "BOTSESSIONS_BOTS must be a dict of alias → bot settings.",
+                hint='{"default": {"APPLICATION": "myproject.bot.build_application"}}',
+                id="botsessions.E002",
+            )
+        )
+        bots = {}
+    for alias, bot in bots.items():
+        messages += _check_bot(alias, bot)
+    for name, value in (
+        ("BOTSESSIONS_MAX_BODY_SIZE", getattr(django_settings, "BOTSESSIONS_MAX_BODY_SIZE", 1)),
+        (
+            "BOTSESSIONS_PURGE_BATCH_SIZE",
+            getattr(django_settings, "BOTSESSIONS_PURGE_BATCH_SIZE", 1),
+        ),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            messages.append(Error(f"{name} must be a positive integer.", id="botsessions.E005"))
+    retention = getattr(django_settings, "BOTSESSIONS_PROCESSED_UPDATES_RETENTION", None)
+    if retention is not None and not (
+        (isinstance(retention, timedelta) and retention >= timedelta(hours=24))
+        or (isinstance(retention, int | float) and retention >= 86400)
+    ):
+        messages.append(
+            Error(
+                "BOTSESSIONS_PROCESSED_UPDATES_RETENTION must cover Telegram's 24-hour "
+                "redelivery window (a timedelta or seconds, at least 24 hours).",
+                id="botsessions.E006",
+            )
+        )
+    return messages
+
+
+def _check_bot(alias: object, bot: object) -> list[CheckMessage]:
+    if not isinstance(bot, dict):
+        return [Error(f"BOTSESSIONS_BOTS[{alias!r}] must be a dict.", id="botsessions.E003")]
+    messages: list[CheckMessage] = []
+    application = bot.get("APPLICATION")
+    if not isinstance(application, str) or "." not in application:
+        messages.append(
+            Error(
+                f"BOTSESSIONS_BOTS[{alias!r}]['APPLICATION'] must be the dotted path of an "
+                "Application or of a function that builds one.",
+                id="botsessions.E004",
+            )
+        )
+    secret = bot.get("WEBHOOK_SECRET") or ""
+    if not isinstance(secret, str):
+        messages.append(
+            Error(
+                f"BOTSESSIONS_BOTS[{alias!r}]['WEBHOOK_SECRET'] must be a string.",
+                id="botsessions.E007",
+            )
+        )
+    elif not secret:
+        text = (
+            f"Bot {alias!r} has no WEBHOOK_SECRET: anyone who finds the webhook URL can "
+            "post forged updates."
+        )
+        hint = "Set BOTSESSIONS_BOTS[alias]['WEBHOOK_SECRET'] and pass it to setwebhook."
+        if django_settings.DEBUG:
+            messages.append(Warning(text, hint=hint, id="botsessions.W001"))
+        else:
+            messages.append(Error(text, hint=hint, id="botsessions.E008"))
+    elif not _valid_secret(secret):
+        messages.append(
+            Error(
+                f"Bot {alias!r}: WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, "
+                "_ and - (Telegram's rule for secret_token).",
+                id="botsessions.E009",
+            )
+        )
+    allowed = bot.get("ALLOWED_UPDATES")
+    if allowed is not None and (
+        not isinstance(allowed, list | tuple) or not all(isinstance(a, str) for a in allowed)
+    ):
+        messages.append(
+            Error(
+                f"BOTSESSIONS_BOTS[{alias!r}]['ALLOWED_UPDATES'] must be a list of update "
+                "type names.",
+                id="botsessions.E010",
+            )
+        )
+    return messages
+
+
+def _valid_secret(secret: str) -> bool:
+    return 0 < len(secret) <= 256 and all(
+        c.isascii() and (c.isalnum() or c in "_-") for c in secret
+    )

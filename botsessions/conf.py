@@ -1,0 +1,47 @@
+"""botsessions' settings, read from ``django.conf.settings`` each time they are used.
+
+Reading lazily keeps ``override_settings`` working in tests. Every setting is
+optional; :mod:`botsessions.checks` reports values of the wrong shape.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings as django_settings
+
+
+class Settings:
+    """One typed property per setting."""
+
+    @property
+    def BOTS(self) -> dict[str, dict[str, Any]]:
+        """Bots served by this project: alias → {"APPLICATION": dotted path, ...}.
+
+        ``APPLICATION`` names a ``telegram.ext.Application`` or a function returning one;
+        ``WEBHOOK_SECRET`` is the secret token Telegram sends with every webhook call;
+        ``ALLOWED_UPDATES`` (optional) is the list of update types ``setwebhook`` asks for.
+        """
+        return getattr(django_settings, "BOTSESSIONS_BOTS", {})
+
+    @property
+    def PROCESSED_UPDATES_RETENTION(self) -> timedelta:
+        """How long the exactly-once records are kept (Telegram redelivers for 24 hours)."""
+        value = getattr(django_settings, "BOTSESSIONS_PROCESSED_UPDATES_RETENTION", None)
+        if value is None:
+            return timedelta(hours=25)
+        return value if isinstance(value, timedelta) else timedelta(seconds=value)
+
+    @property
+    def MAX_BODY_SIZE(self) -> int:
+        """The largest webhook body accepted, in bytes."""
+        return getattr(django_settings, "BOTSESSIONS_MAX_BODY_SIZE", 1024 * 1024)
+
+    @property
+    def PURGE_BATCH_SIZE(self) -> int:
+        """How many rows the purge command deletes per statement."""
+        return getattr(django_settings, "BOTSESSIONS_PURGE_BATCH_SIZE", 1000)
+
+
+settings = Settings()

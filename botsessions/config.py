@@ -1,0 +1,130 @@
+"""How sessions are configured: one :class:`Fragment` per piece of session data.
+
+A single session is one fragment; multi sessions are several named fragments, each
+with its own key, initial data, storage, timeout and migrations. Configuration is
+checked when it is built, so a mistake fails at start-up, not on the first update.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from .errors import ConfigurationError
+from .keys import KeyResolver, per_chat
+from .serializers import Serializer, default_serializer
+from .storage.base import SessionStorage
+from .versioning import DataMigrations, Migration
+
+Initial = Callable[[], Any]
+
+_FRAGMENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """The configuration of one session (or one fragment of a multi session).
+
+    ``initial`` builds the data of a new session (it may be async) and is called for
+    every new session, so two chats never share an object; without it a new session
+    is ``None``. ``key`` resolves the update to a session key (per chat by default);
+    ``prefix`` is put in front of that key. ``storage`` defaults to the Django
+    database. ``ttl`` expires sessions that long after their last write. ``migrations``
+    maps versions to upgrade functions. ``lazy`` loads the session only when a handler
+    awaits it.
+    """
+
+    initial: Initial | None = None
+    key: KeyResolver = per_chat
+    storage: SessionStorage | None = None
+    ttl: timedelta | None = None
+    migrations: Mapping[Any, Migration] | DataMigrations | None = None
+    lazy: bool = False
+    prefix: str = ""
+    serializer: Serializer = default_serializer
+    data_migrations: DataMigrations | None = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.initial is not None and not callable(self.initial):
+            raise ConfigurationError(
+                "initial must be a function that returns new data (a shared object would "
+                "be shared by every chat)"
+            )
+        if not callable(self.key):
+            raise ConfigurationError("key must be a function of the update")
+        if self.storage is not None and not isinstance(self.storage, SessionStorage):
+            raise ConfigurationError("storage must be a botsessions.storage.SessionStorage")
+        if self.ttl is not None and (
+            not isinstance(self.ttl, timedelta) or self.ttl <= timedelta(0)
+        ):
+            raise ConfigurationError("ttl must be a positive datetime.timedelta")
+        if not isinstance(self.prefix, str):
+            raise ConfigurationError("prefix must be a string")
+        for method in ("dumps", "loads"):
+            if not callable(getattr(self.serializer, method, None)):
+                raise ConfigurationError(f"serializer has no {method}() method")
+        migrations = self.migrations
+        if migrations is not None and not isinstance(migrations, DataMigrations):
+            migrations = DataMigrations(migrations)
+        object.__setattr__(self, "data_migrations", migrations)
+
+    def resolve_storage(self) -> SessionStorage:
+        """The storage this fragment uses (the shared database storage by default)."""
+        if self.storage is not None:
+            return self.storage
+        from .storage.db import default_database_storage
+
+        return default_database_storage()
+
+
+class Sessions:
+    """The sessions installed on an application: one fragment, or several named ones.
+
+    ``Sessions(initial=..., key=...)`` configures a single session (the keyword
+    arguments are those of :class:`Fragment`); :meth:`multi` configures named fragments.
+    ``migrate_chats`` moves per-chat sessions when a group becomes a supergroup.
+    ``locking=False`` turns off per-key serialisation and revision checks (last write
+    wins): it exists to measure and to demonstrate what the locking prevents.
+    """
+
+    def __init__(
+        self,
+        fragment: Fragment | None = None,
+        *,
+        migrate_chats: bool = False,
+        locking: bool = True,
+        **options: Any,
+    ) -> None:
+        if fragment is not None and options:
+            raise ConfigurationError("pass either a Fragment or its options, not both")
+        self.fragments: dict[str, Fragment] = {"": fragment or Fragment(**options)}
+        self.is_multi = False
+        self.migrate_chats = migrate_chats
+        self.locking = locking
+
+    @classmethod
+    def multi(
+        cls, *, migrate_chats: bool = False, locking: bool = True, **fragments: Fragment
+    ) -> Sessions:
+        """Named fragments, reached as ``context.session.<name>``."""
+        if not fragments:
+            raise ConfigurationError("a multi session needs at least one fragment")
+        for name, fragment in fragments.items():
+            if not _FRAGMENT_NAME.match(name):
+                raise ConfigurationError(
+                    f"fragment name {name!r} must be lower-case letters, digits and "
+                    "underscores, starting with a letter, at most 64 characters"
+                )
+            if not isinstance(fragment, Fragment):
+                raise ConfigurationError(f"fragment {name!r} must be a Fragment")
+        sessions = cls(migrate_chats=migrate_chats, locking=locking)
+        sessions.fragments = dict(fragments)
+        sessions.is_multi = True
+        return sessions
+
+    def __repr__(self) -> str:
+        names = ", ".join(name or "<single>" for name in self.fragments)
+        return f"<Sessions {names}>"

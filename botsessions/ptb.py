@@ -1,0 +1,320 @@
+"""Sessions inside python-telegram-bot: the context, the application and the installer.
+
+PTB builds one :class:`~telegram.ext.CallbackContext` per update, and only when some
+handler will handle it, then awaits its ``refresh_data()``. That is where strict
+sessions are read, so an update no handler wants costs no query. The application
+subclass wraps ``process_update`` to commit after every handler (blocking or not) has
+finished, and to discard the changes of an update whose handler raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from typing import Any
+
+from telegram import Update
+from telegram._utils.defaultvalue import DefaultValue
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    ApplicationHandlerStop,
+    CallbackContext,
+    ContextTypes,
+    ExtBot,
+)
+
+from .chat_migration import migrate_chat_sessions
+from .config import Sessions
+from .errors import (
+    ConfigurationError,
+    SessionDataError,
+    SessionNotLoadedError,
+    StorageError,
+    StoredDataError,
+)
+from .locks import KeyLocks
+from .session import UpdateSessions
+
+logger = logging.getLogger("botsessions")
+
+_current: contextvars.ContextVar[UpdateRun | None] = contextvars.ContextVar(
+    "botsessions_update_run", default=None
+)
+
+
+class Outcome:
+    """How an update ended, for the webhook's answer and for tests."""
+
+    COMMITTED = "committed"  # handlers ran; changes (if any) are stored
+    UNCHANGED = "unchanged"  # handlers ran; there was nothing to store
+    SKIPPED = "skipped"  # no handler wanted the update
+    DUPLICATE = "duplicate"  # it was committed before; handlers did not run again
+    HANDLER_FAILED = "handler_failed"  # a handler raised; changes discarded
+    BAD_STORED_DATA = "bad_stored_data"  # a stored row could not be read; row untouched
+
+
+class UpdateRun:
+    """The bookkeeping of one ``process_update`` call."""
+
+    def __init__(self, application: SessionApplication, update: object) -> None:
+        self.application = application
+        self.update = update
+        self.sessions: UpdateSessions | None = None
+        self.failed = False
+        self.storage_error: StorageError | None = None
+        self.outcome = Outcome.SKIPPED
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def begin(self) -> None:
+        """Called from ``refresh_data``: lock and read before the first handler runs."""
+        app = self.application
+        self.sessions = UpdateSessions(
+            app.sessions, app.session_bot_id, self.update, app.key_locks
+        )
+        try:
+            await self.sessions.begin()
+        except StoredDataError as exc:
+            self.outcome = Outcome.BAD_STORED_DATA
+            self.failed = True
+            logger.error("botsessions: update %s not processed: %s", _update_id(self.update), exc)
+            raise ApplicationHandlerStop from exc
+        except StorageError as exc:
+            self.storage_error = exc
+            self.failed = True
+            raise ApplicationHandlerStop from exc
+        if self.sessions.already_processed:
+            self.outcome = Outcome.DUPLICATE
+            self.failed = True
+            raise ApplicationHandlerStop
+
+    async def finish(self) -> None:
+        """Wait for non-blocking handlers, then commit, unless something failed."""
+        while self.tasks:
+            tasks, self.tasks = self.tasks, []
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.sessions is None:
+            return
+        if self.failed:
+            if self.outcome not in (Outcome.DUPLICATE, Outcome.BAD_STORED_DATA):
+                self.outcome = Outcome.HANDLER_FAILED
+            return
+        try:
+            changed = await self.sessions.commit()
+        except SessionDataError as exc:
+            self.outcome = Outcome.HANDLER_FAILED
+            await self.application.process_error(update=self.update, error=exc)
+            return
+        except StorageError as exc:
+            self.storage_error = exc
+            return
+        if changed is None:
+            self.outcome = Outcome.DUPLICATE
+        else:
+            self.outcome = Outcome.COMMITTED if changed else Outcome.UNCHANGED
+
+
+class SessionContext(CallbackContext[ExtBot[Any], dict[Any, Any], dict[Any, Any], dict[Any, Any]]):
+    """The callback context with ``context.session``.
+
+    For a single strict session, ``context.session`` is the data; assign to replace it,
+    assign ``None`` to delete it. For a lazy session it is an awaitable of the data.
+    For multi sessions it is an object whose attributes are the fragments.
+    """
+
+    __slots__ = ("_botsessions_run",)
+
+    def __init__(self, application: Application[Any, Any, Any, Any, Any, Any], **kwargs: Any):
+        super().__init__(application, **kwargs)
+        self._botsessions_run: UpdateRun | None = None
+
+    @classmethod
+    def from_update(
+        cls, update: object, application: Application[Any, Any, Any, Any, Any, Any]
+    ) -> SessionContext:  # type: ignore[override]
+        context = super().from_update(update, application)
+        run = _current.get()
+        if run is not None and run.update is update:
+            context._botsessions_run = run
+        return context
+
+    async def refresh_data(self) -> None:
+        await super().refresh_data()
+        run = self._botsessions_run
+        if run is not None and run.sessions is None:
+            await run.begin()
+
+    def _update_sessions(self) -> UpdateSessions:
+        run = self._botsessions_run
+        if run is None or run.sessions is None:
+            raise SessionNotLoadedError(
+                "context.session exists only while an update is processed by a "
+                "SessionApplication (not in jobs, and not before the handlers run)"
+            )
+        return run.sessions
+
+    @property
+    def session(self) -> Any:
+        sessions = self._update_sessions()
+        if sessions.sessions.is_multi:
+            return MultiSession(sessions)
+        fragment = sessions.single
+        return fragment.awaitable() if fragment.fragment.lazy else fragment.get()
+
+    @session.setter
+    def session(self, value: Any) -> None:
+        sessions = self._update_sessions()
+        if sessions.sessions.is_multi:
+            sessions.assign_all(value)
+        else:
+            sessions.single.set(value)
+
+
+class MultiSession:
+    """``context.session`` of a multi session: one attribute per fragment."""
+
+    __slots__ = ("_sessions",)
+
+    def __init__(self, sessions: UpdateSessions) -> None:
+        object.__setattr__(self, "_sessions", sessions)
+
+    def __getattr__(self, name: str) -> Any:
+        fragment = self._fragment(name)
+        return fragment.awaitable() if fragment.fragment.lazy else fragment.get()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._fragment(name).set(value)
+
+    def __dir__(self) -> list[str]:
+        return list(self._sessions.fragments)
+
+    def _fragment(self, name: str) -> Any:
+        try:
+            return self._sessions.fragments[name]
+        except KeyError:
+            raise AttributeError(
+                f"no session fragment named {name!r}; configured: "
+                f"{', '.join(self._sessions.fragments)}"
+            ) from None
+
+
+class SessionApplication(Application):  # type: ignore[type-arg]
+    """An :class:`~telegram.ext.Application` that loads and saves sessions per update."""
+
+    def __init__(self, *, sessions: Sessions, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(sessions, Sessions):
+            raise ConfigurationError("sessions must be a botsessions.Sessions")
+        if not isinstance(self.context_types.context, type) or not issubclass(
+            self.context_types.context, SessionContext
+        ):
+            raise ConfigurationError(
+                "a SessionApplication needs ContextTypes(context=SessionContext) "
+                "(or a subclass of it); use botsessions.use_sessions(builder, sessions)"
+            )
+        self.sessions = sessions
+        self.key_locks = KeyLocks()
+        self.last_outcome: str | None = None
+
+    @property
+    def session_bot_id(self) -> int:
+        """The bot's id, from its token (known before ``getMe`` is ever called)."""
+        head = self.bot.token.split(":", 1)[0]
+        return int(head) if head.isdigit() else self.bot.id
+
+    async def process_update(self, update: object) -> None:
+        """Process one update; commit its session changes before returning.
+
+        Raises :class:`~botsessions.errors.StorageError` when the sessions could not
+        be read or saved, so that the caller does not acknowledge the update.
+        """
+        outcome = await self.process_update_with_sessions(update)
+        self.last_outcome = outcome
+
+    async def process_update_with_sessions(self, update: object) -> str:
+        """Like :meth:`process_update`, returning the :class:`Outcome`."""
+        run = UpdateRun(self, update)
+        token = _current.set(run)
+        try:
+            if self.sessions.migrate_chats and isinstance(update, Update):
+                await migrate_chat_sessions(self.sessions, self.session_bot_id, update)
+            await super().process_update(update)
+            await run.finish()
+        finally:
+            _current.reset(token)
+            if run.sessions is not None:
+                run.sessions.release()
+        if run.storage_error is not None:
+            raise run.storage_error
+        return run.outcome
+
+    async def process_error(
+        self,
+        update: object | None,
+        error: Exception,
+        job: Any = None,
+        coroutine: Any = None,
+    ) -> bool:
+        run = _current.get()
+        if run is not None and update is run.update:
+            run.failed = True
+            if isinstance(error, StorageError) and run.storage_error is None:
+                # A lazy read failed inside a handler: the update must be retried.
+                run.storage_error = error
+        return await super().process_error(update, error, job, coroutine)
+
+    def create_task(  # type: ignore[override]
+        self, coroutine: Any, update: object | None = None, *, name: str | None = None
+    ) -> asyncio.Task[Any]:
+        task = super().create_task(coroutine, update=update, name=name)
+        run = _current.get()
+        if run is not None and update is run.update:
+            # Non-blocking handlers: the session is saved only after they finish.
+            run.tasks.append(task)
+        return task
+
+
+def use_sessions(
+    builder: ApplicationBuilder[Any, Any, Any, Any, Any, Any], sessions: Sessions
+) -> ApplicationBuilder[Any, Any, Any, Any, Any, Any]:
+    """Configure an ``ApplicationBuilder`` so that the application it builds has sessions.
+
+    It sets the application class to :class:`SessionApplication` and the context class
+    to :class:`SessionContext`, keeping custom ``chat_data``/``user_data``/``bot_data``
+    types. A custom context class must subclass :class:`SessionContext`.
+    """
+    if not isinstance(sessions, Sessions):
+        raise ConfigurationError("use_sessions() needs a botsessions.Sessions")
+    # The builder keeps what it was given privately; PTB wraps unset values in DefaultValue.
+    types: ContextTypes[Any, Any, Any, Any] = DefaultValue.get_value(builder._context_types)
+    if not issubclass(types.context, SessionContext):
+        if types.context is not CallbackContext:
+            raise ConfigurationError(
+                f"the context class {types.context.__name__} must subclass "
+                "botsessions.SessionContext to carry sessions"
+            )
+        builder.context_types(
+            ContextTypes(
+                context=SessionContext,
+                bot_data=types.bot_data,
+                chat_data=types.chat_data,
+                user_data=types.user_data,
+            )
+        )
+    app_class = DefaultValue.get_value(builder._application_class)
+    if not issubclass(app_class, SessionApplication):
+        if app_class is not Application:
+            raise ConfigurationError(
+                f"the application class {app_class.__name__} must subclass "
+                "botsessions.SessionApplication to carry sessions"
+            )
+        app_class = SessionApplication
+    kwargs = dict(builder._application_kwargs)
+    kwargs["sessions"] = sessions
+    builder.application_class(app_class, kwargs=kwargs)
+    return builder
+
+
+def _update_id(update: object) -> object:
+    return getattr(update, "update_id", "?")

@@ -1,0 +1,159 @@
+"""The storage contract every session storage fulfils.
+
+A storage keeps serialized session text under a :class:`StorageKey`. Four calls are
+required (``read``, ``write``, ``delete``, ``keys``); the batch calls have working
+defaults built on them, and a storage overrides them when it can do better (one query
+for several fragments, one transaction for a whole update).
+
+Writes carry the revision the engine read (``0`` when it found nothing; revisions of
+stored rows start at 1). A storage that can compare-and-set raises
+:class:`~botsessions.errors.SessionConflict` when the stored revision moved on, so a
+concurrent writer is detected instead of silently overwritten. A read error must be
+raised, never reported as "no session": that would let initial data replace real data.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+
+@dataclass(frozen=True, order=True)
+class StorageKey:
+    """Where one session fragment lives: which bot, which fragment, which key."""
+
+    bot_id: int
+    fragment: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.bot_id}/{self.fragment}/{self.key}"
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """One stored session fragment, as the storage keeps it."""
+
+    data: str
+    version: Decimal | None = None
+    expires_at: datetime | None = None
+    revision: int = 1
+
+
+@dataclass(frozen=True)
+class Write:
+    """Store ``record`` if the stored revision is still ``expected_revision``.
+
+    ``0`` means the engine found no row (so the write must create one); ``None`` means
+    write unconditionally.
+    """
+
+    key: StorageKey
+    record: StoredSession
+    expected_revision: int | None
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Remove the row; ``expected_revision`` guards against deleting newer data."""
+
+    key: StorageKey
+    expected_revision: int | None
+
+
+Change = Write | Delete
+
+
+@dataclass(frozen=True)
+class UpdateMark:
+    """Identifies an update for exactly-once processing: one bot's ``update_id``."""
+
+    bot_id: int
+    update_id: int
+
+
+class SessionStorage(ABC):
+    """Base class of session storages; subclass it to plug in your own."""
+
+    @abstractmethod
+    async def read(self, key: StorageKey) -> StoredSession | None:
+        """Return the stored fragment, or ``None`` when there is none."""
+
+    @abstractmethod
+    async def write(
+        self, key: StorageKey, record: StoredSession, *, expected_revision: int | None = None
+    ) -> None:
+        """Store ``record`` (its ``revision`` is the new one)."""
+
+    @abstractmethod
+    async def delete(self, key: StorageKey, *, expected_revision: int | None = None) -> None:
+        """Remove the fragment; deleting an absent key is not an error."""
+
+    @abstractmethod
+    def keys(self, bot_id: int | None = None) -> AsyncIterator[StorageKey]:
+        """Iterate over every stored key (of one bot, when given)."""
+
+    async def read_many(
+        self, keys: Sequence[StorageKey]
+    ) -> dict[StorageKey, StoredSession | None]:
+        """Read several fragments; storages override this to use one round trip."""
+        return {key: await self.read(key) for key in keys}
+
+    async def load(
+        self, keys: Sequence[StorageKey], mark: UpdateMark | None
+    ) -> tuple[dict[StorageKey, StoredSession | None], bool]:
+        """Read ``keys`` and tell whether ``mark`` was already committed."""
+        records = await self.read_many(keys) if keys else {}
+        return records, (await self.was_processed(mark)) if mark is not None else False
+
+    async def commit(self, changes: Sequence[Change], mark: UpdateMark | None = None) -> bool:
+        """Apply the changes of one update; return ``False`` if ``mark`` was already applied.
+
+        The default applies changes one by one and cannot record ``mark``; storages
+        that can, apply everything and record the mark atomically.
+        """
+        for change in changes:
+            if isinstance(change, Write):
+                await self.write(
+                    change.key, change.record, expected_revision=change.expected_revision
+                )
+            else:
+                await self.delete(change.key, expected_revision=change.expected_revision)
+        return True
+
+    async def was_processed(self, mark: UpdateMark) -> bool:
+        """Whether an update's changes were already committed (only if marks are kept)."""
+        return False
+
+    async def rename_chat(
+        self, bot_id: int, fragment: str, old_chat_id: int, new_chat_id: int
+    ) -> list[StorageKey]:
+        """Move every per-chat key of ``old_chat_id`` (chat, user in chat, topic) to the new id."""
+        from ..keys import rekey_chat
+
+        pairs = []
+        async for key in self.keys(bot_id):
+            if key.fragment != fragment:
+                continue
+            new_key = rekey_chat(key.key, old_chat_id, new_chat_id)
+            if new_key is not None:
+                pairs.append((key, StorageKey(bot_id, fragment, new_key)))
+        return await self.rename(pairs)
+
+    async def rename(self, pairs: Iterable[tuple[StorageKey, StorageKey]]) -> list[StorageKey]:
+        """Move fragments to new keys, never overwriting a key that exists; return the moved.
+
+        Used for chat migrations. The default reads and writes one pair at a time.
+        """
+        moved = []
+        for old, new in pairs:
+            record = await self.read(old)
+            if record is None or await self.read(new) is not None:
+                continue
+            await self.write(new, record, expected_revision=0)
+            await self.delete(old, expected_revision=record.revision)
+            moved.append(new)
+        return moved

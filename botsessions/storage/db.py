@@ -1,0 +1,313 @@
+"""The Django database storage: sessions as rows of :class:`botsessions.models.Session`.
+
+Reads are one ``SELECT`` for all fragments of an update (it also answers whether the
+update was already committed); a commit is one transaction that records the update and
+applies every change with a revision check, so nothing is found-then-inserted and no
+concurrent change is overwritten. Statements are plain SQL over Django's connection:
+they run on whatever database Django is configured with, inside its transactions.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from ..dbthread import run_db
+from ..errors import SessionConflict, StorageError
+from .base import Change, SessionStorage, StorageKey, StoredSession, UpdateMark, Write
+
+_MARK_REVISION = -1
+
+
+class DatabaseStorage(SessionStorage):
+    """Sessions in the database Django is configured with (the default storage)."""
+
+    def __init__(self, using: str | None = None) -> None:
+        self._using = using
+
+    @property
+    def using(self) -> str:
+        from ..models import Session
+
+        return self._using or router.db_for_write(Session)
+
+    # -- the contract -------------------------------------------------------------
+
+    async def read(self, key: StorageKey) -> StoredSession | None:
+        return (await self.read_many([key]))[key]
+
+    async def read_many(
+        self, keys: Sequence[StorageKey]
+    ) -> dict[StorageKey, StoredSession | None]:
+        records, _ = await self.load(keys, None)
+        return records
+
+    async def load(
+        self, keys: Sequence[StorageKey], mark: UpdateMark | None
+    ) -> tuple[dict[StorageKey, StoredSession | None], bool]:
+        """Read ``keys`` and whether ``mark`` was already committed, in one statement."""
+        return await run_db(lambda: self.load_sync(keys, mark))
+
+    async def write(
+        self, key: StorageKey, record: StoredSession, *, expected_revision: int | None = None
+    ) -> None:
+        await self.commit([Write(key, record, expected_revision)])
+
+    async def delete(self, key: StorageKey, *, expected_revision: int | None = None) -> None:
+        from .base import Delete
+
+        await self.commit([Delete(key, expected_revision)])
+
+    async def keys(self, bot_id: int | None = None) -> AsyncIterator[StorageKey]:
+        from ..models import Session
+
+        def page(after: int) -> list[tuple[int, int, str, str]]:
+            rows = Session.objects.using(self.using).filter(pk__gt=after).order_by("pk")
+            if bot_id is not None:
+                rows = rows.filter(bot_id=bot_id)
+            return list(rows.values_list("pk", "bot_id", "fragment", "key")[:500])
+
+        after = 0
+        while True:
+            batch = await run_db(functools.partial(page, after))
+            for pk, bot, fragment, key in batch:
+                yield StorageKey(bot, fragment, key)
+                after = pk
+            if len(batch) < 500:
+                return
+
+    async def commit(self, changes: Sequence[Change], mark: UpdateMark | None = None) -> bool:
+        return await run_db(lambda: self.commit_sync(changes, mark))
+
+    async def was_processed(self, mark: UpdateMark) -> bool:
+        _, processed = await self.load([], mark)
+        return processed
+
+    async def rename(self, pairs: Iterable[tuple[StorageKey, StorageKey]]) -> list[StorageKey]:
+        pairs = list(pairs)
+        return await run_db(lambda: self.rename_sync(pairs))
+
+    async def rename_chat(
+        self, bot_id: int, fragment: str, old_chat_id: int, new_chat_id: int
+    ) -> list[StorageKey]:
+        from ..keys import chat_key, rekey_chat
+        from ..models import Session
+
+        def find() -> list[tuple[StorageKey, StorageKey]]:
+            old = chat_key(old_chat_id)
+            rows = Session.objects.using(self.using).filter(bot_id=bot_id, fragment=fragment)
+            names = (
+                rows.filter(key=old)
+                .values_list("key", flat=True)
+                .union(rows.filter(key__startswith=old + ":").values_list("key", flat=True))
+            )
+            return [
+                (StorageKey(bot_id, fragment, name), StorageKey(bot_id, fragment, new))
+                for name in names
+                if (new := rekey_chat(name, old_chat_id, new_chat_id)) is not None
+            ]
+
+        def move() -> list[StorageKey]:
+            return self.rename_sync(find())
+
+        return await run_db(move)
+
+    # -- the blocking halves, run on a database thread ---------------------------
+
+    def load_sync(
+        self, keys: Sequence[StorageKey], mark: UpdateMark | None
+    ) -> tuple[dict[StorageKey, StoredSession | None], bool]:
+        records: dict[StorageKey, StoredSession | None] = dict.fromkeys(keys)
+        if not keys and mark is None:
+            return records, False
+        sql, params = self._select_sql(keys, mark)
+        connection = connections[self.using]
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
+        except DatabaseError as exc:
+            raise StorageError(f"reading sessions failed: {exc}") from exc
+        processed = False
+        for bot_id, fragment, key, data, version, expires_at, revision in rows:
+            if revision == _MARK_REVISION:
+                processed = True
+                continue
+            records[StorageKey(bot_id, fragment, key)] = StoredSession(
+                data=data if isinstance(data, str) else _json_text(data),
+                version=None if version is None else Decimal(str(version)),
+                expires_at=_aware(expires_at),
+                revision=int(revision),
+            )
+        return records, processed
+
+    def commit_sync(self, changes: Sequence[Change], mark: UpdateMark | None) -> bool:
+        if not changes:
+            return True
+        connection = connections[self.using]
+        table, marks = self._tables()
+        q = connection.ops.quote_name
+        now = timezone.now()
+        adapt_dt = connection.ops.adapt_datetimefield_value
+        stage = "mark"
+        try:
+            with transaction.atomic(using=self.using), connection.cursor() as cursor:
+                if mark is not None:
+                    cursor.execute(
+                        f"INSERT INTO {marks} ({q('bot_id')}, {q('update_id')}, "
+                        f"{q('processed_at')}) VALUES (%s, %s, %s)",
+                        [mark.bot_id, mark.update_id, adapt_dt(now)],
+                    )
+                stage = "changes"
+                for change in changes:
+                    self._apply(cursor, table, change, now)
+        except IntegrityError as exc:
+            if stage == "mark":
+                return False
+            raise SessionConflict(f"session was created by another writer: {exc}") from exc
+        except DatabaseError as exc:
+            raise StorageError(f"saving sessions failed: {exc}") from exc
+        return True
+
+    def rename_sync(self, pairs: Sequence[tuple[StorageKey, StorageKey]]) -> list[StorageKey]:
+        from ..models import Session
+
+        moved: list[StorageKey] = []
+        try:
+            with transaction.atomic(using=self.using):
+                rows = Session.objects.using(self.using)
+                for old, new in pairs:
+                    if rows.filter(bot_id=new.bot_id, fragment=new.fragment, key=new.key).exists():
+                        continue
+                    count = rows.filter(
+                        bot_id=old.bot_id, fragment=old.fragment, key=old.key
+                    ).update(
+                        bot_id=new.bot_id,
+                        fragment=new.fragment,
+                        key=new.key,
+                        updated_at=timezone.now(),
+                    )
+                    if count:
+                        moved.append(new)
+        except DatabaseError as exc:
+            raise StorageError(f"moving sessions failed: {exc}") from exc
+        return moved
+
+    # -- SQL ------------------------------------------------------------------------
+
+    def _tables(self) -> tuple[str, str]:
+        from ..models import ProcessedUpdate, Session
+
+        q = connections[self.using].ops.quote_name
+        return q(Session._meta.db_table), q(ProcessedUpdate._meta.db_table)
+
+    def _select_sql(
+        self, keys: Sequence[StorageKey], mark: UpdateMark | None
+    ) -> tuple[str, list[Any]]:
+        q = connections[self.using].ops.quote_name
+        table, marks = self._tables()
+        columns = ", ".join(
+            q(name)
+            for name in ("bot_id", "fragment", "key", "data", "version", "expires_at", "revision")
+        )
+        parts: list[str] = []
+        params: list[Any] = []
+        if keys:
+            match = " OR ".join(
+                f"({q('bot_id')} = %s AND {q('fragment')} = %s AND {q('key')} = %s)" for _ in keys
+            )
+            parts.append(f"SELECT {columns} FROM {table} WHERE {match}")
+            for key in keys:
+                params += [key.bot_id, key.fragment, key.key]
+        if mark is not None:
+            parts.append(
+                f"SELECT {q('bot_id')}, '', '', NULL, NULL, NULL, {_MARK_REVISION} FROM {marks} "
+                f"WHERE {q('bot_id')} = %s AND {q('update_id')} = %s"
+            )
+            params += [mark.bot_id, mark.update_id]
+        return " UNION ALL ".join(parts), params
+
+    def _apply(self, cursor: Any, table: str, change: Change, now: datetime) -> None:
+        connection = connections[self.using]
+        q = connection.ops.quote_name
+        ops = connection.ops
+        key = change.key
+        where = f"{q('bot_id')} = %s AND {q('fragment')} = %s AND {q('key')} = %s"
+        where_params: list[Any] = [key.bot_id, key.fragment, key.key]
+        if change.expected_revision:
+            where += f" AND {q('revision')} = %s"
+            where_params.append(change.expected_revision)
+        if not isinstance(change, Write):
+            cursor.execute(f"DELETE FROM {table} WHERE {where}", where_params)
+            if change.expected_revision and cursor.rowcount == 0:
+                raise SessionConflict(f"session {key} was changed by another writer")
+            return
+        record = change.record
+        data_slot = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+        values = [
+            record.data,
+            ops.adapt_decimalfield_value(record.version, 20, 6),
+            ops.adapt_datetimefield_value(record.expires_at),
+            record.revision,
+            ops.adapt_datetimefield_value(now),
+        ]
+        if change.expected_revision == 0:
+            cursor.execute(
+                f"INSERT INTO {table} ({q('bot_id')}, {q('fragment')}, {q('key')}, "
+                f"{q('data')}, {q('version')}, {q('expires_at')}, {q('revision')}, "
+                f"{q('updated_at')}, {q('created_at')}) "
+                f"VALUES (%s, %s, %s, {data_slot}, %s, %s, %s, %s, %s)",
+                [*where_params[:3], *values, values[-1]],
+            )
+            return
+        bump_in_sql = not change.expected_revision
+        revision_slot = f"{q('revision')} + 1" if bump_in_sql else "%s"
+        cursor.execute(
+            f"UPDATE {table} SET {q('data')} = {data_slot}, {q('version')} = %s, "
+            f"{q('expires_at')} = %s, {q('revision')} = {revision_slot}, "
+            f"{q('updated_at')} = %s WHERE {where}",
+            [*values[:3], *(values[3:] if bump_in_sql is False else values[4:]), *where_params],
+        )
+        if cursor.rowcount == 0:
+            if change.expected_revision is None:
+                # An unconditional write of a row that does not exist yet creates it.
+                self._apply(cursor, table, Write(key, record, 0), now)
+                return
+            raise SessionConflict(f"session {key} was changed by another writer")
+
+
+def _aware(value: Any) -> datetime | None:
+    """Normalise what the driver returns for a datetime column to an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_datetime(value)
+        if value is None:
+            return None
+    if timezone.is_naive(value):
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+_default: DatabaseStorage | None = None
+
+
+def default_database_storage() -> DatabaseStorage:
+    """The storage shared by every fragment that names none (one commit per update)."""
+    global _default
+    if _default is None:
+        _default = DatabaseStorage()
+    return _default

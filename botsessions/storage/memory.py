@@ -1,0 +1,91 @@
+"""An in-memory storage for tests and development.
+
+It keeps serialized text, never the caller's objects, so mutating a dict after it was
+written cannot change what is stored. Everything is lost when the process ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from ..errors import SessionConflict
+from .base import Change, Delete, SessionStorage, StorageKey, StoredSession, UpdateMark, Write
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MemoryStorage(SessionStorage):
+    """Sessions in a dict; ``ttl`` (optional) expires entries that long after their write."""
+
+    def __init__(self, ttl: timedelta | None = None, *, clock: Clock = _utcnow) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._rows: dict[StorageKey, StoredSession] = {}
+        self._marks: set[UpdateMark] = set()
+
+    async def read(self, key: StorageKey) -> StoredSession | None:
+        record = self._rows.get(key)
+        expires_at = record.expires_at if record is not None else None
+        if expires_at is not None and expires_at <= self.clock():
+            del self._rows[key]
+            return None
+        return record
+
+    async def write(
+        self, key: StorageKey, record: StoredSession, *, expected_revision: int | None = None
+    ) -> None:
+        self._check_revision(key, expected_revision)
+        if expected_revision is None:
+            current = self._rows.get(key)
+            record = replace(record, revision=(current.revision if current else 0) + 1)
+        if self.ttl is not None:
+            expiry = self.clock() + self.ttl
+            if record.expires_at is None or expiry < record.expires_at:
+                record = replace(record, expires_at=expiry)
+        self._rows[key] = record
+
+    async def delete(self, key: StorageKey, *, expected_revision: int | None = None) -> None:
+        self._check_revision(key, expected_revision)
+        self._rows.pop(key, None)
+
+    async def keys(self, bot_id: int | None = None) -> AsyncIterator[StorageKey]:
+        for key in list(self._rows):
+            if bot_id is None or key.bot_id == bot_id:
+                yield key
+
+    async def commit(self, changes: Sequence[Change], mark: UpdateMark | None = None) -> bool:
+        # Nothing here awaits, so checking everything first makes the commit atomic.
+        if mark is not None and mark in self._marks:
+            return False
+        for change in changes:
+            self._check_revision(change.key, change.expected_revision)
+        for change in changes:
+            if isinstance(change, Write):
+                await self.write(
+                    change.key, change.record, expected_revision=change.expected_revision
+                )
+            elif isinstance(change, Delete):
+                self._rows.pop(change.key, None)
+        if mark is not None:
+            self._marks.add(mark)
+        return True
+
+    async def was_processed(self, mark: UpdateMark) -> bool:
+        return mark in self._marks
+
+    def forget_marks(self) -> None:
+        """Drop the exactly-once records (the database prunes them after a day)."""
+        self._marks.clear()
+
+    def _check_revision(self, key: StorageKey, expected: int | None) -> None:
+        if expected is None:
+            return
+        current = self._rows.get(key)
+        if (current.revision if current is not None else 0) != expected:
+            raise SessionConflict(f"session {key} was changed by another writer")

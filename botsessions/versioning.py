@@ -1,0 +1,76 @@
+"""Versioned data migrations: upgrade stored session data as the bot evolves.
+
+Versions are plain numbers ordered numerically (1 < 2 < 10 < 10.1 < 11); data at
+version ``v`` runs every migration above ``v`` in order, each exactly once. Data
+without a version runs all of them. Data newer than the newest known migration was
+written by a newer release of the bot: it is refused rather than relabelled.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from .errors import ConfigurationError, MigrationError
+
+Migration = Callable[[Any], Any]
+
+
+class DataMigrations:
+    """An ordered set of ``version → function`` steps for one session fragment."""
+
+    def __init__(self, steps: Mapping[int | float | str | Decimal, Migration]) -> None:
+        if not steps:
+            raise ConfigurationError("migrations must name at least one version")
+        ordered: list[tuple[Decimal, Migration]] = []
+        for version, step in steps.items():
+            number = _as_version(version)
+            if not callable(step):
+                raise ConfigurationError(f"migration {version!r} is not callable")
+            ordered.append((number, step))
+        ordered.sort(key=lambda pair: pair[0])
+        for (a, _), (b, _) in itertools.pairwise(ordered):
+            if a == b:
+                raise ConfigurationError(f"migration version {a} is given twice")
+        self._steps = ordered
+
+    @property
+    def latest(self) -> Decimal:
+        """The version every write is stamped with."""
+        return self._steps[-1][0]
+
+    @property
+    def versions(self) -> list[Decimal]:
+        return [version for version, _ in self._steps]
+
+    def upgrade(self, data: Any, version: Decimal | None) -> Any:
+        """Bring ``data`` stored at ``version`` up to :attr:`latest`."""
+        if version is not None and version > self.latest:
+            raise MigrationError(
+                f"stored data is at version {version}, newer than the newest known "
+                f"migration {self.latest}; refusing to downgrade it"
+            )
+        for step_version, step in self._steps:
+            if version is None or step_version > version:
+                try:
+                    data = step(data)
+                except Exception as exc:
+                    raise MigrationError(
+                        f"migration to version {step_version} failed: {exc!r}"
+                    ) from exc
+        return data
+
+
+def _as_version(value: object) -> Decimal:
+    """Read a version exactly: 10.1 must stay 10.1, not 10.0999…"""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ConfigurationError(f"migration version {value!r} is not a number")
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError as exc:
+        raise ConfigurationError(f"migration version {value!r} is not a number") from exc
+    if not number.is_finite() or number < 0:
+        raise ConfigurationError(f"migration version {value!r} must be a finite number >= 0")
+    return number

@@ -1,0 +1,38 @@
+"""Shared fixtures: the fake Bot API server and a factory of bot harnesses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .fakebotapi import FakeBotAPI
+from .harness import BotHarness
+
+
+@pytest.fixture(scope="session")
+def bot_api() -> Iterator[FakeBotAPI]:
+    with FakeBotAPI() as api:
+        yield api
+
+
+@pytest.fixture
+def api(bot_api: FakeBotAPI) -> FakeBotAPI:
+    bot_api.reset()
+    return bot_api
+
+
+@pytest.fixture
+def make_bot(api: FakeBotAPI) -> Iterator[Any]:
+    """``make_bot(sessions, handlers)`` → a :class:`BotHarness`, shut down after the test."""
+    made: list[BotHarness] = []
+
+    def make(sessions: Any, handlers: Any, **kwargs: Any) -> BotHarness:
+        harness = BotHarness(api, sessions, handlers, **kwargs)
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        harness.close()
