@@ -36,3 +36,16 @@ def make_bot(api: FakeBotAPI) -> Iterator[Any]:
     yield make
     for harness in made:
         harness.close()
+
+
+@pytest.fixture(params=["memory", "db"])
+def probe(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Each test using it runs twice: on the memory storage and on the database storage.
+
+    Modules using it mark themselves ``django_db``.
+    """
+    from .probes import start_probe, stop_probe
+
+    probe = start_probe(request.param)
+    yield probe
+    stop_probe(probe)

@@ -5,45 +5,97 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ProcessedUpdate',
+            name="ProcessedUpdate",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('bot_id', models.BigIntegerField(verbose_name='bot id')),
-                ('update_id', models.BigIntegerField(verbose_name='update id')),
-                ('processed_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now, verbose_name='processed at')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("bot_id", models.BigIntegerField(verbose_name="bot id")),
+                ("update_id", models.BigIntegerField(verbose_name="update id")),
+                (
+                    "processed_at",
+                    models.DateTimeField(
+                        db_index=True,
+                        default=django.utils.timezone.now,
+                        verbose_name="processed at",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'processed update',
-                'verbose_name_plural': 'processed updates',
-                'constraints': [models.UniqueConstraint(fields=('bot_id', 'update_id'), name='botsessions_unique_processed_update')],
+                "verbose_name": "processed update",
+                "verbose_name_plural": "processed updates",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("bot_id", "update_id"), name="botsessions_unique_processed_update"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Session',
+            name="Session",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('bot_id', models.BigIntegerField(verbose_name='bot id')),
-                ('fragment', models.CharField(blank=True, default='', max_length=64, verbose_name='fragment')),
-                ('key', models.CharField(max_length=255, verbose_name='key')),
-                ('data', models.JSONField(verbose_name='data')),
-                ('version', models.DecimalField(blank=True, decimal_places=6, max_digits=20, null=True, verbose_name='version')),
-                ('expires_at', models.DateTimeField(blank=True, db_index=True, null=True, verbose_name='expires at')),
-                ('revision', models.PositiveBigIntegerField(default=1, verbose_name='revision')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='created at')),
-                ('updated_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now, verbose_name='updated at')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("bot_id", models.BigIntegerField(verbose_name="bot id")),
+                (
+                    "fragment",
+                    models.CharField(
+                        blank=True, default="", max_length=64, verbose_name="fragment"
+                    ),
+                ),
+                ("key", models.CharField(max_length=255, verbose_name="key")),
+                ("data", models.JSONField(verbose_name="data")),
+                (
+                    "version",
+                    models.DecimalField(
+                        blank=True,
+                        decimal_places=6,
+                        max_digits=20,
+                        null=True,
+                        verbose_name="version",
+                    ),
+                ),
+                (
+                    "expires_at",
+                    models.DateTimeField(
+                        blank=True, db_index=True, null=True, verbose_name="expires at"
+                    ),
+                ),
+                ("revision", models.PositiveBigIntegerField(default=1, verbose_name="revision")),
+                (
+                    "created_at",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now, verbose_name="created at"
+                    ),
+                ),
+                (
+                    "updated_at",
+                    models.DateTimeField(
+                        db_index=True, default=django.utils.timezone.now, verbose_name="updated at"
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'session',
-                'verbose_name_plural': 'sessions',
-                'constraints': [models.UniqueConstraint(fields=('bot_id', 'fragment', 'key'), name='botsessions_unique_session')],
+                "verbose_name": "session",
+                "verbose_name_plural": "sessions",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("bot_id", "fragment", "key"), name="botsessions_unique_session"
+                    )
+                ],
             },
         ),
     ]

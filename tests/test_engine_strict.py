@@ -1,0 +1,279 @@
+"""Strict sessions: read before the handlers, written after them, only when changed.
+
+Ports the intent of grammY's strict-session cases to both storages, plus the places
+where grammY writes back data nobody changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from telegram import Update
+from telegram.ext import TypeHandler
+
+from botsessions import Fragment, SessionKeyError, Sessions
+
+from .updates import ALICE, inline_query, message
+
+BOT = 123456
+
+pytestmark = pytest.mark.django_db
+
+
+def every_update(callback: Any) -> TypeHandler[Any, Any]:
+    return TypeHandler(Update, callback)
+
+
+def test_update_reaches_handlers_untouched(make_bot, probe):
+    seen: list[dict[str, Any]] = []
+
+    async def handler(update, context):
+        seen.append(update.to_dict())
+
+    bot = make_bot(Sessions(storage=probe.storage), [every_update(handler)])
+    raw = message("hello")
+    bot.process(raw)
+    assert seen == [Update.de_json(raw, None).to_dict()]
+
+
+@pytest.mark.parametrize("access", ["read", "write"])
+def test_no_key_raises_a_clear_error(make_bot, probe, access):
+    async def handler(update, context):
+        if access == "read":
+            context.session  # noqa: B018
+        else:
+            context.session = {"x": 1}
+
+    bot = make_bot(Sessions(storage=probe.storage), [every_update(handler)])
+    assert bot.process(inline_query()) == "handler_failed"
+    [error] = bot.errors
+    assert isinstance(error, SessionKeyError)
+    assert "inline_query" in str(error)
+    assert probe.counts().reads == 0
+    assert probe.counts().writes == 0
+
+
+def test_custom_resolver_returning_none_raises(make_bot, probe):
+    async def handler(update, context):
+        context.session  # noqa: B018
+
+    sessions = Sessions(storage=probe.storage, key=lambda update: None)
+    bot = make_bot(sessions, [every_update(handler)])
+    bot.process(message("hi"))
+    assert isinstance(bot.errors[0], SessionKeyError)
+    assert "message" in str(bot.errors[0])
+
+
+def test_raising_handler_reads_once_and_writes_nothing(make_bot, probe):
+    async def handler(update, context):
+        context.session["count"] = 99
+        raise RuntimeError("boom")
+
+    bot = make_bot(
+        Sessions(storage=probe.storage, initial=lambda: {"count": 0}), [every_update(handler)]
+    )
+    assert bot.process(message("hi")) == "handler_failed"
+    counts = probe.counts()
+    assert (counts.reads, counts.writes, counts.deletes) == (1, 0, 0)
+    assert probe.stored_text(BOT, "", f"chat:{ALICE}") is None
+
+
+def test_primitive_values_then_none_deletes(make_bot, probe):
+    async def increment(update, context):
+        if update.message.text == "drop":
+            context.session = None
+        else:
+            context.session += 1
+
+    bot = make_bot(Sessions(storage=probe.storage, initial=lambda: 0), [every_update(increment)])
+    bot.process(message("inc"))
+    assert probe.stored_text(BOT, "", f"chat:{ALICE}") == "1"
+    bot.process(message("inc"))
+    assert probe.stored_text(BOT, "", f"chat:{ALICE}") == "2"
+    bot.process(message("drop"))
+    assert probe.stored_text(BOT, "", f"chat:{ALICE}") is None
+    assert probe.counts().deletes == 1
+
+
+def test_custom_resolver_and_prefix_make_the_storage_key(make_bot, probe):
+    async def handler(update, context):
+        context.session = {"seen": True}
+
+    sessions = Sessions(
+        storage=probe.storage,
+        key=lambda update: f"custom-{update.effective_user.id}",
+        prefix="pre:",
+    )
+    bot = make_bot(sessions, [every_update(handler)])
+    bot.process(message("hi"))
+    assert probe.stored_text(BOT, "", f"pre:custom-{ALICE}") == '{"seen":true}'
+
+
+def test_object_sessions_over_four_updates(make_bot, probe):
+    initial_calls = 0
+
+    def initial() -> dict[str, Any]:
+        nonlocal initial_calls
+        initial_calls += 1
+        return {}
+
+    async def handler(update, context):
+        text = update.message.text
+        if text == "drop":
+            context.session = None
+        else:
+            context.session[text] = len(context.session) + 1
+
+    bot = make_bot(Sessions(storage=probe.storage, initial=initial), [every_update(handler)])
+    key = f"chat:{ALICE}"
+    bot.process(message("a"))
+    assert probe.stored_text(BOT, "", key) == '{"a":1}'
+    bot.process(message("b"))
+    assert probe.stored_text(BOT, "", key) == '{"a":1,"b":2}'
+    bot.process(message("drop"))
+    assert probe.stored_text(BOT, "", key) is None
+    bot.process(message("c"))
+    assert probe.stored_text(BOT, "", key) == '{"c":1}'
+    counts = probe.counts()
+    assert initial_calls == 2
+    assert (counts.reads, counts.writes, counts.deletes) == (4, 3, 1)
+
+
+def test_read_only_updates_do_not_write(make_bot, probe):
+    """grammY writes back every session it touched (its issues #707, #774); we compare."""
+
+    async def handler(update, context):
+        if update.message.text == "set":
+            context.session["n"] = 5
+        else:
+            _ = context.session["n"]
+            context.session["n"] = 5  # the same value again is not a change
+
+    bot = make_bot(Sessions(storage=probe.storage, initial=lambda: {"n": 0}), [every_update(handler)])
+    assert bot.process(message("set")) == "committed"
+    for _ in range(3):
+        assert bot.process(message("look")) == "unchanged"
+    counts = probe.counts()
+    assert (counts.reads, counts.writes) == (4, 1)
+
+
+def test_new_session_left_at_initial_is_not_written(make_bot, probe):
+    async def handler(update, context):
+        _ = context.session["n"]
+
+    bot = make_bot(Sessions(storage=probe.storage, initial=lambda: {"n": 0}), [every_update(handler)])
+    assert bot.process(message("look")) == "unchanged"
+    assert probe.counts().writes == 0
+
+
+def test_initial_is_called_per_session_and_never_shared(make_bot, probe):
+    async def handler(update, context):
+        context.session["items"].append(update.effective_chat.id)
+
+    bot = make_bot(
+        Sessions(storage=probe.storage, initial=lambda: {"items": []}), [every_update(handler)]
+    )
+    bot.process(message("x", chat_id=ALICE))
+    bot.process(message("x", chat_id=-4012345678, user_id=ALICE))
+    assert probe.stored_text(BOT, "", f"chat:{ALICE}") == f'{{"items":[{ALICE}]}}'
+    assert probe.stored_text(BOT, "", "chat:-4012345678") == '{"items":[-4012345678]}'
+
+
+def test_async_initial_is_awaited(make_bot, probe):
+    async def initial() -> dict[str, int]:
+        return {"n": 41}
+
+    async def handler(update, context):
+        context.session["n"] += 1
+
+    bot = make_bot(Sessions(storage=probe.storage, initial=initial), [every_update(handler)])
+    bot.process(message("x"))
+    assert probe.stored_text(BOT, "", f"chat:{ALICE}") == '{"n":42}'
+
+
+def test_no_initial_means_none(make_bot, probe):
+    seen: list[Any] = []
+
+    async def handler(update, context):
+        seen.append(context.session)
+
+    bot = make_bot(Sessions(storage=probe.storage), [every_update(handler)])
+    assert bot.process(message("x")) == "unchanged"
+    assert seen == [None]
+
+
+def test_64_bit_and_negative_ids_round_trip(make_bot, probe):
+    big_user = 2**62 + 12345
+    supergroup = -1009876543210123
+
+    async def handler(update, context):
+        context.session = {"user": update.effective_user.id}
+
+    sessions = Sessions(storage=probe.storage, key=lambda u: f"chat:{u.effective_chat.id}")
+    bot = make_bot(sessions, [every_update(handler)])
+    bot.process(message("x", chat_id=supergroup, user_id=big_user))
+    assert probe.stored_text(BOT, "", f"chat:{supergroup}") == f'{{"user":{big_user}}}'
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ({"pair": (1, 2)}, "tuple"),
+        ({1: "int key"}, "int key"),
+        ({"set": {1}}, "set"),
+        ({"nan": float("nan")}, "NaN"),
+        ({"when": object()}, "object"),
+    ],
+)
+def test_non_json_data_is_refused_and_nothing_written(make_bot, probe, value, why):
+    async def handler(update, context):
+        context.session = value
+
+    bot = make_bot(Sessions(storage=probe.storage, initial=lambda: {}), [every_update(handler)])
+    assert bot.process(message("x")) == "handler_failed", why
+    assert "JSON" in str(bot.errors[0])
+    assert probe.counts().writes == 0
+
+
+def test_sessions_of_different_bots_never_mix(make_bot, probe):
+    async def handler(update, context):
+        context.session["n"] += 1
+
+    sessions = Sessions(storage=probe.storage, initial=lambda: {"n": 0})
+    first = make_bot(sessions, [every_update(handler)], token="111:first")
+    second = make_bot(sessions, [every_update(handler)], token="222:second")
+    first.process(message("x"))
+    first.process(message("x"))
+    second.process(message("x"))
+    assert probe.stored_text(111, "", f"chat:{ALICE}") == '{"n":2}'
+    assert probe.stored_text(222, "", f"chat:{ALICE}") == '{"n":1}'
+
+
+def test_unmatched_update_costs_nothing(make_bot, probe):
+    from telegram.ext import CommandHandler
+
+    async def handler(update, context):
+        context.session["n"] = 1
+
+    bot = make_bot(
+        Sessions(storage=probe.storage, initial=lambda: {"n": 0}),
+        [CommandHandler("only", handler)],
+    )
+    assert bot.process(message("not a command")) == "skipped"
+    assert probe.counts() == type(probe.counts())()
+
+
+def test_fragment_config_is_validated():
+    from datetime import timedelta
+
+    from botsessions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="initial"):
+        Fragment(initial={"shared": "object"})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="ttl"):
+        Fragment(ttl=timedelta(0))
+    with pytest.raises(ConfigurationError, match="key"):
+        Fragment(key="chat")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="storage"):
+        Fragment(storage=object())  # type: ignore[arg-type]
