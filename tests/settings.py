@@ -20,10 +20,13 @@ DATABASES = {
         os.environ.get("DATABASE_URL") or f"sqlite:///{_TEST_DIR / 'botsessions-dev.sqlite3'}"
     )
 }
+# One test database per test process, so that concurrent runs never share one.
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {
         "NAME": str(_TEST_DIR / f"botsessions-test-{os.getpid()}.sqlite3")
     }
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 
 SECRET_KEY = "tests-only-secret-key"
 DEBUG = False

@@ -1,0 +1,272 @@
+"""Sessions inside a real PTB application: handler kinds, groups, blocking, jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from telegram import Update
+from telegram.ext import (
+    ApplicationBuilder,
+    ApplicationHandlerStop,
+    CallbackContext,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    ConversationHandler,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from botsessions import (
+    ConfigurationError,
+    SessionContext,
+    SessionNotLoadedError,
+    Sessions,
+    use_sessions,
+)
+from botsessions.models import Session
+
+from .updates import ALICE, callback_query, message
+
+pytestmark = pytest.mark.django_db
+
+BOT = 123456
+
+
+def stored(key: str = f"chat:{ALICE}", fragment: str = "") -> Any:
+    row = Session.objects.filter(bot_id=BOT, fragment=fragment, key=key).first()
+    return None if row is None else row.data
+
+
+def statements(captured: Any) -> list[str]:
+    """The first word of each statement, without the savepoints of the test's transaction.
+
+    Tests run inside a transaction, so the commit's ``atomic`` becomes a savepoint here;
+    in production it is a plain transaction (BEGIN/COMMIT are not statements Django logs).
+    """
+    words = [q["sql"].split()[0].upper() for q in captured.captured_queries]
+    return [w for w in words if w not in {"SAVEPOINT", "RELEASE"}]
+
+
+def test_statement_counts(make_bot):
+    """Unmatched: none. Read-only: one. Changed: one read, then the update's commit."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    async def show(update, context):
+        _ = context.session["n"]
+
+    async def bump(update, context):
+        context.session["n"] += 1
+
+    bot = make_bot(
+        Sessions(initial=lambda: {"n": 0}),
+        [CommandHandler("show", show), CommandHandler("bump", bump)],
+    )
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("just text")) == "skipped"
+    assert statements(captured) == []
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("/show")) == "unchanged"
+    assert statements(captured) == ["SELECT"]
+    # One read, then the commit: the exactly-once record and the session row.
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("/bump")) == "committed"
+    assert statements(captured) == ["SELECT", "INSERT", "INSERT"]
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("/bump")) == "committed"
+    assert statements(captured) == ["SELECT", "INSERT", "UPDATE"]
+
+
+def test_all_handler_groups_share_one_session(make_bot):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    async def first(update, context):
+        context.session["trail"].append("group 0")
+
+    async def second(update, context):
+        context.session["trail"].append("group 1")
+
+    bot = make_bot(
+        Sessions(initial=lambda: {"trail": []}),
+        [(MessageHandler(filters.TEXT, first), 0), (MessageHandler(filters.TEXT, second), 1)],
+    )
+    with CaptureQueriesContext(connection) as captured:
+        bot.process(message("x"))
+    assert statements(captured) == ["SELECT", "INSERT", "INSERT"]
+    assert stored() == {"trail": ["group 0", "group 1"]}
+
+
+def test_handler_stop_keeps_the_changes_made_so_far(make_bot):
+    async def first(update, context):
+        context.session["n"] = 1
+        raise ApplicationHandlerStop
+
+    async def never(update, context):
+        context.session["n"] = 2
+
+    bot = make_bot(
+        Sessions(initial=lambda: {"n": 0}),
+        [(MessageHandler(filters.TEXT, first), 0), (MessageHandler(filters.TEXT, never), 1)],
+    )
+    assert bot.process(message("x")) == "committed"
+    assert stored() == {"n": 1}
+
+
+def test_non_blocking_handlers_are_saved_after_they_finish(make_bot):
+    async def slow(update, context):
+        await asyncio.sleep(0.05)
+        context.session["done"] = True
+
+    bot = make_bot(
+        Sessions(initial=lambda: {"done": False}),
+        [MessageHandler(filters.TEXT, slow, block=False)],
+    )
+    assert bot.process(message("x")) == "committed"
+    assert stored() == {"done": True}
+
+
+def test_failing_non_blocking_handler_discards_the_update(make_bot):
+    async def writes(update, context):
+        context.session["n"] = 1
+
+    async def fails(update, context):
+        await asyncio.sleep(0.01)
+        raise RuntimeError("boom")
+
+    bot = make_bot(
+        Sessions(initial=lambda: {"n": 0}),
+        [
+            (MessageHandler(filters.TEXT, writes), 0),
+            (MessageHandler(filters.TEXT, fails, block=False), 1),
+        ],
+    )
+    assert bot.process(message("x")) == "handler_failed"
+    assert stored() is None
+    assert str(bot.errors[0]) == "boom"
+
+
+def test_callback_query_handler(make_bot):
+    async def pressed(update, context):
+        await update.callback_query.answer()
+        context.session["pressed"] = update.callback_query.data
+
+    bot = make_bot(Sessions(initial=dict), [CallbackQueryHandler(pressed)])
+    bot.process(callback_query("more"))
+    assert stored() == {"pressed": "more"}
+
+
+def test_conversation_handler(make_bot):
+    NAME, AGE = range(2)
+
+    async def start(update, context):
+        context.session["form"] = {}
+        return NAME
+
+    async def name(update, context):
+        context.session["form"]["name"] = update.message.text
+        return AGE
+
+    async def age(update, context):
+        context.session["form"]["age"] = int(update.message.text)
+        return ConversationHandler.END
+
+    conversation = ConversationHandler(
+        entry_points=[CommandHandler("start", start)],
+        states={
+            NAME: [MessageHandler(filters.TEXT & ~filters.COMMAND, name)],
+            AGE: [MessageHandler(filters.Regex(r"^\d+$"), age)],
+        },
+        fallbacks=[],
+    )
+    bot = make_bot(Sessions(initial=dict), [conversation])
+    for text in ["/start", "Alice", "30"]:
+        bot.process(message(text))
+    assert stored() == {"form": {"name": "Alice", "age": 30}}
+
+
+def test_session_is_not_available_in_jobs(make_bot):
+    """Jobs have no update, so no session; the error says so instead of guessing."""
+    errors: list[BaseException] = []
+
+    async def job(context):
+        try:
+            context.session  # noqa: B018
+        except SessionNotLoadedError as exc:
+            errors.append(exc)
+
+    async def schedule(update, context):
+        await job(
+            context.application.context_types.context.from_job(_FakeJob(), context.application)
+        )
+
+    bot = make_bot(Sessions(initial=dict), [MessageHandler(filters.TEXT, schedule)])
+    bot.process(message("x"))
+    assert len(errors) == 1 and "only while an update is processed" in str(errors[0])
+
+
+class _FakeJob:
+    chat_id = None
+    user_id = None
+    data = None
+
+
+def test_counters_survive_a_new_application(make_bot):
+    """What the README promises: a restart of the process keeps every counter."""
+
+    async def bump(update, context):
+        context.session["n"] += 1
+
+    sessions = Sessions(initial=lambda: {"n": 0})
+    first = make_bot(sessions, [MessageHandler(filters.TEXT, bump)])
+    first.process(message("x"))
+    first.close()
+    second = make_bot(sessions, [MessageHandler(filters.TEXT, bump)])
+    second.process(message("x"))
+    assert stored() == {"n": 2}
+
+
+def test_use_sessions_keeps_custom_data_types():
+    class ChatData(dict):
+        pass
+
+    builder = ApplicationBuilder().token("1:x").context_types(ContextTypes(chat_data=ChatData))
+    app = use_sessions(builder, Sessions()).build()
+    assert app.context_types.context is SessionContext
+    assert app.context_types.chat_data is ChatData
+
+
+def test_use_sessions_refuses_a_foreign_context_class():
+    class MyContext(CallbackContext):  # type: ignore[type-arg]
+        pass
+
+    builder = ApplicationBuilder().token("1:x").context_types(ContextTypes(context=MyContext))
+    with pytest.raises(ConfigurationError, match="must subclass"):
+        use_sessions(builder, Sessions())
+
+
+def test_a_subclass_of_session_context_is_kept():
+    class MyContext(SessionContext):
+        pass
+
+    builder = ApplicationBuilder().token("1:x").context_types(ContextTypes(context=MyContext))
+    app = use_sessions(builder, Sessions()).build()
+    assert app.context_types.context is MyContext
+
+
+def test_use_sessions_needs_sessions():
+    with pytest.raises(ConfigurationError):
+        use_sessions(ApplicationBuilder().token("1:x"), {"initial": dict})  # type: ignore[arg-type]
+
+
+def test_type_handler_sees_session(make_bot):
+    async def handler(update, context):
+        context.session["kind"] = "any"
+
+    bot = make_bot(Sessions(initial=dict), [TypeHandler(Update, handler)])
+    bot.process(message("x"))
+    assert stored() == {"kind": "any"}
