@@ -150,7 +150,9 @@ def test_read_only_updates_do_not_write(make_bot, probe):
             _ = context.session["n"]
             context.session["n"] = 5  # the same value again is not a change
 
-    bot = make_bot(Sessions(storage=probe.storage, initial=lambda: {"n": 0}), [every_update(handler)])
+    bot = make_bot(
+        Sessions(storage=probe.storage, initial=lambda: {"n": 0}), [every_update(handler)]
+    )
     assert bot.process(message("set")) == "committed"
     for _ in range(3):
         assert bot.process(message("look")) == "unchanged"
@@ -162,7 +164,9 @@ def test_new_session_left_at_initial_is_not_written(make_bot, probe):
     async def handler(update, context):
         _ = context.session["n"]
 
-    bot = make_bot(Sessions(storage=probe.storage, initial=lambda: {"n": 0}), [every_update(handler)])
+    bot = make_bot(
+        Sessions(storage=probe.storage, initial=lambda: {"n": 0}), [every_update(handler)]
+    )
     assert bot.process(message("look")) == "unchanged"
     assert probe.counts().writes == 0
 

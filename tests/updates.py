@@ -50,7 +50,10 @@ def message(
     if text.startswith("/"):
         length = len(text.split(maxsplit=1)[0])
         body["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
-    return {"update_id": update_id if update_id is not None else next(_update_ids), "message": body}
+    return {
+        "update_id": update_id if update_id is not None else next(_update_ids),
+        "message": body,
+    }
 
 
 def service_message(chat_id: int, user_id: int = BOB, **fields: Any) -> dict[str, Any]:
@@ -82,11 +85,17 @@ def inline_query(user_id: int = ALICE) -> dict[str, Any]:
 def poll_answer(user_id: int = BOB) -> dict[str, Any]:
     return {
         "update_id": next(_update_ids),
-        "poll_answer": {"poll_id": "5432109876543210000", "user": _user(user_id), "option_ids": [1]},
+        "poll_answer": {
+            "poll_id": "5432109876543210000",
+            "user": _user(user_id),
+            "option_ids": [1],
+        },
     }
 
 
-def callback_query(data: str = "more", *, chat_id: int = ALICE, user_id: int = ALICE) -> dict[str, Any]:
+def callback_query(
+    data: str = "more", *, chat_id: int = ALICE, user_id: int = ALICE
+) -> dict[str, Any]:
     return {
         "update_id": next(_update_ids),
         "callback_query": {
