@@ -89,6 +89,7 @@ def poll_answer(user_id: int = BOB) -> dict[str, Any]:
             "poll_id": "5432109876543210000",
             "user": _user(user_id),
             "option_ids": [1],
+            "option_persistent_ids": ["1"],
         },
     }
 

@@ -1,0 +1,119 @@
+"""System checks, and purging expired sessions and old exactly-once records."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import override_settings
+from django.utils import timezone
+
+from botsessions.checks import check_settings
+from botsessions.models import ProcessedUpdate, Session
+from botsessions.purge import prune_processed_updates, purge_expired_sessions
+
+APP = "botproject.bot.build_application"
+
+
+def ids(**settings: object) -> list[str]:
+    with override_settings(**settings):
+        return [message.id for message in check_settings()]
+
+
+def test_project_settings_pass():
+    assert ids() == []
+
+
+def test_missing_secret_warns_in_debug_and_fails_otherwise():
+    bots = {"default": {"APPLICATION": APP}}
+    assert ids(BOTSESSIONS_BOTS=bots, DEBUG=True) == ["botsessions.W001"]
+    assert ids(BOTSESSIONS_BOTS=bots, DEBUG=False) == ["botsessions.E008"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"USE_TZ": False}, "botsessions.E001"),
+        ({"BOTSESSIONS_BOTS": ["default"]}, "botsessions.E002"),
+        ({"BOTSESSIONS_BOTS": {"a": "x"}}, "botsessions.E003"),
+        (
+            {"BOTSESSIONS_BOTS": {"a": {"APPLICATION": 3, "WEBHOOK_SECRET": "s"}}},
+            "botsessions.E004",
+        ),
+        ({"BOTSESSIONS_MAX_BODY_SIZE": 0}, "botsessions.E005"),
+        ({"BOTSESSIONS_PURGE_BATCH_SIZE": "many"}, "botsessions.E005"),
+        ({"BOTSESSIONS_PROCESSED_UPDATES_RETENTION": timedelta(hours=1)}, "botsessions.E006"),
+        (
+            {"BOTSESSIONS_BOTS": {"a": {"APPLICATION": APP, "WEBHOOK_SECRET": 5}}},
+            "botsessions.E007",
+        ),
+        (
+            {"BOTSESSIONS_BOTS": {"a": {"APPLICATION": APP, "WEBHOOK_SECRET": "bad secret!"}}},
+            "botsessions.E009",
+        ),
+        (
+            {
+                "BOTSESSIONS_BOTS": {
+                    "a": {"APPLICATION": APP, "WEBHOOK_SECRET": "s", "ALLOWED_UPDATES": "message"}
+                }
+            },
+            "botsessions.E010",
+        ),
+    ],
+)
+def test_each_misconfiguration_has_its_id(settings, expected):
+    assert expected in ids(**settings)
+
+
+def test_checks_run_through_manage_py_check():
+    from django.core.management.base import SystemCheckError
+
+    with override_settings(USE_TZ=False), pytest.raises(SystemCheckError, match="E001"):
+        call_command("check")
+
+
+def make_rows(count: int, expires_at: object, start: int = 0) -> None:
+    Session.objects.bulk_create(
+        Session(bot_id=1, key=f"chat:{n}", data={}, expires_at=expires_at)
+        for n in range(start, start + count)
+    )
+
+
+@pytest.mark.django_db
+def test_purge_deletes_only_expired_sessions_in_batches():
+    now = timezone.now()
+    make_rows(25, now - timedelta(seconds=1))
+    make_rows(5, now + timedelta(hours=1), start=100)
+    make_rows(3, None, start=200)
+    progress: list[int] = []
+    assert purge_expired_sessions(batch_size=10, progress=progress.append) == 25
+    assert progress == [10, 20, 25]
+    assert Session.objects.count() == 8
+
+
+@pytest.mark.django_db
+def test_records_are_kept_for_the_redelivery_window():
+    now = timezone.now()
+    ProcessedUpdate.objects.create(bot_id=1, update_id=1, processed_at=now - timedelta(hours=26))
+    ProcessedUpdate.objects.create(bot_id=1, update_id=2, processed_at=now - timedelta(hours=23))
+    assert prune_processed_updates() == 1
+    assert list(ProcessedUpdate.objects.values_list("update_id", flat=True)) == [2]
+
+
+@pytest.mark.django_db
+def test_purge_command_reports_what_it_did():
+    make_rows(3, timezone.now() - timedelta(minutes=1))
+    out = StringIO()
+    call_command("purgesessions", "--batch-size", "2", stdout=out)
+    text = out.getvalue()
+    assert "sessions: 2 deleted so far" in text
+    assert "Deleted 3 expired session(s) and 0 processed-update record(s)." in text
+    assert Session.objects.count() == 0
+
+
+def test_purge_command_refuses_a_bad_batch_size():
+    with pytest.raises(CommandError, match="positive"):
+        call_command("purgesessions", "--batch-size", "0")
