@@ -14,6 +14,7 @@ import contextvars
 import logging
 from typing import Any
 
+from django.db import DatabaseError
 from telegram import Update
 from telegram._utils.defaultvalue import DefaultValue
 from telegram.ext import (
@@ -80,8 +81,8 @@ class UpdateRun:
             self.failed = True
             logger.error("botsessions: update %s not processed: %s", _update_id(self.update), exc)
             raise ApplicationHandlerStop from exc
-        except StorageError as exc:
-            self.storage_error = exc
+        except (StorageError, DatabaseError) as exc:
+            self.storage_error = _storage_error(exc)
             self.failed = True
             raise ApplicationHandlerStop from exc
         if self.sessions.already_processed:
@@ -106,8 +107,12 @@ class UpdateRun:
             self.outcome = Outcome.HANDLER_FAILED
             await self.application.process_error(update=self.update, error=exc)
             return
-        except StorageError as exc:
-            self.storage_error = exc
+        except StoredDataError:
+            # A lazy read nobody awaited found a bad row (already logged with its key).
+            self.outcome = Outcome.BAD_STORED_DATA
+            return
+        except (StorageError, DatabaseError) as exc:
+            self.storage_error = _storage_error(exc)
             return
         if changed is None:
             self.outcome = Outcome.DUPLICATE
@@ -314,6 +319,15 @@ def use_sessions(
     kwargs["sessions"] = sessions
     builder.application_class(app_class, kwargs=kwargs)
     return builder
+
+
+def _storage_error(exc: Exception) -> StorageError:
+    """A database error a storage let through is still a storage failure: retry the update."""
+    if isinstance(exc, StorageError):
+        return exc
+    error = StorageError(f"session storage failed: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def _update_id(update: object) -> object:

@@ -11,6 +11,7 @@ failed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 from collections import defaultdict
@@ -91,15 +92,19 @@ class FragmentSession:
         self.value = value
 
     def awaitable(self) -> Awaitable[Any]:
-        """The data as an awaitable, for lazy fragments: the read starts on first await."""
+        """The data as an awaitable, for lazy fragments.
+
+        The read starts on access, as it does in grammY, so a read that a handler starts
+        and never awaits is still finished before the update commits.
+        """
         self.require_key()
+        self.accessed = True
+        if not self.loaded and not self.assigned and self._load_task is None:
+            self._load_task = asyncio.ensure_future(self._read_one())
         return _LazyValue(self)
 
     async def load_lazily(self) -> Any:
-        self.accessed = True
-        if not self.loaded and not self.assigned:
-            if self._load_task is None:
-                self._load_task = asyncio.ensure_future(self._read_one())
+        if self._load_task is not None:
             await asyncio.shield(self._load_task)
         if inspect.isawaitable(self.value):
             self.value = await self.value
@@ -114,7 +119,18 @@ class FragmentSession:
             self.revision = record.revision if record is not None else 0
             self.loaded = True
             return
-        await self.accept(record)
+        try:
+            await self.accept(record)
+        except StoredDataError as exc:
+            logger.error(
+                "botsessions: session %s (bot %s, fragment %r, key %r) could not be loaded: %s",
+                self.key,
+                self.key.bot_id,
+                self.key.fragment,
+                self.key.key,
+                exc,
+            )
+            raise
 
     async def settle(self) -> None:
         """Wait for a read still in flight and for an assigned awaitable."""
@@ -222,10 +238,9 @@ class UpdateSessions:
         by_storage: dict[int, list[FragmentSession]] = defaultdict(list)
         for fragment in strict:
             by_storage[id(fragment.storage)].append(fragment)
+        # The exactly-once record is read with the primary storage's strict fragments; when
+        # it has none, a redelivery is still caught when its commit finds the record.
         primary = self._primary_storage()
-        if primary is not None and id(primary) not in by_storage and self.mark is not None:
-            _, self.already_processed = await primary.load([], self.mark)
-            return
         now = utcnow()
         for group in by_storage.values():
             storage = group[0].storage
@@ -239,16 +254,25 @@ class UpdateSessions:
                 try:
                     await fragment.accept(records.get(fragment.key), now)  # type: ignore[arg-type]
                 except StoredDataError as exc:
+                    key = fragment.key
+                    assert key is not None
                     logger.error(
-                        "botsessions: session %s of bot %s could not be loaded: %s",
-                        fragment.key,
-                        self.bot_id,
+                        "botsessions: session %s (bot %s, fragment %r, key %r) could not be "
+                        "loaded: %s",
+                        key,
+                        key.bot_id,
+                        key.fragment,
+                        key.key,
                         exc,
                     )
                     raise
 
     def _primary_storage(self) -> SessionStorage | None:
-        """The storage that records the update for exactly-once processing."""
+        """The storage that records the update for exactly-once processing.
+
+        It is the storage of the first fragment with a key, so the same update always
+        checks and records in the same place.
+        """
         for fragment in self:
             if fragment.storage is not None:
                 return fragment.storage
@@ -278,15 +302,22 @@ class UpdateSessions:
                 raise SessionDataError(f"{fragment.key}: {exc}") from exc
             if change is not None:
                 assert fragment.storage is not None
+                if not self.sessions.locking:
+                    # Documented as last write wins: no revision check either.
+                    change = dataclasses.replace(change, expected_revision=None)
                 changes.setdefault(id(fragment.storage), (fragment.storage, []))[1].append(change)
+        if not changes:
+            return 0
         primary = self._primary_storage()
-        first = True
+        assert primary is not None
+        # The primary storage commits first, with the record, even with nothing of its own.
+        batches = [(primary, changes.pop(id(primary), (primary, []))[1])]
+        batches += list(changes.values())
         count = 0
-        for storage, batch in sorted(changes.values(), key=lambda pair: pair[0] is not primary):
-            committed = await storage.commit(batch, self.mark if first else None)
-            if first and not committed:
+        for index, (storage, batch) in enumerate(batches):
+            committed = await storage.commit(batch, self.mark if index == 0 else None)
+            if index == 0 and not committed:
                 return None
-            first = False
             count += len(batch)
         return count
 

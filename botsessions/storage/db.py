@@ -149,7 +149,7 @@ class DatabaseStorage(SessionStorage):
         return records, processed
 
     def commit_sync(self, changes: Sequence[Change], mark: UpdateMark | None) -> bool:
-        if not changes:
+        if not changes and mark is None:
             return True
         connection = connections[self.using]
         table, marks = self._tables()
