@@ -1,4 +1,7 @@
-"""ASGI entry point (uvicorn)."""
+"""ASGI entry point (uvicorn).
+
+The webhook's body limit is enforced before Django reads the body (see botsessions.asgi).
+"""
 
 from __future__ import annotations
 
@@ -7,4 +10,8 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botproject.settings")
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from botsessions.asgi import WebhookBodyLimit  # noqa: E402  (needs Django set up first)
+
+application = WebhookBodyLimit(django_application)

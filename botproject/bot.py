@@ -42,9 +42,12 @@ async def reset(update: Update, context: SessionContext) -> None:
     await update.effective_message.reply_text("Session reset.")
 
 
-def build_application() -> Application:  # type: ignore[type-arg]
-    """Build the demo bot from the settings (token and optional Bot API server)."""
-    token = settings.TELEGRAM_BOT_TOKEN
+def build_application(token: str | None = None) -> Application:  # type: ignore[type-arg]
+    """Build the demo bot from the settings (token and optional Bot API server).
+
+    ``token`` overrides TELEGRAM_BOT_TOKEN, for a second bot with the same handlers.
+    """
+    token = token or settings.TELEGRAM_BOT_TOKEN
     if not token:
         raise ImproperlyConfigured(
             "TELEGRAM_BOT_TOKEN is not set: export the token BotFather gave you "
@@ -58,5 +61,8 @@ def build_application() -> Application:  # type: ignore[type-arg]
     application.add_handler(CommandHandler("hunger", hunger))
     application.add_handler(CommandHandler("stats", stats))
     application.add_handler(CommandHandler("reset", reset))
-    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, count_message))
+    # New messages only: an edit is not another message, and a channel post has no sender.
+    application.add_handler(
+        MessageHandler(filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND, count_message)
+    )
     return application

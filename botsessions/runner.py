@@ -47,20 +47,27 @@ class BotRunner:
 
     def initialize(self) -> None:
         """Initialize the application (``getMe``) once; retried after a failure."""
-        if self.application._initialized:  # noqa: SLF001
+        if self.application._initialized:
             return
         with self._init_lock:
             loop = self._ensure_started()
             asyncio.run_coroutine_threadsafe(self._initialize(), loop).result()
 
     async def _initialize(self) -> None:
-        if not self.application._initialized:  # noqa: SLF001
+        if not self.application._initialized:
             await self.application.initialize()
 
     def decode(self, data: dict[str, Any]) -> Update:
         """Turn a JSON object into an ``Update`` bound to the application's bot."""
         bot = self.application.bot
         update = Update.de_json(data, bot)
+        # PTB does not check types: a list as chat id would crash it after the handlers
+        # ran (a 500), and an id too long for a session key would fail the write (a 503).
+        for party in (update.effective_chat, update.effective_user):
+            ident = getattr(party, "id", 0)
+            valid = isinstance(ident, int) and not isinstance(ident, bool)
+            if not valid or not -(2**63) <= ident < 2**63:
+                raise ValueError("chat and user ids must be 64-bit integers")
         if isinstance(bot, ExtBot) and bot.callback_data_cache is not None:
             bot.insert_callback_data(update)
         return update
@@ -77,7 +84,7 @@ class BotRunner:
         """Shut the application down and stop the loop (tests, process exit)."""
         if self.loop is None:
             return
-        if self.application._initialized:  # noqa: SLF001
+        if self.application._initialized:
             asyncio.run_coroutine_threadsafe(self.application.shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         if self._thread is not None:
@@ -95,7 +102,7 @@ def runner_for(alias: str) -> BotRunner:
 
     with _runners_lock:
         runner = _runners.get(alias)
-        if runner is not None and runner._pid != os.getpid():  # noqa: SLF001
+        if runner is not None and runner._pid != os.getpid():
             _runners.clear()
             forget_applications()
             runner = None

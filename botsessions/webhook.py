@@ -8,7 +8,11 @@ Answers, and why:
 - 200 once the handlers ran and the session change is committed, also when a handler
   raised (its change is discarded and PTB's error handlers are told) and for an update
   that was already processed, so Telegram does not redeliver a buggy update all day;
-- 503 when the database failed, so Telegram redelivers later and nothing is lost.
+- 503 when the database failed, or the Bot API could not be reached to initialize the
+  bot (``getMe``, once per process), so Telegram redelivers later and nothing is lost.
+
+Under ASGI, Django reads the whole body before any view runs: wrap the ASGI application
+in :class:`botsessions.asgi.WebhookBodyLimit` so the size limit holds there too.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import json
 import logging
 from typing import Any
 
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
+from telegram.error import NetworkError
 
 from .bots import bot_settings
 from .conf import settings
@@ -31,6 +37,7 @@ from .runner import runner_for
 logger = logging.getLogger("botsessions.webhook")
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+RETRY_AFTER_SECONDS = 5
 
 
 class BadUpdate(ValueError):
@@ -47,33 +54,38 @@ class TelegramWebhookView(View):
     def post(self, request: HttpRequest) -> HttpResponse:
         config = bot_settings(self.bot)
         if not _secret_matches(request, config.get("WEBHOOK_SECRET") or ""):
-            return _refuse(403, "secret token missing or wrong")
+            return refusal(403, "secret token missing or wrong")
         limit = settings.MAX_BODY_SIZE
         try:
             declared = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            return _refuse(400, "invalid Content-Length")
+            return refusal(400, "invalid Content-Length")
         if declared > limit:
-            return _refuse(413, f"body over {limit} bytes")
-        body = request.read(limit + 1)
+            return refusal(413, f"body over {limit} bytes")
+        body = _read_at_most(request, limit + 1)
         if len(body) > limit:
-            return _refuse(413, f"body over {limit} bytes")
+            return refusal(413, f"body over {limit} bytes")
         runner = runner_for(self.bot)
         try:
             data = _parse(body)
             try:
                 update = runner.decode(data)
             except Exception as exc:  # PTB raises many kinds for a malformed update
-                raise _decode_error(exc) from exc
+                raise BadUpdate(f"not a Telegram update: {exc.__class__.__name__}") from exc
         except BadUpdate as exc:
-            return _refuse(400, str(exc))
+            return refusal(400, str(exc))
+        try:
+            runner.initialize()
+        except NetworkError as exc:
+            logger.warning("bot %r not initialized, asking Telegram to retry: %s", self.bot, exc)
+            return _retry_later("bot not initialized, retry later")
         try:
             outcome = runner.process(update)
-        except StorageError as exc:
-            logger.warning("update %s not stored, asking Telegram to retry: %s", update.update_id, exc)
-            response = _refuse(503, "session storage unavailable, retry later")
-            response["Retry-After"] = "5"
-            return response
+        except (StorageError, DatabaseError) as exc:
+            logger.warning(
+                "update %s not stored, asking Telegram to retry: %s", update.update_id, exc
+            )
+            return _retry_later("session storage unavailable, retry later")
         return JsonResponse({"ok": True, "outcome": outcome})
 
 
@@ -86,6 +98,19 @@ def _secret_matches(request: HttpRequest, secret: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode())
 
 
+def _read_at_most(request: HttpRequest, size: int) -> bytes:
+    """Read up to ``size`` bytes; a stream may return less than asked before its end."""
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        chunk = request.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
 def _parse(body: bytes) -> dict[str, Any]:
     if not body:
         raise BadUpdate("empty body")
@@ -93,6 +118,8 @@ def _parse(body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadUpdate(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadUpdate("malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadUpdate("expected a JSON object")
     update_id = data.get("update_id")
@@ -103,9 +130,12 @@ def _parse(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _decode_error(exc: Exception) -> BadUpdate:
-    return BadUpdate(f"not a Telegram update: {exc.__class__.__name__}")
+def _retry_later(reason: str) -> HttpResponse:
+    response = refusal(503, reason)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
-def _refuse(status: int, reason: str) -> HttpResponse:
+def refusal(status: int, reason: str) -> HttpResponse:
+    """The JSON error answer of the webhook (also used by the ASGI body limit)."""
     return JsonResponse({"ok": False, "error": reason}, status=status)

@@ -130,7 +130,7 @@ def test_memory_storage_has_its_own_ttl():
         await storage.write(key, StoredSession("1"))
         first = await storage.read(key)
         clock.advance(timedelta(seconds=6))
-        return [first, await storage.read(key), [k async for k in storage.keys()]]
+        return [first, await storage.read(key), [k async for k in storage.keys()]]  # noqa: SIM118
 
     first, later, keys = asyncio.run(scenario())
     assert first is not None and first.data == "1"

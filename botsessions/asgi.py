@@ -1,0 +1,101 @@
+"""Refusing oversized webhook bodies under ASGI before Django reads them.
+
+Django's ASGI handler reads a request's whole body (spooling it to disk) before any view
+runs, so the webhook view's size check would come after a 1 GiB upload was received.
+This wrapper answers 413 from the declared ``Content-Length``, or after at most
+``BOTSESSIONS_MAX_BODY_SIZE + 1`` bytes of a body without one, for the URLs served by a
+:class:`~botsessions.webhook.TelegramWebhookView`; every other request passes untouched::
+
+    application = WebhookBodyLimit(get_asgi_application())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from django.urls import Resolver404, resolve
+
+from .conf import settings
+from .webhook import TelegramWebhookView, refusal
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class WebhookBodyLimit:
+    """ASGI middleware enforcing the webhook body limit without reading the body whole."""
+
+    def __init__(self, application: ASGIApp) -> None:
+        self.application = application
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not _is_webhook(scope):
+            await self.application(scope, receive, send)
+            return
+        limit = settings.MAX_BODY_SIZE
+        declared = _content_length(scope)
+        if declared is not None:
+            # A malformed value goes on to the view, which answers 400 for it.
+            if declared.isdigit() and int(declared) > limit:
+                await _too_large(send, limit)
+                return
+            await self.application(scope, receive, send)
+            return
+        received: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > limit:
+                await _too_large(send, limit)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return received.pop(0) if received else await receive()
+
+        await self.application(scope, replay, send)
+
+
+def _is_webhook(scope: Scope) -> bool:
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return False
+    view_class = getattr(match.func, "view_class", None)
+    return isinstance(view_class, type) and issubclass(view_class, TelegramWebhookView)
+
+
+def _content_length(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            return value.decode("latin-1").strip()
+    return None
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    response = refusal(413, f"body over {limit} bytes")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": [
+                (b"content-type", response["Content-Type"].encode("latin-1")),
+                (b"content-length", str(len(response.content)).encode("latin-1")),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": response.content})

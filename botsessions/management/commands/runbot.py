@@ -1,0 +1,33 @@
+"""``manage.py runbot``: run a bot by long polling, with sessions, for local development."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import CommandParser
+
+from ...telegram_api import run_polling
+from ._botcommand import BotCommand
+
+
+class Command(BotCommand):
+    help = (
+        "Runs the bot by long polling (getUpdates) until Ctrl-C. Updates already fetched "
+        "are processed and their sessions saved before it exits. Telegram does not deliver "
+        "by polling while a webhook is set; polling deletes the webhook."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--drop-pending-updates",
+            action="store_true",
+            help="Discard the updates that arrived while the bot was not running.",
+        )
+
+    def handle(self, *args: Any, bot: str, **options: Any) -> None:
+        self.stdout.write(f"Polling for updates of bot {bot!r}; Ctrl-C to stop.")
+        self.stdout.flush()
+        with self.bot_api():
+            run_polling(bot, drop_pending_updates=options["drop_pending_updates"])
+        self.stdout.write("Stopped.")

@@ -1,0 +1,144 @@
+"""The Bot API management commands against the fake Bot API: setwebhook, deletewebhook,
+webhookinfo, and the failures a person must be told about in plain words."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from telegram import Update
+
+from botsessions.bots import forget_applications
+
+from .fakebotapi import FakeBotAPI
+from .servers import free_port
+
+URL = "https://bot.example.com/telegram/webhook/"
+
+
+@pytest.fixture
+def fake(api: FakeBotAPI, settings: Any) -> Iterator[FakeBotAPI]:
+    settings.TELEGRAM_API_BASE_URL = api.base_url
+    forget_applications()
+    call_command("deletewebhook", stdout=StringIO())
+    api.reset()
+    yield api
+    forget_applications()
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out, stderr=out)
+    return out.getvalue()
+
+
+def test_setwebhook_sends_secret_and_every_update_type(fake: FakeBotAPI) -> None:
+    output = run("setwebhook", URL)
+    assert fake.webhook == {
+        "url": URL,
+        "secret_token": "test-secret",
+        "allowed_updates": list(Update.ALL_TYPES),
+        "drop_pending_updates": False,
+    }
+    assert f"set to {URL}" in output
+    assert "Secret token: sent" in output
+
+
+def test_setwebhook_uses_configured_allowed_updates_and_drops(
+    fake: FakeBotAPI, settings: Any
+) -> None:
+    settings.BOTSESSIONS_BOTS = {
+        "default": {
+            **settings.BOTSESSIONS_BOTS["default"],
+            "ALLOWED_UPDATES": ["message", "callback_query"],
+        }
+    }
+    fake.queue_message("waiting")
+    run("setwebhook", URL, "--drop-pending-updates")
+    assert fake.webhook["allowed_updates"] == ["message", "callback_query"]
+    assert fake.webhook["drop_pending_updates"] is True
+    assert fake.pending_updates() == []
+
+
+def test_setwebhook_without_secret_warns(fake: FakeBotAPI, settings: Any) -> None:
+    settings.BOTSESSIONS_BOTS = {"default": {"APPLICATION": "botproject.bot.build_application"}}
+    output = run("setwebhook", URL)
+    assert "secret_token" not in fake.webhook
+    assert "No WEBHOOK_SECRET is configured" in output
+
+
+def test_setwebhook_refuses_a_non_url(fake: FakeBotAPI) -> None:
+    with pytest.raises(CommandError, match="https:// URL"):
+        run("setwebhook", "bot.example.com/hook")
+    assert fake.calls == []
+
+
+def test_webhookinfo_and_deletewebhook(fake: FakeBotAPI) -> None:
+    run("setwebhook", URL)
+    info = run("webhookinfo")
+    assert f"URL:               {URL}" in info
+    assert "Pending updates:   0" in info
+    assert "Allowed updates:   message, edited_message," in info
+
+    assert "deleted" in run("deletewebhook", "--drop-pending-updates")
+    assert fake.webhook == {}
+    assert fake.calls_to("deleteWebhook")[-1].params["drop_pending_updates"] == "true"
+    assert "(none: the bot is not using a webhook)" in run("webhookinfo")
+
+
+def test_commands_act_on_the_bot_named_by_alias(fake: FakeBotAPI, settings: Any) -> None:
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "second": {
+            "APPLICATION": "tests.webhook_bots.second_demo_bot",
+            "WEBHOOK_SECRET": "second-secret",
+        },
+    }
+    run("setwebhook", URL, "--bot", "second")
+    call = fake.calls_to("setWebhook")[-1]
+    assert (call.token, call.params["secret_token"]) == ("654321:OTHER-token", "second-secret")
+
+
+COMMANDS = [("setwebhook", URL), ("deletewebhook",), ("webhookinfo",)]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+def test_missing_token_is_a_clear_error(fake: FakeBotAPI, settings: Any, command: Any) -> None:
+    settings.TELEGRAM_BOT_TOKEN = ""
+    with pytest.raises(CommandError, match="TELEGRAM_BOT_TOKEN is not set"):
+        run(*command)
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+def test_unreachable_bot_api_is_a_clear_error(
+    fake: FakeBotAPI, settings: Any, command: Any
+) -> None:
+    settings.TELEGRAM_API_BASE_URL = f"http://127.0.0.1:{free_port()}/bot"
+    with pytest.raises(CommandError, match="Could not reach the Bot API for bot 'default'"):
+        run(*command)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+def test_refused_token_is_a_clear_error(fake: FakeBotAPI, settings: Any, command: Any) -> None:
+    settings.TELEGRAM_BOT_TOKEN = "not-a-token"
+    with pytest.raises(CommandError, match="Telegram refused the token of bot 'default'"):
+        run(*command)
+
+
+def test_unknown_alias_is_a_clear_error(fake: FakeBotAPI) -> None:
+    with pytest.raises(CommandError, match="No bot 'nope' in BOTSESSIONS_BOTS"):
+        run("webhookinfo", "--bot", "nope")
+
+
+def test_bot_api_refusal_is_a_clear_error(fake: FakeBotAPI) -> None:
+    fake.fail_next("setWebhook", 400, "Bad Request: bad webhook: HTTPS url must be provided")
+    with pytest.raises(
+        CommandError,
+        match=r"refused the request of bot .default.: Bad webhook: https url must be provided",
+    ):
+        run("setwebhook", URL)

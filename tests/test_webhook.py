@@ -1,0 +1,381 @@
+"""The webhook view in-process, through Django's test client: fast, one rule per test.
+
+The view runs on the test's thread and so does every query of the update (see
+botsessions.dbthread), inside the test's transaction. The bots talk to the fake Bot API.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.db import OperationalError
+from django.db.backends.utils import CursorWrapper
+from django.test import Client
+from telegram import Update
+
+from botsessions.bots import forget_applications
+from botsessions.models import ProcessedUpdate, Session
+from botsessions.runner import shutdown_runners
+from botsessions.storage.db import DatabaseStorage
+
+from . import webhook_bots
+from .fakebotapi import FakeBotAPI
+from .servers import free_port
+from .updates import ALICE, BOB, GROUP, callback_query, inline_query, message, poll_answer
+
+pytestmark = pytest.mark.django_db
+
+URL = "/telegram/webhook/"
+SECRET = "test-secret"
+BOT_ID = 123456
+
+
+@pytest.fixture
+def demo(api: FakeBotAPI, settings: Any) -> Iterator[FakeBotAPI]:
+    """The demo bot (and the test bots) talking to the fake Bot API, built afresh."""
+    settings.TELEGRAM_API_BASE_URL = api.base_url
+    settings.BOTSESSIONS_BOTS = webhook_bots.BOTS
+    shutdown_runners()
+    forget_applications()
+    webhook_bots.errors.clear()
+    yield api
+    shutdown_runners()
+    forget_applications()
+
+
+def post(
+    client: Client,
+    body: dict[str, Any] | bytes | str,
+    *,
+    url: str = URL,
+    secret: str | None = SECRET,
+    **extra: Any,
+) -> Any:
+    headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret is not None else {}
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    return client.generic(
+        "POST", url, data, content_type="application/json", headers=headers, **extra
+    )
+
+
+def rows() -> dict[tuple[str, str], Any]:
+    return {(row.fragment, row.key): row.data for row in Session.objects.all()}
+
+
+def assert_nothing_happened(api: FakeBotAPI) -> None:
+    assert Session.objects.count() == 0
+    assert ProcessedUpdate.objects.count() == 0
+    # Not even getMe: the bot was never initialized, so no handler can have run.
+    assert api.calls == []
+
+
+# -- the demo flow ------------------------------------------------------------------
+
+
+def test_demo_flow_commits_before_answering(client: Client, demo: FakeBotAPI) -> None:
+    for text, user in (("🍕 please", BOB), ("just talking", BOB), ("🍕🍕 yes", ALICE)):
+        response = post(client, message(text, chat_id=GROUP, user_id=user))
+        assert response.status_code == 200
+        assert response.json() == {"ok": True, "outcome": "committed"}
+    assert demo.sent_texts() == []  # counting never replies
+    assert rows() == {
+        ("chat", f"chat:{GROUP}"): {"pizza_count": 2},
+        ("user", f"user:{BOB}"): {"messages": 2},
+        ("user", f"user:{ALICE}"): {"messages": 1},
+    }
+
+    assert post(client, message("/hunger", chat_id=GROUP, user_id=BOB)).status_code == 200
+    assert post(client, message("/hunger@pizza_test_bot", chat_id=GROUP)).status_code == 200
+    assert post(client, message("/stats", chat_id=GROUP, user_id=BOB)).status_code == 200
+    assert demo.sent_texts() == [
+        "Your hunger level is 2!",
+        "Your hunger level is 2!",
+        "You have sent 2 messages.",
+    ]
+    assert demo.calls_to("sendMessage")[0].params["chat_id"] == str(GROUP)
+
+    response = post(client, message("/reset", chat_id=GROUP, user_id=BOB))
+    assert response.json()["outcome"] == "committed"
+    assert demo.sent_texts()[-1] == "Session reset."
+    assert ("chat", f"chat:{GROUP}") not in rows()
+    assert rows()[("user", f"user:{BOB}")] == {"messages": 2}  # /reset is per chat
+    post(client, message("/hunger", chat_id=GROUP, user_id=BOB))
+    assert demo.sent_texts()[-1] == "Your hunger level is 0!"
+    assert len(demo.calls_to("getMe")) == 1  # initialized once, then reused
+
+
+@pytest.mark.parametrize("update", [inline_query, poll_answer], ids=["inline", "poll"])
+def test_update_without_chat_changes_nothing(
+    client: Client, demo: FakeBotAPI, update: Any
+) -> None:
+    post(client, message("🍕", chat_id=GROUP, user_id=ALICE))
+    before = list(Session.objects.values_list("key", "data", "revision"))
+    response = post(client, update())
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "skipped"
+    assert list(Session.objects.values_list("key", "data", "revision")) == before
+    assert demo.sent_texts() == []
+
+
+def test_redelivered_update_is_not_counted_twice(client: Client, demo: FakeBotAPI) -> None:
+    update = message("🍕", chat_id=GROUP, user_id=BOB)
+    assert post(client, update).json()["outcome"] == "committed"
+    assert post(client, update).json()["outcome"] == "duplicate"
+    assert rows()[("chat", f"chat:{GROUP}")] == {"pizza_count": 1}
+
+
+# -- rejections: nothing processed, nothing written ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [None, "", "wrong", "test-secreT", "test-secret ", "test-secret-and-more", "тест"],
+    ids=["missing", "empty", "wrong", "case", "space", "longer", "non-ascii"],
+)
+def test_wrong_or_missing_secret_is_403(client: Client, demo: FakeBotAPI, secret: Any) -> None:
+    response = post(client, message("🍕"), secret=secret)
+    assert response.status_code == 403
+    assert response.json()["ok"] is False
+    assert_nothing_happened(demo)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_only_post_is_allowed(client: Client, demo: FakeBotAPI, method: str) -> None:
+    response = client.generic(
+        method,
+        URL,
+        json.dumps(message("🍕")),
+        content_type="application/json",
+        headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
+    )
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    assert_nothing_happened(demo)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "empty body"),
+        (b"{not json", "malformed JSON"),
+        (b"\xff\xfe\x00garbage", "malformed JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "malformed JSON"),
+        (b"[]", "expected a JSON object"),
+        (b'[{"update_id": 1}]', "expected a JSON object"),
+        (b'"an update"', "expected a JSON object"),
+        (b"null", "expected a JSON object"),
+        (b"{}", "update_id must be an integer"),
+        (b'{"update_id": "1"}', "update_id must be an integer"),
+        (b'{"update_id": true}', "update_id must be an integer"),
+        (b'{"update_id": 1.0}', "update_id must be an integer"),
+        (b'{"update_id": null}', "update_id must be an integer"),
+        (b'{"update_id": 99999999999999999999999}', "update_id out of range"),
+        (b'{"update_id": 1, "message": "x"}', "not a Telegram update"),
+        (b'{"update_id": 1, "message": {"text": "no chat, no date"}}', "not a Telegram update"),
+        (b'{"update_id": 1, "callback_query": []}', "not a Telegram update"),
+    ],
+    ids=[
+        "empty",
+        "malformed",
+        "not-utf8",
+        "deeply-nested",
+        "array",
+        "array-of-update",
+        "string",
+        "null",
+        "no-update-id",
+        "string-id",
+        "bool-id",
+        "float-id",
+        "null-id",
+        "huge-id",
+        "message-string",
+        "message-incomplete",
+        "callback-array",
+    ],
+)
+def test_bad_body_is_400(client: Client, demo: FakeBotAPI, body: bytes, reason: str) -> None:
+    response = post(client, body)
+    assert response.status_code == 400
+    assert response.json()["ok"] is False
+    assert response.json()["error"].startswith(reason)
+    assert_nothing_happened(demo)
+
+
+class CountingStream(io.BytesIO):
+    """A request body that remembers how much of it was read."""
+
+    bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+    def readline(self, size: int | None = -1) -> bytes:
+        chunk = super().readline(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+
+def test_declared_body_over_default_limit_is_413_unread(client: Client, demo: FakeBotAPI) -> None:
+    body = json.dumps(message("🍕" * 300_000)).encode()  # a real update, 1.2 MB
+    assert len(body) > 1024 * 1024
+    stream = CountingStream(body)
+    response = post(client, body, CONTENT_LENGTH=str(len(body)), **{"wsgi.input": stream})
+    assert response.status_code == 413
+    assert stream.bytes_read == 0
+    assert_nothing_happened(demo)
+
+
+def test_lowered_limit_applies(client: Client, demo: FakeBotAPI, settings: Any) -> None:
+    small, big = message("🍕"), message("🍕" * 100)
+    limit = len(json.dumps(small)) + 10
+    assert len(json.dumps(big)) > limit
+    settings.BOTSESSIONS_MAX_BODY_SIZE = limit
+    response = post(client, big)
+    assert response.status_code == 413
+    assert response.json()["error"] == f"body over {limit} bytes"
+    assert_nothing_happened(demo)
+    assert post(client, small).status_code == 200
+
+
+def test_lying_content_length_is_413_unread(client: Client, demo: FakeBotAPI) -> None:
+    stream = CountingStream(json.dumps(message("🍕")).encode())
+    response = post(client, b"", CONTENT_LENGTH=str(50 * 1024 * 1024), **{"wsgi.input": stream})
+    assert response.status_code == 413
+    assert stream.bytes_read == 0
+    assert_nothing_happened(demo)
+
+
+def test_invalid_content_length_is_400(client: Client, demo: FakeBotAPI) -> None:
+    response = post(client, json.dumps(message("🍕")), CONTENT_LENGTH="12abc")
+    assert response.status_code == 400
+    assert_nothing_happened(demo)
+
+
+# -- failures -----------------------------------------------------------------------
+
+
+@pytest.mark.urls("tests.webhook_bots")
+def test_handler_error_is_200_reported_and_discarded(client: Client, demo: FakeBotAPI) -> None:
+    url = "/bots/failing/"
+    assert post(client, message("hi"), url=url).json()["outcome"] == "committed"
+    before = Session.objects.get()
+    response = post(client, message("boom"), url=url)
+    assert response.status_code == 200
+    assert response.json() == {"ok": True, "outcome": "handler_failed"}
+    assert [str(error) for error in webhook_bots.errors] == ["the handler failed on purpose"]
+    after = Session.objects.get()
+    assert (after.data, after.revision) == ({"n": 1}, before.revision)
+    assert post(client, message("hi"), url=url).json()["outcome"] == "committed"
+    assert Session.objects.get().data == {"n": 2}
+
+
+def _fail_statements(prefixes: tuple[str, ...]) -> Any:
+    """Make the database driver fail the statements starting with ``prefixes``."""
+    execute = CursorWrapper.execute
+
+    def failing(self: CursorWrapper, sql: str, params: Any = None) -> Any:
+        if sql.lstrip().upper().startswith(prefixes):
+            raise OperationalError("server closed the connection unexpectedly")
+        return execute(self, sql, params)
+
+    return mock.patch.object(CursorWrapper, "execute", failing)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        lambda: _fail_statements(("SELECT",)),
+        lambda: _fail_statements(("INSERT", "UPDATE", "DELETE")),
+        lambda: mock.patch.object(
+            DatabaseStorage, "load_sync", side_effect=OperationalError("gone")
+        ),
+        lambda: mock.patch.object(
+            DatabaseStorage, "commit_sync", side_effect=OperationalError("gone")
+        ),
+    ],
+    ids=["driver-read", "driver-write", "load_sync", "commit_sync"],
+)
+def test_database_failure_is_503_then_redelivery_works(
+    client: Client, demo: FakeBotAPI, failure: Any
+) -> None:
+    update = message("🍕", chat_id=GROUP, user_id=BOB)
+    with failure():
+        response = post(client, update)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert Session.objects.count() == 0
+    assert ProcessedUpdate.objects.count() == 0
+    # Telegram redelivers the same update once the database is back: counted once.
+    assert post(client, update).json()["outcome"] == "committed"
+    assert rows()[("chat", f"chat:{GROUP}")] == {"pizza_count": 1}
+
+
+def test_unreachable_bot_api_is_503(client: Client, demo: FakeBotAPI, settings: Any) -> None:
+    settings.TELEGRAM_API_BASE_URL = f"http://127.0.0.1:{free_port()}/bot"
+    response = post(client, message("🍕"))
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert Session.objects.count() == 0
+
+
+# -- several bots, arbitrary callback data ------------------------------------------
+
+
+@pytest.mark.urls("tests.webhook_bots")
+def test_bots_of_one_project_keep_sessions_apart(client: Client, demo: FakeBotAPI) -> None:
+    assert post(client, message("🍕", chat_id=GROUP), url="/bots/default/").status_code == 200
+    for _ in range(3):
+        update = message("🍕", chat_id=GROUP)
+        assert post(client, update, url="/bots/second/", secret="second-secret").status_code == 200
+    # Each bot checks its own secret.
+    assert post(client, message("🍕"), url="/bots/second/").status_code == 403
+
+    post(client, message("/hunger", chat_id=GROUP), url="/bots/default/")
+    post(client, message("/hunger", chat_id=GROUP), url="/bots/second/", secret="second-secret")
+    replies = [(call.token, call.params["text"]) for call in demo.calls_to("sendMessage")]
+    assert replies == [
+        ("123456:TEST-token", "Your hunger level is 1!"),
+        ("654321:OTHER-token", "Your hunger level is 3!"),
+    ]
+    chats = dict(Session.objects.filter(fragment="chat").values_list("bot_id", "data"))
+    assert chats == {BOT_ID: {"pizza_count": 1}, 654321: {"pizza_count": 3}}
+
+
+@pytest.mark.urls("tests.webhook_bots")
+def test_arbitrary_callback_data_reaches_the_handler(client: Client, demo: FakeBotAPI) -> None:
+    url = "/bots/callbacks/"
+    assert post(client, message("/menu"), url=url).status_code == 200
+    markup = demo.calls_to("sendMessage")[0].params["reply_markup"]
+    first, second = markup["inline_keyboard"][0]
+    # The bot sent opaque ids in place of the Pizza objects, and maps them back.
+    assert first["callback_data"] != second["callback_data"]
+    assert "diavola" not in json.dumps(markup)
+
+    response = post(client, callback_query(second["callback_data"]), url=url)
+    assert response.json() == {"ok": True, "outcome": "committed"}
+    assert Session.objects.get().data == {"ordered": [{"name": "diavola", "size_cm": 28}]}
+    answers = demo.calls_to("answerCallbackQuery")
+    assert [call.params["text"] for call in answers] == ["diavola ordered"]
+
+    # Data the bot never sent (or forgot) matches no handler and changes nothing.
+    response = post(client, callback_query("not-from-this-bot"), url=url)
+    assert response.json()["outcome"] == "skipped"
+    assert Session.objects.get().data == {"ordered": [{"name": "diavola", "size_cm": 28}]}
+
+
+def test_update_decodes_with_the_bot(client: Client, demo: FakeBotAPI) -> None:
+    """The runner's decoding gives a real Update bound to the application's bot."""
+    from botsessions.runner import runner_for
+
+    runner = runner_for("default")
+    update = runner.decode(message("🍕", chat_id=GROUP))
+    assert isinstance(update, Update)
+    assert update.get_bot() is runner.application.bot
