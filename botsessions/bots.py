@@ -7,15 +7,22 @@ per process.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils.module_loading import import_string
 from telegram.ext import Application
 
 from .conf import settings
+from .config import Sessions
+from .errors import ConfigurationError
 from .ptb import SessionApplication
+
+logger = logging.getLogger("botsessions")
 
 _built: dict[str, Application[Any, Any, Any, Any, Any, Any]] = {}
 _lock = threading.Lock()
@@ -26,9 +33,7 @@ def bot_settings(alias: str) -> dict[str, Any]:
     bots = settings.BOTS
     if alias not in bots:
         known = ", ".join(sorted(bots)) or "none"
-        raise ImproperlyConfigured(
-            f"No bot {alias!r} in BOTSESSIONS_BOTS (configured: {known})."
-        )
+        raise ImproperlyConfigured(f"No bot {alias!r} in BOTSESSIONS_BOTS (configured: {known}).")
     return bots[alias]
 
 
@@ -66,3 +71,46 @@ def forget_applications() -> None:
     """Drop the built applications (tests, and after a fork)."""
     with _lock:
         _built.clear()
+
+
+# -- which configuration wrote a row: bot id → (alias, sessions) ----------------------
+
+_configs: dict[int, tuple[str, Sessions]] | None = None
+_configs_lock = threading.Lock()
+
+
+def session_configs() -> dict[int, tuple[str, Sessions]]:
+    """Every configured bot that has sessions, by bot id, built once per process.
+
+    A bot that cannot be built here (no token in this environment, an import error) is
+    left out with a warning: the admin then treats its rows as of unknown configuration
+    instead of failing.
+    """
+    global _configs
+    with _configs_lock:
+        if _configs is None:
+            found: dict[int, tuple[str, Sessions]] = {}
+            for alias in settings.BOTS:
+                try:
+                    application = build_application(alias)
+                except (ImproperlyConfigured, ImportError, ConfigurationError) as exc:
+                    logger.warning("botsessions: bot %r is not available here: %s", alias, exc)
+                    continue
+                if isinstance(application, SessionApplication):
+                    found.setdefault(application.session_bot_id, (alias, application.sessions))
+            _configs = found
+        return _configs
+
+
+def sessions_for_bot_id(bot_id: int) -> Sessions | None:
+    """The sessions configuration of the bot with this id, or ``None`` if none is known."""
+    config = session_configs().get(bot_id)
+    return config[1] if config is not None else None
+
+
+@receiver(setting_changed)
+def _forget_session_configs(**kwargs: Any) -> None:
+    """Settings changed (``override_settings``): the bots may be different now."""
+    global _configs
+    with _configs_lock:
+        _configs = None

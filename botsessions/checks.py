@@ -40,6 +40,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             "BOTSESSIONS_PURGE_BATCH_SIZE",
             getattr(django_settings, "BOTSESSIONS_PURGE_BATCH_SIZE", 1),
         ),
+        (
+            "BOTSESSIONS_ADMIN_BATCH_SIZE",
+            getattr(django_settings, "BOTSESSIONS_ADMIN_BATCH_SIZE", 1),
+        ),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             messages.append(Error(f"{name} must be a positive integer.", id="botsessions.E005"))

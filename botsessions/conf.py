@@ -43,5 +43,10 @@ class Settings:
         """How many rows the purge command deletes per statement."""
         return getattr(django_settings, "BOTSESSIONS_PURGE_BATCH_SIZE", 1000)
 
+    @property
+    def ADMIN_BATCH_SIZE(self) -> int:
+        """How many rows a bulk reset or delete (admin actions, maintenance) handles at once."""
+        return getattr(django_settings, "BOTSESSIONS_ADMIN_BATCH_SIZE", 500)
+
 
 settings = Settings()

@@ -45,6 +45,7 @@ def test_missing_secret_warns_in_debug_and_fails_otherwise():
         ),
         ({"BOTSESSIONS_MAX_BODY_SIZE": 0}, "botsessions.E005"),
         ({"BOTSESSIONS_PURGE_BATCH_SIZE": "many"}, "botsessions.E005"),
+        ({"BOTSESSIONS_ADMIN_BATCH_SIZE": -1}, "botsessions.E005"),
         ({"BOTSESSIONS_PROCESSED_UPDATES_RETENTION": timedelta(hours=1)}, "botsessions.E006"),
         (
             {"BOTSESSIONS_BOTS": {"a": {"APPLICATION": APP, "WEBHOOK_SECRET": 5}}},

@@ -1,0 +1,1119 @@
+"""The sessions admin: every page, filter, search, action and permission rule.
+
+Bots: the tests' settings configure "default" (the demo bot, id 123456, fragments chat
+and user); ``more_bots`` adds "shop" (a single session with migrations, a TTL and a
+serializer that refuses passwords) and "notes" (a fragment whose initial data is None,
+one whose initial is async and one whose initial the serializer refuses), so that every
+branch of a reset has a real bot.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth.models import Permission, User
+from django.contrib.messages import get_messages
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+from telegram.ext import Application, ApplicationBuilder
+
+from botsessions import Fragment, JSONSerializer, Sessions, bots, maintenance, use_sessions
+from botsessions import admin as session_admin
+from botsessions.errors import SessionConflict, SessionDataError
+from botsessions.models import ProcessedUpdate, Session
+from botsessions.storage.base import StorageKey, StoredSession, Write
+from botsessions.storage.db import DatabaseStorage
+
+pytestmark = pytest.mark.django_db
+
+BOT_ID = 123456
+SHOP_ID = 654321
+NOTES_ID = 777777
+CHAT = -4012345678
+
+CHANGELIST = "admin:botsessions_session_changelist"
+
+
+# -- bots the admin can find ------------------------------------------------------------
+
+
+class NoPasswordsSerializer(JSONSerializer):
+    """A fragment serializer stricter than JSON: the admin must apply it to edits."""
+
+    def dumps(self, value: Any) -> str:
+        if isinstance(value, dict) and "password" in value:
+            raise SessionDataError("passwords are not kept in sessions")
+        return super().dumps(value)
+
+
+def build_shop_application() -> Application:  # type: ignore[type-arg]
+    sessions = Sessions(
+        initial=lambda: {"cart": []},
+        migrations={1: lambda data: data, 2: lambda data: data},
+        ttl=timedelta(hours=1),
+        serializer=NoPasswordsSerializer(),
+    )
+    return use_sessions(ApplicationBuilder().token(f"{SHOP_ID}:shop-token"), sessions).build()
+
+
+async def fresh_prefs() -> dict[str, str]:
+    return {"lang": "en"}
+
+
+def build_notes_application() -> Application:  # type: ignore[type-arg]
+    sessions = Sessions.multi(
+        draft=Fragment(),
+        prefs=Fragment(initial=fresh_prefs),
+        legacy=Fragment(initial=lambda: {"span": (1, 2)}),  # a tuple: JSON would change it
+    )
+    return use_sessions(ApplicationBuilder().token(f"{NOTES_ID}:notes-token"), sessions).build()
+
+
+def build_unavailable_application() -> Application:  # type: ignore[type-arg]
+    raise ImproperlyConfigured("no token in this environment")
+
+
+@pytest.fixture
+def more_bots(settings: Any) -> None:
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "shop": {"APPLICATION": "tests.test_admin.build_shop_application"},
+        "notes": {"APPLICATION": "tests.test_admin.build_notes_application"},
+    }
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def make(
+    key: str = f"chat:{CHAT}",
+    data: Any = None,
+    *,
+    bot_id: int = BOT_ID,
+    fragment: str = "chat",
+    age: int = 0,
+    **fields: Any,
+) -> Session:
+    """A stored session, ``age`` minutes old."""
+    when = timezone.now() - timedelta(minutes=age)
+    return Session.objects.create(
+        bot_id=bot_id,
+        fragment=fragment,
+        key=key,
+        data={"pizza_count": 3} if data is None else data,
+        created_at=when,
+        updated_at=when,
+        **fields,
+    )
+
+
+def staff(*codenames: str) -> Client:
+    """A logged-in staff client holding exactly these botsessions permissions."""
+    user = User.objects.create_user(f"staff-{'-'.join(codenames)}", password="pw", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="botsessions", codename__in=codenames)
+    )
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def change_url(obj: Session) -> str:
+    return reverse("admin:botsessions_session_change", args=[obj.pk])
+
+
+def reset_url(obj: Session) -> str:
+    return reverse("admin:botsessions_session_reset", args=[obj.pk])
+
+
+def notes(response: Any) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def listed_keys(response: Any) -> list[str]:
+    """The keys on a changelist page, in display order."""
+    return re.findall(
+        r'<th class="field-key_meaning"><a [^>]*><code>([^<]*)</code>', response.text
+    )
+
+
+def action(name: str, *rows: Session, confirm: bool = False, across: bool = False) -> dict:
+    data: dict[str, Any] = {
+        "action": name,
+        "_selected_action": [row.pk for row in rows],
+        "select_across": "1" if across else "0",
+    }
+    if confirm:
+        data["post"] = "yes"
+    else:
+        data["index"] = "0"
+    return data
+
+
+def engine_write(key: str, text: str, *, bot_id: int = BOT_ID, fragment: str = "chat") -> None:
+    """Store a row the way the bot does (raw SQL, JSON text as the serializer wrote it)."""
+    DatabaseStorage().commit_sync(
+        [Write(StorageKey(bot_id, fragment, key), StoredSession(data=text), 0)], None
+    )
+
+
+# -- the list ---------------------------------------------------------------------------
+
+
+def test_list_shows_bot_fragment_meaning_preview_version_and_expiry(admin_client: Client) -> None:
+    make(f"chat:{CHAT}", {"pizza_count": 3})
+    make(f"chat:{CHAT}:user:111", {"messages": 1}, fragment="user", version=Decimal("2"))
+    make(f"chat:{CHAT}:topic:7", {"x": 1})
+    make("user:111", {"messages": 5}, fragment="user", expires_at=timezone.now() - timedelta(1))
+    make("custom-key", {"long": "y" * 200}, bot_id=42, fragment="")
+    make("user:222", {"messages": 0}, fragment="user", expires_at=timezone.now() + timedelta(1))
+
+    response = admin_client.get(reverse(CHANGELIST))
+
+    assert response.status_code == 200
+    page = response.text
+    assert "default (123456)" in page
+    assert f"chat {CHAT}" in page
+    assert f"user 111 in chat {CHAT}" in page
+    assert f"topic 7 of chat {CHAT}" in page
+    assert "(single session)" in page
+    assert ">42<" in page  # an unknown bot shows its id
+    assert "{&quot;pizza_count&quot;: 3}" in page
+    assert "y" * 200 not in page and "yyyy…" in page  # previews are cut short
+    assert "2.000000" in page
+    assert "expired ·" in page and "active ·" in page and "never" in page
+    assert 'href="/admin/botsessions/session/add/"' not in page
+
+
+def test_list_is_ordered_by_last_update_newest_first(admin_client: Client) -> None:
+    make("chat:1", age=30)
+    make("chat:2", age=10)
+    make("chat:3", age=20)
+
+    response = admin_client.get(reverse(CHANGELIST))
+
+    assert listed_keys(response) == ["chat:2", "chat:3", "chat:1"]
+
+
+def test_list_never_counts_the_whole_table(admin_client: Client) -> None:
+    for n in range(5):
+        make(f"chat:{n}")
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(reverse(CHANGELIST), {"_facets": "1"})
+
+    assert response.status_code == 200
+    counts = [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
+    assert counts, "the paginator counts (boundedly)"
+    assert all("LIMIT" in sql.upper() for sql in counts), counts
+    assert len(queries) <= 10  # no query per row
+    assert "Show counts" not in response.text  # facets would count once per filter choice
+
+
+def test_a_search_scans_the_table_once_per_page_load(
+    admin_client: Client, searchable: None
+) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(reverse(CHANGELIST), {"q": "margherita"})
+
+    assert listed_keys(response) == [f"chat:{CHAT}"]
+    searching = [q["sql"].upper() for q in queries if "MARGHERITA" in q["sql"].upper()]
+    assert len(searching) == 2, searching
+    ids_pass, page_read = searching
+    assert "LIMIT 10001" in ids_pass and "COUNT(" not in ids_pass
+    assert " IN (" in page_read  # the page is read by primary key
+
+
+def test_searched_pages_read_by_id_keep_their_order(admin_client: Client) -> None:
+    for n in range(120):
+        make(f"chat:{n}", age=n)
+    make("user:1", fragment="user")
+
+    pages = [
+        listed_keys(admin_client.get(reverse(CHANGELIST), {"q": "chat", "p": p}))
+        for p in (1, 2, 3)
+    ]
+    everything = listed_keys(admin_client.get(reverse(CHANGELIST), {"q": "chat", "all": ""}))
+
+    assert [len(page) for page in pages] == [50, 50, 20]
+    assert pages[0] + pages[1] + pages[2] == [f"chat:{n}" for n in range(120)] == everything
+
+
+def test_a_big_filtered_list_says_more_than_the_cap(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_admin.CappedCountPaginator, "count_limit", 5)
+    for n in range(8):
+        make(f"chat:{n}")
+
+    response = admin_client.get(reverse(CHANGELIST), {"bot_id": BOT_ID})
+
+    assert "more than 5 sessions" in response.text
+    assert "Select all matching sessions" in response.text
+    assert "Select all 6" not in response.text
+
+
+def test_a_big_unfiltered_list_shows_the_database_estimate(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_admin.CappedCountPaginator, "count_limit", 5)
+    monkeypatch.setattr(session_admin, "estimated_row_count", lambda queryset: 1_000_000)
+    for n in range(8):
+        make(f"chat:{n}")
+
+    response = admin_client.get(reverse(CHANGELIST))
+
+    assert "about 1000000 sessions" in response.text
+
+
+def test_the_estimate_comes_from_the_database_catalogue() -> None:
+    for n in range(30):
+        make(f"chat:{n}")
+    rows = Session.objects.all()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {Session._meta.db_table}")
+        assert session_admin.estimated_row_count(rows) == 30
+    elif connection.vendor == "mysql":
+        estimate = session_admin.estimated_row_count(rows)
+        assert estimate is None or estimate >= 0
+    else:
+        assert session_admin.estimated_row_count(rows) is None
+
+
+# -- search -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def searchable() -> None:
+    make(f"chat:{CHAT}", {"order": "Margherita, extra basil"}, age=1)
+    make(f"chat:{CHAT}:user:111", {"messages": 4}, fragment="user", age=2)
+    make(f"chat:{CHAT}:topic:7", {"topic": "deliveries"}, age=3)
+    make(f"chat:{CHAT}9", {"order": "none"}, age=4)  # another chat, a longer id
+    make("user:111", {"name": "Ann"}, fragment="user", age=5)
+    make("chat:-100777", {"note": 'she said "hurry"'}, age=6)
+    make("chat:-100888", {"name": "Jürgen"}, age=7)  # stored by the ORM
+    engine_write("chat:-100999", json.dumps({"name": "Jürgen B."}, ensure_ascii=False))
+
+
+def search(client: Client, term: str) -> list[str]:
+    return sorted(listed_keys(client.get(reverse(CHANGELIST), {"q": term})))
+
+
+def test_search_by_exact_chat_id_finds_the_chat_and_its_user_and_topic_keys(
+    admin_client: Client, searchable: None
+) -> None:
+    assert search(admin_client, str(CHAT)) == sorted(
+        [f"chat:{CHAT}", f"chat:{CHAT}:topic:7", f"chat:{CHAT}:user:111"]
+    )
+
+
+def test_search_by_user_id_finds_the_user_everywhere(
+    admin_client: Client, searchable: None
+) -> None:
+    assert search(admin_client, "111") == sorted([f"chat:{CHAT}:user:111", "user:111"])
+
+
+def test_search_by_key_text(admin_client: Client, searchable: None) -> None:
+    assert search(admin_client, "topic:7") == [f"chat:{CHAT}:topic:7"]
+    assert search(admin_client, "TOPIC:7") == [f"chat:{CHAT}:topic:7"]
+    assert search(admin_client, f"chat:{CHAT}") == sorted(
+        [f"chat:{CHAT}", f"chat:{CHAT}:topic:7", f"chat:{CHAT}:user:111"]
+    )
+
+
+def test_search_inside_the_data_ignores_case(admin_client: Client, searchable: None) -> None:
+    assert search(admin_client, "MARGHERITA") == [f"chat:{CHAT}"]
+    assert search(admin_client, "deliver") == [f"chat:{CHAT}:topic:7"]
+
+
+def test_search_finds_quotes_and_accents_however_the_json_was_written(
+    admin_client: Client, searchable: None
+) -> None:
+    assert search(admin_client, '"she said \\"hurry\\""') == ["chat:-100777"]
+    assert search(admin_client, "hurry") == ["chat:-100777"]
+    assert search(admin_client, "Jürgen") == ["chat:-100888", "chat:-100999"]
+
+
+def test_every_search_word_must_match(admin_client: Client, searchable: None) -> None:
+    assert search(admin_client, f"{CHAT} basil") == [f"chat:{CHAT}"]
+    assert search(admin_client, "nothing-like-this") == []
+
+
+# -- filters ------------------------------------------------------------------------------
+
+
+def test_bot_filter_lists_configured_bots_and_filters(
+    admin_client: Client, more_bots: None
+) -> None:
+    make("chat:1")
+    make("chat:2", bot_id=SHOP_ID, fragment="")
+
+    page = admin_client.get(reverse(CHANGELIST)).text
+    assert "default (123456)" in page and "shop (654321)" in page and "notes (777777)" in page
+
+    response = admin_client.get(reverse(CHANGELIST), {"bot_id": SHOP_ID})
+    assert listed_keys(response) == ["chat:2"]
+
+
+def test_a_malformed_filter_value_is_refused(admin_client: Client) -> None:
+    response = admin_client.get(reverse(CHANGELIST), {"bot_id": "abc"})
+    assert response.status_code == 302 and "e=1" in response["Location"]
+
+
+def test_fragment_filter(admin_client: Client, more_bots: None) -> None:
+    make("chat:1", fragment="chat")
+    make("user:1", fragment="user")
+    make("chat:2", fragment="", bot_id=SHOP_ID)
+
+    page = admin_client.get(reverse(CHANGELIST)).text
+    for name in ("chat", "user", "draft", "prefs", "(single session)"):
+        assert f"{name}</a>" in page
+
+    assert listed_keys(admin_client.get(reverse(CHANGELIST), {"fragment": "user"})) == ["user:1"]
+    assert listed_keys(admin_client.get(reverse(CHANGELIST), {"fragment": "-"})) == ["chat:2"]
+
+
+def test_status_filter_separates_active_from_expired(admin_client: Client) -> None:
+    now = timezone.now()
+    make("chat:1", expires_at=now - timedelta(minutes=1))
+    make("chat:2", expires_at=now + timedelta(minutes=1), age=1)
+    make("chat:3", age=2)
+
+    active = listed_keys(admin_client.get(reverse(CHANGELIST), {"status": "active"}))
+    expired = listed_keys(admin_client.get(reverse(CHANGELIST), {"status": "expired"}))
+
+    assert active == ["chat:2", "chat:3"]
+    assert expired == ["chat:1"]
+
+
+def test_version_filter_offers_the_configured_versions(
+    admin_client: Client, more_bots: None
+) -> None:
+    make("chat:1", bot_id=SHOP_ID, fragment="", version=Decimal(1))
+    make("chat:2", bot_id=SHOP_ID, fragment="", version=Decimal(2))
+    make("chat:3")
+
+    page = admin_client.get(reverse(CHANGELIST)).text
+    assert "?version=1" in page and "?version=2" in page and "?version=none" in page
+
+    assert listed_keys(admin_client.get(reverse(CHANGELIST), {"version": "2"})) == ["chat:2"]
+    assert listed_keys(admin_client.get(reverse(CHANGELIST), {"version": "none"})) == ["chat:3"]
+
+
+# -- the detail page ----------------------------------------------------------------------
+
+
+def test_detail_shows_indented_json_and_read_only_bookkeeping(admin_client: Client) -> None:
+    row = make(data={"order": {"size": "L", "toppings": ["basil"]}}, version=Decimal("1.5"))
+
+    page = admin_client.get(change_url(row)).text
+
+    assert "  &quot;order&quot;: {\n    &quot;size&quot;: &quot;L&quot;" in page
+    assert f'name="loaded_revision" value="{row.revision}"' in page
+    for name in ("version", "revision", "created_at", "updated_at", "bot", "key_meaning"):
+        assert '<div class="readonly">' in page and f"field-{name}" in page
+    for name in ("bot_id", "fragment", "key", "version", "revision", "updated_at"):
+        assert f'name="{name}"' not in page
+    assert "Reset to initial data" in page
+
+
+def test_data_is_escaped_everywhere(admin_client: Client) -> None:
+    evil = "<script>alert('x')</script>"
+    row = make("chat:<b>1</b>", {"note": evil})
+    viewer = staff("view_session")
+
+    pages = [
+        admin_client.get(reverse(CHANGELIST)).text,
+        admin_client.get(change_url(row)).text,
+        viewer.get(change_url(row)).text,
+        admin_client.post(reverse(CHANGELIST), action("reset_to_initial", row)).text,
+    ]
+
+    for page in pages:
+        assert evil not in page and "<b>1</b>" not in page
+        assert "chat:&lt;b&gt;1&lt;/b&gt;" in page
+    for page in pages[:3]:
+        assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+
+
+def test_editing_the_data_bumps_revision_and_updated_at(admin_client: Client) -> None:
+    row = make(data={"pizza_count": 3}, age=60, version=Decimal(1))
+    before = Session.objects.get(pk=row.pk)
+
+    response = admin_client.post(
+        change_url(row),
+        {
+            "data": '{"pizza_count": 0, "note": "refunded"}',
+            "loaded_revision": row.revision,
+            # read-only fields are ignored even when posted
+            "key": "chat:hijacked",
+            "bot_id": 1,
+            "revision": 99,
+            "version": "9",
+        },
+    )
+
+    assert response.status_code == 302
+    after = Session.objects.get(pk=row.pk)
+    assert after.data == {"pizza_count": 0, "note": "refunded"}
+    assert after.revision == before.revision + 1
+    assert after.updated_at > before.updated_at
+    assert (after.key, after.bot_id, after.version) == (before.key, BOT_ID, Decimal(1))
+    assert after.created_at == before.created_at
+
+
+def test_saving_unchanged_data_writes_nothing(admin_client: Client) -> None:
+    row = make(data={"pizza_count": 3})
+
+    admin_client.post(
+        change_url(row), {"data": '{\n  "pizza_count": 3\n}', "loaded_revision": row.revision}
+    )
+
+    assert Session.objects.get(pk=row.pk).revision == row.revision
+
+
+def test_empty_containers_are_valid_data(admin_client: Client) -> None:
+    row = make(data={"pizza_count": 3})
+
+    admin_client.post(change_url(row), {"data": "{}", "loaded_revision": row.revision})
+
+    assert Session.objects.get(pk=row.pk).data == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("{not json", "Enter a valid JSON"),
+        ("", "Enter the session data as JSON"),
+        ("null", "use “Delete” instead"),
+        ('{"x": NaN}', "The bot could not store this data"),
+    ],
+)
+def test_invalid_data_is_a_form_error_and_saves_nothing(
+    admin_client: Client, text: str, error: str
+) -> None:
+    row = make(data={"pizza_count": 3})
+
+    response = admin_client.post(change_url(row), {"data": text, "loaded_revision": row.revision})
+
+    assert response.status_code == 200
+    assert error in response.text
+    stored = Session.objects.get(pk=row.pk)
+    assert (stored.data, stored.revision) == ({"pizza_count": 3}, row.revision)
+
+
+def test_edits_are_checked_by_the_fragments_own_serializer(
+    admin_client: Client, more_bots: None
+) -> None:
+    row = make("chat:1", {"cart": []}, bot_id=SHOP_ID, fragment="")
+
+    refused = admin_client.post(
+        change_url(row), {"data": '{"password": "hunter2"}', "loaded_revision": row.revision}
+    )
+    accepted = admin_client.post(
+        change_url(row), {"data": '{"cart": ["tea"]}', "loaded_revision": row.revision}
+    )
+
+    assert "passwords are not kept in sessions" in refused.text
+    assert accepted.status_code == 302
+    assert Session.objects.get(pk=row.pk).data == {"cart": ["tea"]}
+
+
+def test_a_bot_write_after_the_page_loaded_wins_and_the_edit_is_refused(
+    admin_client: Client,
+) -> None:
+    row = make(data={"pizza_count": 3})
+    loaded = admin_client.get(change_url(row)).context["adminform"].form["loaded_revision"]
+    Session.objects.filter(pk=row.pk).update(data={"pizza_count": 4}, revision=row.revision + 1)
+
+    response = admin_client.post(
+        change_url(row), {"data": '{"pizza_count": 0}', "loaded_revision": loaded.value()}
+    )
+
+    assert response.status_code == 200
+    assert "The bot changed this session after you opened it" in response.text
+    assert Session.objects.get(pk=row.pk).data == {"pizza_count": 4}
+
+
+def test_a_bot_write_racing_the_save_itself_rolls_the_save_back(admin_client: Client) -> None:
+    row = make(data={"pizza_count": 3})
+
+    def bot_writes_first(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("UPDATE") and "revision" in sql:
+            execute(
+                f"UPDATE {Session._meta.db_table} SET revision = revision + 1 WHERE id = %s",
+                [row.pk],
+                many,
+                context,
+            )
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(bot_writes_first):
+        response = admin_client.post(
+            change_url(row), {"data": '{"pizza_count": 0}', "loaded_revision": row.revision}
+        )
+
+    assert response.status_code == 302 and response["Location"] == change_url(row)
+    assert any("nothing was saved" in note for note in notes(response))
+    stored = Session.objects.get(pk=row.pk)
+    assert (stored.data, stored.revision) == ({"pizza_count": 3}, row.revision)
+
+
+def test_an_admin_edit_makes_a_stale_bot_write_fail(admin_client: Client) -> None:
+    row = make(data={"pizza_count": 3})
+    bot_read = row.revision
+
+    admin_client.post(change_url(row), {"data": '{"pizza_count": 0}', "loaded_revision": bot_read})
+    stale = StoredSession(data='{"pizza_count":4}', revision=bot_read + 1)
+
+    with pytest.raises(SessionConflict):
+        DatabaseStorage().commit_sync(
+            [Write(StorageKey(BOT_ID, "chat", row.key), stale, bot_read)], None
+        )
+    assert Session.objects.get(pk=row.pk).data == {"pizza_count": 0}
+
+
+def test_sessions_cannot_be_added_by_hand(admin_client: Client) -> None:
+    assert admin_client.get(reverse("admin:botsessions_session_add")).status_code == 403
+
+
+# -- reset and delete -------------------------------------------------------------------
+
+
+def test_reset_action_asks_first_then_writes_the_initial_data(admin_client: Client) -> None:
+    chat = make(f"chat:{CHAT}", {"pizza_count": 9})
+    user = make("user:111", {"messages": 40}, fragment="user")
+    other = make("chat:5", {"pizza_count": 2})
+
+    confirm = admin_client.post(reverse(CHANGELIST), action("reset_to_initial", chat, user))
+
+    assert confirm.status_code == 200
+    assert "Reset sessions to initial data?" in confirm.text
+    assert "This gives 2 sessions their bot" in confirm.text
+    assert "{&quot;pizza_count&quot;: 0}" in confirm.text
+    assert "{&quot;messages&quot;: 0}" in confirm.text
+    assert f'name="_selected_action" value="{chat.pk}"' in confirm.text
+    assert Session.objects.get(pk=chat.pk).data == {"pizza_count": 9}
+
+    done = admin_client.post(
+        reverse(CHANGELIST), action("reset_to_initial", chat, user, confirm=True)
+    )
+
+    assert done.status_code == 302
+    assert notes(done) == ["Reset 2 sessions to their initial data."]
+    assert Session.objects.get(pk=chat.pk).data == {"pizza_count": 0}
+    assert Session.objects.get(pk=user.pk).data == {"messages": 0}
+    assert Session.objects.get(pk=chat.pk).revision == chat.revision + 1
+    assert Session.objects.get(pk=other.pk).data == {"pizza_count": 2}
+
+
+def test_reset_stamps_the_latest_version_and_a_fresh_expiry(
+    admin_client: Client, more_bots: None
+) -> None:
+    row = make("chat:1", {"cart": ["x"]}, bot_id=SHOP_ID, fragment="", version=Decimal(1))
+
+    admin_client.post(reverse(CHANGELIST), action("reset_to_initial", row, confirm=True))
+
+    stored = Session.objects.get(pk=row.pk)
+    assert stored.data == {"cart": []}
+    assert stored.version == Decimal(2)
+    assert stored.expires_at is not None
+    assert timedelta(minutes=59) < stored.expires_at - timezone.now() <= timedelta(hours=1)
+
+
+def test_reset_of_a_fragment_with_no_initial_data_deletes_it(
+    admin_client: Client, more_bots: None
+) -> None:
+    draft = make("chat:1", {"text": "half a note"}, bot_id=NOTES_ID, fragment="draft")
+    prefs = make("chat:1", {"lang": "de"}, bot_id=NOTES_ID, fragment="prefs")
+
+    confirm = admin_client.post(reverse(CHANGELIST), action("reset_to_initial", draft, prefs))
+    assert "the session is deleted" in confirm.text
+
+    done = admin_client.post(
+        reverse(CHANGELIST), action("reset_to_initial", draft, prefs, confirm=True)
+    )
+
+    assert not Session.objects.filter(pk=draft.pk).exists()
+    assert Session.objects.get(pk=prefs.pk).data == {"lang": "en"}  # from an async initial
+    assert sorted(notes(done)) == [
+        "Deleted 1 session whose initial data is None.",
+        "Reset 1 session to its initial data.",
+    ]
+
+
+def test_reset_to_initial_data_the_serializer_refuses_changes_nothing(
+    admin_client: Client, more_bots: None
+) -> None:
+    chat = make("chat:1", {"pizza_count": 9})
+    legacy = make("chat:1", {"span": [0, 0]}, bot_id=NOTES_ID, fragment="legacy")
+
+    confirm = admin_client.post(reverse(CHANGELIST), action("reset_to_initial", chat, legacy))
+    assert "cannot be stored" in confirm.text
+
+    done = admin_client.post(
+        reverse(CHANGELIST), action("reset_to_initial", chat, legacy, confirm=True)
+    )
+
+    assert any("Nothing was reset" in note for note in notes(done))
+    assert Session.objects.get(pk=chat.pk).data == {"pizza_count": 9}
+    assert Session.objects.get(pk=legacy.pk).data == {"span": [0, 0]}
+
+
+def test_reset_of_an_unknown_bot_changes_nothing(admin_client: Client) -> None:
+    known = make("chat:1", {"pizza_count": 9})
+    unknown = make("chat:2", {"x": 1}, bot_id=999)
+
+    for confirm in (False, True):
+        response = admin_client.post(
+            reverse(CHANGELIST), action("reset_to_initial", known, unknown, confirm=confirm)
+        )
+        assert response.status_code == 302
+        assert any("Nothing was reset" in note and "bot 999" in note for note in notes(response))
+
+    assert Session.objects.get(pk=known.pk).data == {"pizza_count": 9}
+    assert Session.objects.get(pk=unknown.pk).data == {"x": 1}
+
+
+def test_reset_across_all_pages_follows_the_filters(admin_client: Client) -> None:
+    rows = [make(f"chat:{n}", {"pizza_count": 5}) for n in range(60)]  # more than a page
+    user = make("user:1", {"messages": 5}, fragment="user")
+    query = "?fragment=chat"
+
+    confirm = admin_client.post(
+        reverse(CHANGELIST) + query, action("reset_to_initial", *rows[:50], across=True)
+    )
+    assert "This gives 60 sessions" in confirm.text
+    assert 'name="select_across" value="1"' in confirm.text
+
+    admin_client.post(
+        reverse(CHANGELIST) + query,
+        action("reset_to_initial", *rows[:50], across=True, confirm=True),
+    )
+
+    assert all(
+        data == {"pizza_count": 0}
+        for data in Session.objects.filter(fragment="chat").values_list("data", flat=True)
+    )
+    assert Session.objects.get(pk=user.pk).data == {"messages": 5}
+
+
+def test_delete_action_asks_first_then_deletes(admin_client: Client) -> None:
+    doomed = [make(f"chat:{n}") for n in range(3)]
+    kept = make("chat:9")
+
+    confirm = admin_client.post(reverse(CHANGELIST), action("delete_selected_sessions", *doomed))
+    assert confirm.status_code == 200
+    assert "This deletes 3 sessions" in confirm.text
+    assert Session.objects.count() == 4
+
+    done = admin_client.post(
+        reverse(CHANGELIST), action("delete_selected_sessions", *doomed, confirm=True)
+    )
+
+    assert notes(done) == ["Deleted 3 sessions."]
+    assert list(Session.objects.values_list("pk", flat=True)) == [kept.pk]
+
+
+def test_djangos_row_loading_delete_action_is_replaced(admin_client: Client) -> None:
+    make()
+    page = admin_client.get(reverse(CHANGELIST)).text
+    assert 'value="delete_selected_sessions"' in page
+    assert 'value="reset_to_initial"' in page
+    assert 'value="delete_selected"' not in page
+
+
+def test_reset_button_on_the_detail_page(admin_client: Client) -> None:
+    row = make(data={"pizza_count": 9})
+
+    page = admin_client.get(change_url(row)).text
+    assert f'href="{reset_url(row)}"' in page
+
+    confirm = admin_client.get(reset_url(row))
+    assert confirm.status_code == 200
+    assert "This gives 1 session its bot" in confirm.text
+    assert Session.objects.get(pk=row.pk).data == {"pizza_count": 9}
+
+    done = admin_client.post(reset_url(row), {"post": "yes"})
+
+    assert done.status_code == 302 and done["Location"] == change_url(row)
+    assert notes(done) == ["Reset 1 session to its initial data."]
+    assert Session.objects.get(pk=row.pk).data == {"pizza_count": 0}
+
+
+def test_reset_button_of_an_unknown_bot_reports_and_changes_nothing(admin_client: Client) -> None:
+    row = make(data={"x": 1}, bot_id=999)
+
+    for response in (
+        admin_client.get(reset_url(row)),
+        admin_client.post(reset_url(row), {"post": "yes"}),
+    ):
+        assert response.status_code == 302
+        assert any("Nothing was reset" in note for note in notes(response))
+
+    assert Session.objects.get(pk=row.pk).data == {"x": 1}
+
+
+def test_reset_button_that_deletes_returns_to_the_list(
+    admin_client: Client, more_bots: None
+) -> None:
+    row = make("chat:1", {"text": "x"}, bot_id=NOTES_ID, fragment="draft")
+
+    done = admin_client.post(reset_url(row), {"post": "yes"})
+
+    assert done["Location"] == reverse(CHANGELIST)
+    assert not Session.objects.filter(pk=row.pk).exists()
+
+
+def test_delete_button_on_the_detail_page_asks_first(admin_client: Client) -> None:
+    row = make()
+    delete = reverse("admin:botsessions_session_delete", args=[row.pk])
+
+    assert f'href="{delete}"' in admin_client.get(change_url(row)).text
+    assert "Are you sure" in admin_client.get(delete).text
+    admin_client.post(delete, {"post": "yes"})
+
+    assert not Session.objects.exists()
+
+
+# -- permissions ----------------------------------------------------------------------------
+
+
+def test_a_view_only_user_can_browse_but_not_act() -> None:
+    row = make(data={"pizza_count": 9})
+    viewer = staff("view_session")
+
+    listing = viewer.get(reverse(CHANGELIST))
+    detail = viewer.get(change_url(row))
+
+    assert listing.status_code == 200 and f"chat:{CHAT}" in listing.text
+    assert 'name="action"' not in listing.text
+    assert detail.status_code == 200
+    assert "&quot;pizza_count&quot;: 9" in detail.text and "<textarea" not in detail.text
+    assert "Reset to initial data" not in detail.text
+    assert 'class="deletelink"' not in detail.text
+
+    refused = [
+        viewer.post(reverse(CHANGELIST), action("reset_to_initial", row)),
+        viewer.post(reverse(CHANGELIST), action("reset_to_initial", row, confirm=True)),
+        viewer.post(reverse(CHANGELIST), action("delete_selected_sessions", row, confirm=True)),
+        viewer.post(reverse(CHANGELIST), action("delete_selected", row, confirm=True)),
+        viewer.post(change_url(row), {"data": "{}", "loaded_revision": row.revision}),
+        viewer.get(reset_url(row)),
+        viewer.post(reset_url(row), {"post": "yes"}),
+        viewer.post(reverse("admin:botsessions_session_delete", args=[row.pk]), {"post": "yes"}),
+    ]
+
+    assert [response.status_code for response in refused] == [403] * len(refused)
+    stored = Session.objects.get(pk=row.pk)
+    assert (stored.data, stored.revision) == ({"pizza_count": 9}, row.revision)
+
+
+def test_reset_needs_change_permission_and_delete_needs_delete_permission() -> None:
+    row = make(data={"pizza_count": 9})
+    changer = staff("view_session", "change_session")
+    deleter = staff("view_session", "delete_session")
+
+    changer_page = changer.get(reverse(CHANGELIST)).text
+    deleter_page = deleter.get(reverse(CHANGELIST)).text
+    assert 'value="reset_to_initial"' in changer_page
+    assert 'value="delete_selected_sessions"' not in changer_page
+    assert 'value="delete_selected_sessions"' in deleter_page
+    assert 'value="reset_to_initial"' not in deleter_page
+    assert "Reset to initial data" not in deleter.get(change_url(row)).text
+    assert deleter.get(reset_url(row)).status_code == 403
+
+    assert (
+        changer.post(
+            reverse(CHANGELIST), action("delete_selected_sessions", row, confirm=True)
+        ).status_code
+        == 403
+    )
+    assert (
+        deleter.post(
+            reverse(CHANGELIST), action("reset_to_initial", row, confirm=True)
+        ).status_code
+        == 403
+    )
+    assert Session.objects.get(pk=row.pk).data == {"pizza_count": 9}
+
+    changer.post(reverse(CHANGELIST), action("reset_to_initial", row, confirm=True))
+    assert Session.objects.get(pk=row.pk).data == {"pizza_count": 0}
+    deleter.post(reverse(CHANGELIST), action("delete_selected_sessions", row, confirm=True))
+    assert not Session.objects.exists()
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def many_rows() -> int:
+    now = timezone.now()
+    rows = [
+        Session(
+            bot_id=BOT_ID,
+            fragment="chat" if n % 3 else "user",
+            key=f"chat:{n}",
+            data={"pizza_count": n},
+            updated_at=now,
+            created_at=now,
+        )
+        for n in range(3000)
+    ]
+    Session.objects.bulk_create(rows, batch_size=500)
+    return len(rows)
+
+
+class RowCounter:
+    """Counts model instances built from query results: a batch job should build none."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.built = 0
+        original = Session.from_db.__func__  # type: ignore[attr-defined]
+
+        def from_db(cls: type[Session], *args: Any) -> Session:
+            self.built += 1
+            return original(cls, *args)
+
+        monkeypatch.setattr(Session, "from_db", classmethod(from_db))
+
+
+def row_reads(queries: CaptureQueriesContext) -> list[str]:
+    table = Session._meta.db_table
+    return [
+        q["sql"]
+        for q in queries
+        if q["sql"].upper().startswith("SELECT")
+        and table in q["sql"]
+        and "DISTINCT" not in q["sql"]
+    ]
+
+
+def test_bulk_reset_works_in_batches(
+    many_rows: int, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.BOTSESSIONS_ADMIN_BATCH_SIZE = 250
+    counter = RowCounter(monkeypatch)
+
+    with CaptureQueriesContext(connection) as queries:
+        result = maintenance.reset_sessions(Session.objects.all())
+
+    assert (result.reset, result.deleted, result.skipped) == (many_rows, 0, 0)
+    assert counter.built == 0
+    reads = row_reads(queries)
+    assert 12 <= len(reads) <= 13
+    assert all("LIMIT 250" in sql.upper() for sql in reads), reads
+    writes = [q["sql"] for q in queries if q["sql"].upper().startswith("UPDATE")]
+    assert len(writes) == 24  # one per fragment per batch
+    assert set(Session.objects.filter(fragment="chat").values_list("revision", flat=True)) == {2}
+    assert not Session.objects.filter(fragment="user").exclude(data={"messages": 0}).exists()
+
+
+def test_bulk_delete_works_in_batches(
+    many_rows: int, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.BOTSESSIONS_ADMIN_BATCH_SIZE = 400
+    counter = RowCounter(monkeypatch)
+
+    with CaptureQueriesContext(connection) as queries:
+        deleted = maintenance.delete_sessions(Session.objects.filter(fragment="chat"))
+
+    assert deleted == 2000
+    assert counter.built == 0
+    assert all("LIMIT 400" in sql.upper() for sql in row_reads(queries))
+    deletes = [q["sql"] for q in queries if q["sql"].upper().startswith("DELETE")]
+    assert len(deletes) == 5
+    assert Session.objects.count() == 1000
+
+
+def test_admin_actions_across_thousands_of_rows_use_the_batches(
+    admin_client: Client, many_rows: int, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.BOTSESSIONS_ADMIN_BATCH_SIZE = 300
+    page = list(Session.objects.order_by("-updated_at", "-pk")[:50])
+    counter = RowCounter(monkeypatch)
+
+    with CaptureQueriesContext(connection) as queries:
+        reset = admin_client.post(
+            reverse(CHANGELIST), action("reset_to_initial", *page, across=True, confirm=True)
+        )
+        deleted = admin_client.post(
+            reverse(CHANGELIST) + "?fragment=user",
+            action("delete_selected_sessions", *page, across=True, confirm=True),
+        )
+
+    assert notes(reset) == [f"Reset {many_rows} sessions to their initial data."]
+    assert notes(deleted)[-1] == "Deleted 1000 sessions."
+    assert counter.built <= 2 * 50  # the changelist pages themselves, nothing more
+    assert sum("LIMIT 300" in sql.upper() for sql in row_reads(queries)) >= 10 + 4
+    assert Session.objects.count() == 2000
+
+
+def test_maintenance_refuses_unknown_configuration_before_changing_anything() -> None:
+    make("chat:1", {"pizza_count": 9})
+    make("chat:2", {"x": 1}, bot_id=999, fragment="cart")
+
+    with pytest.raises(maintenance.UnknownConfiguration, match="bot 999 / fragment 'cart'"):
+        maintenance.reset_sessions(Session.objects.all())
+
+    assert Session.objects.get(key="chat:1").data == {"pizza_count": 9}
+    skipped = maintenance.reset_sessions(Session.objects.all(), check_configuration=False)
+    assert (skipped.reset, skipped.skipped, skipped.skipped_fragments) == (1, 1, {(999, "cart")})
+
+
+# -- the query plan ---------------------------------------------------------------------------
+
+
+def _updated_at_index() -> str:
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, Session._meta.db_table)
+    return next(
+        name
+        for name, info in constraints.items()
+        if info["index"] and info["columns"] == ["updated_at"]
+    )
+
+
+def _fill(rows: int) -> None:
+    """``rows`` sessions, one second apart; MariaDB's sequence engine makes a lot quickly."""
+    if connection.vendor == "mysql":
+        q = connection.ops.quote_name
+        columns = ", ".join(
+            q(name)
+            for name in (
+                "bot_id",
+                "fragment",
+                "key",
+                "data",
+                "revision",
+                "created_at",
+                "updated_at",
+            )
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {q(Session._meta.db_table)} ({columns}) "
+                f"SELECT %s, 'chat', CONCAT('chat:', seq), CONCAT('{{\"n\":', seq, '}}'), 1, "
+                f"UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) - INTERVAL seq SECOND FROM seq_1_to_{rows}",
+                [BOT_ID],
+            )
+        return
+    now = timezone.now()
+    Session.objects.bulk_create(
+        (
+            Session(
+                bot_id=BOT_ID,
+                fragment="chat",
+                key=f"chat:{n}",
+                data={"n": n},
+                updated_at=now - timedelta(seconds=n),
+                created_at=now,
+            )
+            for n in range(rows)
+        ),
+        batch_size=5000,
+    )
+
+
+@pytest.mark.django_db(transaction=True)  # MySQL's ANALYZE TABLE commits
+def test_the_list_query_walks_the_updated_at_index(admin_client: Client, rf: Any) -> None:
+    # With fresh statistics MariaDB takes the index from about 10,000 rows on; below that
+    # a full scan and filesort is cheaper, and it rightly says so.
+    rows = 20_000 if connection.vendor == "mysql" else 5_000
+    _fill(rows)
+    table = connection.ops.quote_name(Session._meta.db_table)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"ANALYZE {table}")
+        elif connection.vendor == "mysql":
+            cursor.execute(f"ANALYZE TABLE {table}")
+            cursor.fetchall()
+        elif connection.vendor == "sqlite":
+            cursor.execute("ANALYZE")
+    request = rf.get(reverse(CHANGELIST))
+    request.user = User.objects.get(username="admin")
+    changelist = admin.site._registry[Session].get_changelist_instance(request)
+
+    plan = changelist.result_list.explain()
+    index = _updated_at_index()
+    print(f"\n{connection.vendor}, {rows} rows, plan of the changelist page:\n{plan}")
+
+    if connection.vendor == "sqlite":
+        assert f"SCAN {Session._meta.db_table} USING INDEX {index}" in plan
+        assert "TEMP B-TREE" not in plan.upper()
+    elif connection.vendor == "postgresql":
+        assert f"Index Scan Backward using {index}" in plan
+        assert "Seq Scan" not in plan
+    elif connection.vendor == "mysql":
+        assert index in plan and "filesort" not in plan
+    else:
+        pytest.skip(f"no query-plan expectation for {connection.vendor}")
+
+
+# -- the read-only exactly-once records --------------------------------------------------------
+
+
+def test_processed_updates_are_view_only(admin_client: Client) -> None:
+    record = ProcessedUpdate.objects.create(bot_id=BOT_ID, update_id=4711)
+    change = reverse("admin:botsessions_processedupdate_change", args=[record.pk])
+
+    listing = admin_client.get(reverse("admin:botsessions_processedupdate_changelist"))
+    detail = admin_client.get(change)
+
+    assert listing.status_code == 200 and "4711" in listing.text
+    assert 'name="action"' not in listing.text
+    assert detail.status_code == 200 and 'name="_save"' not in detail.text
+    assert admin_client.get(reverse("admin:botsessions_processedupdate_add")).status_code == 403
+    assert admin_client.post(change, {"update_id": 1}).status_code == 403
+    delete = reverse("admin:botsessions_processedupdate_delete", args=[record.pk])
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    assert ProcessedUpdate.objects.get().update_id == 4711
+
+
+# -- finding a bot's configuration ------------------------------------------------------------
+
+
+def test_sessions_for_bot_id_builds_each_bot_once(
+    more_bots: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[str] = []
+    original = bots.build_application
+
+    def counting(alias: str) -> Any:
+        built.append(alias)
+        return original(alias)
+
+    monkeypatch.setattr(bots, "build_application", counting)
+
+    assert bots.sessions_for_bot_id(BOT_ID).fragments.keys() == {"chat", "user"}
+    assert bots.sessions_for_bot_id(SHOP_ID).fragments.keys() == {""}
+    assert bots.sessions_for_bot_id(1) is None
+    assert sorted(built) == ["default", "notes", "shop"]
+
+
+def test_a_bot_that_cannot_be_built_here_is_unknown(settings: Any) -> None:
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "elsewhere": {"APPLICATION": "tests.test_admin.build_unavailable_application"},
+        "missing": {"APPLICATION": "tests.no_such_module.build"},
+    }
+
+    assert bots.sessions_for_bot_id(BOT_ID) is not None
+    assert set(bots.session_configs()) == {BOT_ID}
+
+
+def test_changing_the_settings_forgets_the_bots(settings: Any) -> None:
+    assert bots.sessions_for_bot_id(BOT_ID) is not None
+    settings.BOTSESSIONS_BOTS = {}
+    assert bots.sessions_for_bot_id(BOT_ID) is None
