@@ -39,14 +39,21 @@ class _CallerThread:
 
 
 def _fresh_connections() -> None:
-    """Drop connections that broke or aged out, as Django does between requests.
+    """Replace a pool thread's connection once it has failed.
 
-    Only pool threads need this: a waiting caller is a request (or a test), and Django
-    already looks after its connection.
+    Pool threads are not requests: ``CONN_MAX_AGE`` would make them reconnect for every
+    query, so they keep their connection and only drop it after an error left it unusable.
+    A waiting caller is a request (or a test), and Django already looks after its own.
     """
     for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
-            connection.close_if_unusable_or_obsolete()
+        if (
+            connection.connection is not None
+            and not connection.in_atomic_block
+            and connection.errors_occurred
+        ):
+            connection.errors_occurred = False
+            if not connection.is_usable():
+                connection.close()
 
 
 def _run_pooled(job: Callable[[], T]) -> T:

@@ -39,6 +39,8 @@ from .storage.base import (
 
 logger = logging.getLogger("botsessions")
 
+MAX_KEY_LENGTH = 255
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -66,12 +68,17 @@ class FragmentSession:
         self.expired = False  # a stored row existed but had expired
         self.migrated = False  # loaded data was upgraded and must be stored
         self._load_task: asyncio.Task[None] | None = None
+        self.bad_key: str | None = None  # why the resolved key was refused
 
     # -- what handlers see ------------------------------------------------------
 
     def require_key(self) -> StorageKey:
         if self.key is None:
             where = f" fragment {self.name!r}" if self.name else ""
+            if self.bad_key is not None:
+                raise SessionKeyError(
+                    f"the session key of{where or ' this session'} is unusable: {self.bad_key}"
+                )
             raise SessionKeyError(
                 f"this {self._kind} update has no session{where}: its key resolver "
                 f"({getattr(self.fragment.key, '__name__', self.fragment.key)!r}) "
@@ -216,7 +223,15 @@ class UpdateSessions:
         for name, fragment in sessions.fragments.items():
             raw = fragment.key(update)
             key = None if raw is None else StorageKey(bot_id, name, f"{fragment.prefix}{raw}")
-            self.fragments[name] = FragmentSession(name, fragment, key, kind)
+            state = FragmentSession(name, fragment, key, kind)
+            if key is not None and (not isinstance(raw, str) or len(key.key) > MAX_KEY_LENGTH):
+                # The key column holds 255 characters; refuse here rather than fail the write.
+                state.key = None
+                state.storage = None
+                state.bad_key = (
+                    f"{raw!r:.80} is not a string of at most {MAX_KEY_LENGTH} characters"
+                )
+            self.fragments[name] = state
         update_id = getattr(update, "update_id", None)
         self.mark = UpdateMark(bot_id, update_id) if isinstance(update_id, int) else None
         self._locks = locks if sessions.locking else None

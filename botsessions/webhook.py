@@ -33,6 +33,7 @@ from .bots import bot_settings
 from .conf import settings
 from .errors import StorageError
 from .runner import runner_for
+from .storage.db import default_database_storage
 
 logger = logging.getLogger("botsessions.webhook")
 
@@ -80,6 +81,9 @@ class TelegramWebhookView(View):
             logger.warning("bot %r not initialized, asking Telegram to retry: %s", self.bot, exc)
             return _retry_later("bot not initialized, retry later")
         try:
+            # Connect here, not inside the update's key locks, where a slow connect (a new
+            # one per request under ASGI) would make every update of that key wait.
+            default_database_storage().connect()
             outcome = runner.process(update)
         except (StorageError, DatabaseError) as exc:
             logger.warning(

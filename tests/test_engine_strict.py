@@ -281,3 +281,18 @@ def test_fragment_config_is_validated():
         Fragment(key="chat")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="storage"):
         Fragment(storage=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad_key", ["k" * 256, 12345])
+def test_unusable_keys_are_refused_before_any_storage_call(make_bot, probe, bad_key):
+    """A resolver bug must not become a write that fails on every redelivery."""
+
+    async def handler(update, context):
+        context.session["n"] = 1
+
+    sessions = Sessions(storage=probe.storage, initial=dict, key=lambda update: bad_key)
+    bot = make_bot(sessions, [every_update(handler)])
+    assert bot.process(message("x")) == "handler_failed"
+    assert isinstance(bot.errors[0], SessionKeyError)
+    assert "255 characters" in str(bot.errors[0])
+    assert probe.counts() == type(probe.counts())()

@@ -38,6 +38,10 @@ class DatabaseStorage(SessionStorage):
 
         return self._using or router.db_for_write(Session)
 
+    def connect(self) -> None:
+        """Open this thread's connection now (raises ``DatabaseError`` when it cannot)."""
+        connections[self.using].ensure_connection()
+
     # -- the contract -------------------------------------------------------------
 
     async def read(self, key: StorageKey) -> StoredSession | None:
