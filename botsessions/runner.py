@@ -19,6 +19,7 @@ from telegram.ext import ExtBot
 
 from .dbthread import process_on_caller_thread
 from .ptb import SessionApplication
+from .storage.db import DatabaseStorage
 
 
 class BotRunner:
@@ -30,6 +31,7 @@ class BotRunner:
         self._ready = threading.Event()
         self._start_lock = threading.Lock()
         self._init_lock = threading.Lock()
+        self._databases: list[DatabaseStorage] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -56,6 +58,20 @@ class BotRunner:
     async def _initialize(self) -> None:
         if not self.application._initialized:
             await self.application.initialize()
+
+    def connect_databases(self) -> None:
+        """Open this thread's connections to the databases the sessions are stored in.
+
+        Called before the update is handed over, so that a slow connect happens outside
+        the update's key locks; bots whose sessions live elsewhere connect to nothing.
+        """
+        if self._databases is None:
+            storages = [f.resolve_storage() for f in self.application.sessions.fragments.values()]
+            self._databases = list(
+                {id(s): s for s in storages if isinstance(s, DatabaseStorage)}.values()
+            )
+        for storage in self._databases:
+            storage.connect()
 
     def decode(self, data: dict[str, Any]) -> Update:
         """Turn a JSON object into an ``Update`` bound to the application's bot."""

@@ -29,9 +29,13 @@ class Serializer(Protocol):
 class JSONSerializer:
     """Plain JSON: dict (string keys), list, str, int, float, bool and None."""
 
+    def encode(self, value: Any) -> str:
+        """Encode without checking: enough to tell whether data changed since it was loaded."""
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
     def dumps(self, value: Any) -> str:
         try:
-            text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            text = self.encode(value)
         except (TypeError, ValueError) as exc:
             raise SessionDataError(f"session data is not JSON-compatible: {exc}") from exc
         # A round trip that changes the value means something JSON cannot hold exactly.

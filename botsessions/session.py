@@ -183,9 +183,13 @@ class FragmentSession:
             if self.loaded and self.revision == 0:
                 return None
             return Delete(self.key, expected)
-        text = self.fragment.serializer.dumps(self.value)
-        if text == self.snapshot and not self.migrated:
+        unchanged = self.snapshot is not None and (
+            _fingerprint(self.fragment, self.value) == self.snapshot
+        )
+        if unchanged and not self.migrated:
             return Delete(self.key, expected) if self.expired else None
+        # Changed: now the full check, which refuses what JSON would not give back.
+        text = self.fragment.serializer.dumps(self.value)
         migrations = self.fragment.data_migrations
         ttl = self.fragment.ttl
         record = StoredSession(
@@ -352,7 +356,10 @@ async def _call_initial(fragment: Fragment) -> Any:
 
 
 def _fingerprint(fragment: Fragment, data: Any) -> str | None:
+    """The data's text for comparison (``None`` if it cannot be encoded at all)."""
+    serializer = fragment.serializer
+    encode = getattr(serializer, "encode", serializer.dumps)
     try:
-        return fragment.serializer.dumps(data)
-    except SessionDataError:
+        return encode(data)
+    except (SessionDataError, TypeError, ValueError):
         return None

@@ -33,7 +33,6 @@ from .bots import bot_settings
 from .conf import settings
 from .errors import StorageError
 from .runner import runner_for
-from .storage.db import default_database_storage
 
 logger = logging.getLogger("botsessions.webhook")
 
@@ -83,7 +82,7 @@ class TelegramWebhookView(View):
         try:
             # Connect here, not inside the update's key locks, where a slow connect (a new
             # one per request under ASGI) would make every update of that key wait.
-            default_database_storage().connect()
+            runner.connect_databases()
             outcome = runner.process(update)
         except (StorageError, DatabaseError) as exc:
             logger.warning(

@@ -403,11 +403,11 @@ def test_write_failing_mid_commit_answers_503_and_leaves_nothing(
     real_apply = DatabaseStorage._apply
     applied: list[StorageKey] = []
 
-    def apply_then_fail(self: DatabaseStorage, cursor: Any, table: str, change: Any, now: Any):
+    def apply_then_fail(self: DatabaseStorage, cursor: Any, change: Any, now: Any) -> None:
         applied.append(change.key)
         if len(applied) == 2:  # a real error from the database, inside the transaction
             cursor.execute("SELECT no_such_column FROM botsessions_no_such_table")
-        return real_apply(self, cursor, table, change, now)
+        real_apply(self, cursor, change, now)
 
     monkeypatch.setattr(DatabaseStorage, "_apply", apply_then_fail)
     response = webhook.post(update)

@@ -31,12 +31,16 @@ class DatabaseStorage(SessionStorage):
 
     def __init__(self, using: str | None = None) -> None:
         self._using = using
+        self._sql: dict[tuple[Any, ...], str] = {}
 
     @property
     def using(self) -> str:
-        from ..models import Session
+        """The database alias: the one given, or where the router writes sessions."""
+        if self._using is None:
+            from ..models import Session
 
-        return self._using or router.db_for_write(Session)
+            return router.db_for_write(Session)
+        return self._using
 
     def connect(self) -> None:
         """Open this thread's connection now (raises ``DatabaseError`` when it cannot)."""
@@ -156,8 +160,6 @@ class DatabaseStorage(SessionStorage):
         if not changes and mark is None:
             return True
         connection = connections[self.using]
-        table, marks = self._tables()
-        q = connection.ops.quote_name
         now = timezone.now()
         adapt_dt = connection.ops.adapt_datetimefield_value
         stage = "mark"
@@ -165,13 +167,11 @@ class DatabaseStorage(SessionStorage):
             with transaction.atomic(using=self.using), connection.cursor() as cursor:
                 if mark is not None:
                     cursor.execute(
-                        f"INSERT INTO {marks} ({q('bot_id')}, {q('update_id')}, "
-                        f"{q('processed_at')}) VALUES (%s, %s, %s)",
-                        [mark.bot_id, mark.update_id, adapt_dt(now)],
+                        self._statement(("mark",)), [mark.bot_id, mark.update_id, adapt_dt(now)]
                     )
                 stage = "changes"
                 for change in changes:
-                    self._apply(cursor, table, change, now)
+                    self._apply(cursor, change, now)
         except IntegrityError as exc:
             if stage == "mark":
                 return False
@@ -205,6 +205,7 @@ class DatabaseStorage(SessionStorage):
         return moved
 
     # -- SQL ------------------------------------------------------------------------
+    # Statements depend only on the database and the shape of the call: built once each.
 
     def _tables(self) -> tuple[str, str]:
         from ..models import ProcessedUpdate, Session
@@ -212,77 +213,109 @@ class DatabaseStorage(SessionStorage):
         q = connections[self.using].ops.quote_name
         return q(Session._meta.db_table), q(ProcessedUpdate._meta.db_table)
 
+    def _statement(self, shape: tuple[Any, ...]) -> str:
+        alias = self.using
+        sql = self._sql.get((alias, *shape))
+        if sql is None:
+            sql = self._sql[(alias, *shape)] = self._build(connections[alias], shape)
+        return sql
+
+    def _build(self, connection: Any, shape: tuple[Any, ...]) -> str:
+        q = connection.ops.quote_name
+        table, marks = self._tables()
+        match = f"{q('bot_id')} = %s AND {q('fragment')} = %s AND {q('key')} = %s"
+        data_slot = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+        kind = shape[0]
+        if kind == "select":
+            _, key_count, with_mark = shape
+            columns = ", ".join(
+                q(name)
+                for name in (
+                    "bot_id",
+                    "fragment",
+                    "key",
+                    "data",
+                    "version",
+                    "expires_at",
+                    "revision",
+                )
+            )
+            parts = []
+            if key_count:
+                either = " OR ".join(f"({match})" for _ in range(key_count))
+                parts.append(f"SELECT {columns} FROM {table} WHERE {either}")
+            if with_mark:
+                parts.append(
+                    f"SELECT {q('bot_id')}, '', '', NULL, NULL, NULL, {_MARK_REVISION} "
+                    f"FROM {marks} WHERE {q('bot_id')} = %s AND {q('update_id')} = %s"
+                )
+            return " UNION ALL ".join(parts)
+        if kind == "mark":
+            return (
+                f"INSERT INTO {marks} ({q('bot_id')}, {q('update_id')}, {q('processed_at')}) "
+                "VALUES (%s, %s, %s)"
+            )
+        guarded = shape[1]
+        where = f"{match} AND {q('revision')} = %s" if guarded else match
+        if kind == "delete":
+            return f"DELETE FROM {table} WHERE {where}"
+        if kind == "insert":
+            return (
+                f"INSERT INTO {table} ({q('bot_id')}, {q('fragment')}, {q('key')}, "
+                f"{q('data')}, {q('version')}, {q('expires_at')}, {q('revision')}, "
+                f"{q('updated_at')}, {q('created_at')}) "
+                f"VALUES (%s, %s, %s, {data_slot}, %s, %s, %s, %s, %s)"
+            )
+        revision_slot = "%s" if guarded else f"{q('revision')} + 1"
+        return (
+            f"UPDATE {table} SET {q('data')} = {data_slot}, {q('version')} = %s, "
+            f"{q('expires_at')} = %s, {q('revision')} = {revision_slot}, "
+            f"{q('updated_at')} = %s WHERE {where}"
+        )
+
     def _select_sql(
         self, keys: Sequence[StorageKey], mark: UpdateMark | None
     ) -> tuple[str, list[Any]]:
-        q = connections[self.using].ops.quote_name
-        table, marks = self._tables()
-        columns = ", ".join(
-            q(name)
-            for name in ("bot_id", "fragment", "key", "data", "version", "expires_at", "revision")
-        )
-        parts: list[str] = []
         params: list[Any] = []
-        if keys:
-            match = " OR ".join(
-                f"({q('bot_id')} = %s AND {q('fragment')} = %s AND {q('key')} = %s)" for _ in keys
-            )
-            parts.append(f"SELECT {columns} FROM {table} WHERE {match}")
-            for key in keys:
-                params += [key.bot_id, key.fragment, key.key]
+        for key in keys:
+            params += [key.bot_id, key.fragment, key.key]
         if mark is not None:
-            parts.append(
-                f"SELECT {q('bot_id')}, '', '', NULL, NULL, NULL, {_MARK_REVISION} FROM {marks} "
-                f"WHERE {q('bot_id')} = %s AND {q('update_id')} = %s"
-            )
             params += [mark.bot_id, mark.update_id]
-        return " UNION ALL ".join(parts), params
+        return self._statement(("select", len(keys), mark is not None)), params
 
-    def _apply(self, cursor: Any, table: str, change: Change, now: datetime) -> None:
-        connection = connections[self.using]
-        q = connection.ops.quote_name
-        ops = connection.ops
+    def _apply(self, cursor: Any, change: Change, now: datetime) -> None:
+        ops = connections[self.using].ops
         key = change.key
-        where = f"{q('bot_id')} = %s AND {q('fragment')} = %s AND {q('key')} = %s"
+        guarded = bool(change.expected_revision)
         where_params: list[Any] = [key.bot_id, key.fragment, key.key]
-        if change.expected_revision:
-            where += f" AND {q('revision')} = %s"
+        if guarded:
             where_params.append(change.expected_revision)
         if not isinstance(change, Write):
-            cursor.execute(f"DELETE FROM {table} WHERE {where}", where_params)
-            if change.expected_revision and cursor.rowcount == 0:
+            cursor.execute(self._statement(("delete", guarded)), where_params)
+            if guarded and cursor.rowcount == 0:
                 raise SessionConflict(f"session {key} was changed by another writer")
             return
         record = change.record
-        data_slot = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+        stamp = ops.adapt_datetimefield_value(now)
         values = [
             record.data,
             ops.adapt_decimalfield_value(record.version, 20, 6),
             ops.adapt_datetimefield_value(record.expires_at),
-            record.revision,
-            ops.adapt_datetimefield_value(now),
         ]
         if change.expected_revision == 0:
             cursor.execute(
-                f"INSERT INTO {table} ({q('bot_id')}, {q('fragment')}, {q('key')}, "
-                f"{q('data')}, {q('version')}, {q('expires_at')}, {q('revision')}, "
-                f"{q('updated_at')}, {q('created_at')}) "
-                f"VALUES (%s, %s, %s, {data_slot}, %s, %s, %s, %s, %s)",
-                [*where_params[:3], *values, values[-1]],
+                self._statement(("insert", False)),
+                [*where_params, *values, record.revision, stamp, stamp],
             )
             return
-        bump_in_sql = not change.expected_revision
-        revision_slot = f"{q('revision')} + 1" if bump_in_sql else "%s"
+        revision = [record.revision] if guarded else []
         cursor.execute(
-            f"UPDATE {table} SET {q('data')} = {data_slot}, {q('version')} = %s, "
-            f"{q('expires_at')} = %s, {q('revision')} = {revision_slot}, "
-            f"{q('updated_at')} = %s WHERE {where}",
-            [*values[:3], *(values[3:] if bump_in_sql is False else values[4:]), *where_params],
+            self._statement(("update", guarded)), [*values, *revision, stamp, *where_params]
         )
         if cursor.rowcount == 0:
             if change.expected_revision is None:
                 # An unconditional write of a row that does not exist yet creates it.
-                self._apply(cursor, table, Write(key, record, 0), now)
+                self._apply(cursor, Write(key, record, 0), now)
                 return
             raise SessionConflict(f"session {key} was changed by another writer")
 

@@ -1,0 +1,351 @@
+"""One measurement in a fresh process: ``python -m bench.worker`` reads a JSON spec on stdin.
+
+Each measurement runs in its own process so that every variant is the demo project as
+configured (bench.settings, one DATABASE_URL, one bot) with nothing left over from the
+others, and so that the orchestrator (bench.run) can interleave variants. The worker
+prints its result as one JSON line starting with ``RESULT_PREFIX``.
+
+Modes: ``migrate``, ``fill`` (bulk-load filler sessions), ``pipeline`` (time updates
+through decode + process), ``statements`` (count what each kind of update sends to the
+database) and ``profile`` (see bench.profiling).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+RESULT_PREFIX = "BENCH-RESULT "
+BOT_ID = 123456  # the id in bench.settings' token "123456:BENCH"
+
+
+def setup_django(api_base_url: str) -> None:
+    """Configure Django with bench.settings, the Bot API being the fake one at hand."""
+    os.environ["TELEGRAM_API_BASE_URL"] = api_base_url
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    import django
+
+    django.setup()
+    warnings.filterwarnings("ignore", module="telegram")
+
+
+class Runner:
+    """What a variant is driven through: ``process(decode(dict))``, as the webhook does."""
+
+    def __init__(self, bot: str) -> None:
+        if bot == "plain":
+            from .bots import PlainRunner, plain_application
+
+            self._runner: Any = PlainRunner(plain_application())
+        else:
+            from botsessions.runner import runner_for
+
+            if os.environ.get("BENCH_BOT", "sessions") != bot:
+                raise RuntimeError(f"the worker for bot {bot!r} needs BENCH_BOT={bot}")
+            self._runner = runner_for("default")
+            self._runner.initialize()
+        self.decode: Callable[[dict[str, Any]], Any] = self._runner.decode
+        self.process: Callable[[Any], str] = self._runner.process
+
+    def run(self, data: dict[str, Any]) -> str:
+        return self.process(self.decode(data))
+
+    def shutdown(self) -> None:
+        self._runner.shutdown()
+
+
+def measure(runner: Runner, updates: list[dict[str, Any]]) -> dict[str, Any]:
+    """Time each update through decode + process; throughput, latencies and outcomes."""
+    gc.collect()
+    latencies: list[int] = []
+    outcomes: Counter[str] = Counter()
+    decode, process, clock = runner.decode, runner.process, time.perf_counter_ns
+    started = clock()
+    for data in updates:
+        begin = clock()
+        outcomes[process(decode(data))] += 1
+        latencies.append(clock() - begin)
+    elapsed = clock() - started
+    latencies.sort()
+    count = len(updates)
+    return {
+        "updates": count,
+        "seconds": elapsed / 1e9,
+        "per_update_us": elapsed / count / 1e3,
+        "p50_us": latencies[count // 2] / 1e3,
+        "p99_us": latencies[min(count - 1, (count * 99) // 100)] / 1e3,
+        "outcomes": dict(outcomes),
+    }
+
+
+def pipeline(spec: dict[str, Any]) -> dict[str, Any]:
+    """Warm up (one 🍕 per chat), then time the seeded workload."""
+    from . import updates
+
+    runner = Runner(spec["bot"])
+    try:
+        chats, first = spec["chats"], spec["first_update_id"]
+        for data in updates.warmup(chats, first):
+            runner.run(data)
+        work = updates.workload(spec["updates"], chats, spec["seed"], first + chats)
+        result = measure(runner, work)
+        result["kinds"] = updates.kinds(work)
+        if spec["bot"] == "sessions":
+            result["rows"] = session_rows()
+    finally:
+        runner.shutdown()
+    return result
+
+
+# -- migrate and fill ------------------------------------------------------------------
+
+
+def migrate(spec: dict[str, Any]) -> dict[str, Any]:
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    return {"ok": True}
+
+
+def session_rows() -> int:
+    from botsessions.models import Session
+
+    return Session.objects.count()
+
+
+def fill(spec: dict[str, Any]) -> dict[str, Any]:
+    """Add filler sessions (other chats of the same bot) until ``rows`` rows are stored.
+
+    SQLite gets one ``executemany`` in one transaction, PostgreSQL one
+    ``INSERT … SELECT generate_series``; both are analyzed afterwards so that the planner
+    knows the table's size.
+    """
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from .updates import FILLER_BASE
+
+    target = int(spec["rows"])
+    started = time.perf_counter()
+    missing = target - session_rows()
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    if missing > 0 and connection.vendor == "sqlite":
+        rows = (
+            (
+                BOT_ID,
+                "chat" if i % 2 else "user",
+                f"{'chat' if i % 2 else 'user'}:{FILLER_BASE + i // 2}",
+                '{"pizza_count":3}' if i % 2 else '{"messages":7}',
+                1,
+                now,
+                now,
+            )
+            for i in range(missing)
+        )
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO botsessions_session (bot_id, fragment, key, data, revision, "
+                "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                rows,
+            )
+    elif missing > 0:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO botsessions_session (bot_id, fragment, key, data, revision, "
+                "created_at, updated_at) "
+                "SELECT %s, CASE WHEN mod(i, 2) = 1 THEN 'chat' ELSE 'user' END, "
+                "CASE WHEN mod(i, 2) = 1 THEN 'chat:' ELSE 'user:' END || (%s + i / 2), "
+                "CASE WHEN mod(i, 2) = 1 THEN '{\"pizza_count\":3}'::jsonb "
+                "ELSE '{\"messages\":7}'::jsonb END, 1, now(), now() "
+                "FROM generate_series(0, %s - 1) AS i",
+                [BOT_ID, FILLER_BASE, missing],
+            )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    return {
+        "rows": session_rows(),
+        "added": max(missing, 0),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+# -- statements -------------------------------------------------------------------------
+
+
+def classify(sql: str) -> str:
+    """Sort a statement into read, write, mark (exactly-once record), txn or other."""
+    head = sql.lstrip().upper()
+    if head.startswith(("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "END")):
+        return "txn"
+    if head.startswith("SELECT"):
+        return "read"
+    if head.startswith("INSERT") and "BOTSESSIONS_PROCESSEDUPDATE" in head:
+        return "mark"
+    if head.startswith(("INSERT", "UPDATE", "DELETE")) and "BOTSESSIONS_SESSION" in head:
+        return "write"
+    return "other"
+
+
+class DriverTrace:
+    """Everything the driver sent, including the BEGIN/COMMIT Django does not see.
+
+    SQLite reports each statement it runs through a trace callback; for PostgreSQL,
+    libpq's protocol trace is read: every ``ReadyForQuery`` ends one round trip.
+    """
+
+    def __init__(self, trace_file: Any) -> None:
+        from django.db import connection
+
+        connection.ensure_connection()
+        self.raw = connection.connection
+        self.vendor = connection.vendor
+        self.statements: list[str] = []
+        self.round_trips = 0
+        self._file = trace_file
+
+    def start(self) -> None:
+        self.statements, self.round_trips = [], 0
+        if self.vendor == "sqlite":
+            self.raw.set_trace_callback(self.statements.append)
+        elif self.vendor == "postgresql":
+            from psycopg import pq
+
+            self.raw.pgconn.trace(self._file.fileno())
+            self.raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+    def stop(self) -> None:
+        if self.vendor == "sqlite":
+            self.raw.set_trace_callback(None)
+            self.round_trips = len(self.statements)
+        elif self.vendor == "postgresql":
+            self.raw.pgconn.untrace()
+            self._file.seek(0)
+            for line in self._file.read().decode("utf-8", "replace").splitlines():
+                fields = line.split("\t")
+                if len(fields) < 3:
+                    continue
+                if fields[0] == "B" and fields[2] == "ReadyForQuery":
+                    self.round_trips += 1
+                elif fields[0] == "F" and fields[2] in ("Query", "Parse"):
+                    text = fields[3].strip() if len(fields) > 3 else ""
+                    if fields[2] == "Parse":
+                        text = text.removeprefix('"" ')
+                    self.statements.append(text.strip('"'))
+
+
+@contextmanager
+def counting() -> Iterator[dict[str, Any]]:
+    """Count statements as Django sends them and as the driver does, on this thread."""
+    from django.db import connection
+
+    seen: list[str] = []
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryFile() as trace_file:
+        trace = DriverTrace(trace_file)
+        trace.start()
+        try:
+            with connection.execute_wrapper(wrapper):
+                yield result
+        finally:
+            trace.stop()
+    counts = Counter(classify(sql) for sql in seen)
+    result.update(
+        {kind: counts.get(kind, 0) for kind in ("read", "write", "mark", "txn", "other")}
+    )
+    result["django"] = len(seen)
+    result["driver"] = trace.round_trips
+    result["sql"] = [" ".join(sql.split())[:160] for sql in seen]
+    result["driver_sql"] = [" ".join(sql.split())[:160] for sql in trace.statements]
+
+
+def statements(spec: dict[str, Any]) -> dict[str, Any]:
+    """Process one update of each kind, counting what it sent; outcomes are checked."""
+    from . import updates
+
+    first = spec["first_update_id"]
+    ids = iter(range(first, first + 1000))
+    chat = updates.chat_id(spec["chats"] + 7)  # a chat of its own, new to this database
+    fresh_chat = updates.chat_id(spec["chats"] + 8)
+
+    def text(kind: str, target: int = chat) -> dict[str, Any]:
+        return updates.message(target, next(ids), updates.TEXTS[kind])
+
+    cases: list[dict[str, Any]] = []
+
+    def case(name: str, runner: Runner, data: dict[str, Any], expected: str) -> None:
+        update = runner.decode(data)
+        with counting() as counted:
+            outcome = runner.process(update)
+        counted.update(name=name, outcome=outcome, expected_outcome=expected)
+        cases.append(counted)
+
+    bot = spec["bot"]
+    runner = Runner(bot)
+    try:
+        if bot == "sessions":
+            runner.run(text("pizza"))  # the chat's rows exist from here on
+            edited = updates.message(chat, next(ids), "edited", edited=True)
+            case("unmatched", runner, edited, "skipped")
+            case("read_only", runner, updates.message(chat, next(ids), "/hunger"), "unchanged")
+            case("changed_1", runner, text("text"), "committed")
+            case("changed_2", runner, text("pizza"), "committed")
+            case("new_chat", runner, text("text", fresh_chat), "committed")
+            again = text("text")
+            runner.run(again)
+            case("duplicate", runner, again, "duplicate")
+        else:
+            runner.run(text("pizza"))
+            case("lazy_untouched", runner, updates.message(chat, next(ids), "/noop"), "unchanged")
+            case("lazy_changed", runner, text("text"), "committed")
+    finally:
+        runner.shutdown()
+    return {"cases": cases}
+
+
+# -- entry point -------------------------------------------------------------------------
+
+MODES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "migrate": migrate,
+    "fill": fill,
+    "pipeline": pipeline,
+    "statements": statements,
+}
+
+
+def main() -> int:
+    spec = json.loads(sys.stdin.read())
+    if spec.get("pin") is not None:
+        # Before any thread starts: every thread of the worker inherits the one CPU.
+        os.sched_setaffinity(0, {int(spec["pin"])})
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.fakebotapi import FakeBotAPI
+
+    with FakeBotAPI() as api:
+        setup_django(api.base_url)
+        if spec["mode"] == "profile":
+            from .profiling import profile
+
+            result = profile(spec)
+        else:
+            result = MODES[spec["mode"]](spec)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
