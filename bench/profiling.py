@@ -25,6 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from . import updates
@@ -335,11 +336,14 @@ def categorize(stats: pstats.Stats, count: int) -> dict[str, float]:
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
+_REPO_ROOT = str(Path(__file__).resolve().parents[1]) + "/"
+
+
 def top(stats: pstats.Stats, count: int, limit: int) -> list[tuple[str, float, float, float]]:
     """The functions with most own time: (name, own µs/update, cumulative µs/update, calls)."""
     rows = []
     for (filename, line, name), (_, calls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
-        where = filename.split("site-packages/")[-1].split("/work/main/")[-1]
+        where = filename.split("site-packages/")[-1].removeprefix(_REPO_ROOT)
         label = f"{where}:{line}({name})" if line else name
         rows.append((label, tottime * 1e6 / count, cumtime * 1e6 / count, calls / count))
     rows.sort(key=lambda row: -row[1])
