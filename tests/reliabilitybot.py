@@ -80,10 +80,8 @@ def _install_holds(application: SessionApplication) -> None:
 
     apply = DatabaseStorage._apply
 
-    def apply_then_hold(
-        storage: DatabaseStorage, cursor: Any, table: str, change: Any, now: Any
-    ) -> None:
-        apply(storage, cursor, table, change, now)
+    def apply_then_hold(storage: DatabaseStorage, cursor: Any, change: Any, now: Any) -> None:
+        apply(storage, cursor, change, now)
         if change.key.key == f"user:{HOLD_IN_TRANSACTION_USER}":
             print("HOLD inside an open transaction", flush=True)
             time.sleep(600)
