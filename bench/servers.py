@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,18 +19,10 @@ from pathlib import Path
 
 import httpx
 
+from tests.servers import WORKER_LINES, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 WEBHOOK_PATH = "/telegram/webhook/"
-_WORKER_LINE = {
-    "uvicorn": re.compile(r"Started server process \[(\d+)\]"),
-    "gunicorn": re.compile(r"Booting worker with pid: (\d+)"),
-}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_argv(kind: str, port: int, workers: int) -> list[str]:
@@ -79,7 +69,7 @@ class Server:
     def wait_until_ready(self, timeout: float = 60.0) -> None:
         """Every worker booted and the webhook URL answers."""
         deadline = time.monotonic() + timeout
-        while len(_WORKER_LINE[self.kind].findall(self.log())) < self.workers:
+        while len(WORKER_LINES[self.kind].findall(self.log())) < self.workers:
             self._check(deadline)
             time.sleep(0.05)
         while True:

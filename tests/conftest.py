@@ -49,3 +49,21 @@ def probe(request: pytest.FixtureRequest) -> Iterator[Any]:
     probe = start_probe(request.param)
     yield probe
     stop_probe(probe)
+
+
+@pytest.fixture
+def fresh_bots(api: FakeBotAPI, settings: Any) -> Iterator[FakeBotAPI]:
+    """The configured bots talking to the fake Bot API, built afresh for this test.
+
+    Applications and their runners are cached per process; dropping them before and
+    after lets each test's settings (bots, Bot API address) take effect.
+    """
+    from botsessions.bots import forget_applications
+    from botsessions.runner import shutdown_runners
+
+    settings.TELEGRAM_API_BASE_URL = api.base_url
+    shutdown_runners()
+    forget_applications()
+    yield api
+    shutdown_runners()
+    forget_applications()

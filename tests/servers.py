@@ -54,7 +54,7 @@ Kind = Literal["uvicorn", "gunicorn", "runserver"]
 _NO_SECRET: Any = object()
 
 # What each server prints once per worker process it started.
-_WORKER_LINES: dict[str, re.Pattern[str]] = {
+WORKER_LINES: dict[str, re.Pattern[str]] = {
     "uvicorn": re.compile(r"Started server process \[(\d+)\]"),
     "gunicorn": re.compile(r"Booting worker with pid: (\d+)"),
     "runserver": re.compile(r"Starting development server at"),
@@ -277,11 +277,11 @@ class Server(Process):
         """Process ids of the worker processes (uvicorn, gunicorn) or of runserver itself."""
         if self.kind == "runserver":
             return [self.pid]
-        return [int(pid) for pid in _WORKER_LINES[self.kind].findall(self.log())]
+        return [int(pid) for pid in WORKER_LINES[self.kind].findall(self.log())]
 
     def wait_until_ready(self, timeout: float) -> None:
         """Wait until every worker started and the webhook URL answers HTTP."""
-        self.wait_for_log(_WORKER_LINES[self.kind].pattern, self.workers, timeout)
+        self.wait_for_log(WORKER_LINES[self.kind].pattern, self.workers, timeout)
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -26,11 +26,9 @@ from telegram.ext import CommandHandler, MessageHandler, filters
 from botproject.bot import count_message
 from botproject.bot import sessions as demo_sessions
 from botsessions import Sessions, StorageError, dbthread
-from botsessions.bots import forget_applications
 from botsessions.errors import SessionConflict
 from botsessions.models import ProcessedUpdate, Session
 from botsessions.purge import prune_processed_updates
-from botsessions.runner import shutdown_runners
 from botsessions.storage.base import StorageKey, StoredSession, UpdateMark, Write
 from botsessions.storage.db import DatabaseStorage
 
@@ -142,14 +140,9 @@ class Webhook:
 
 
 @pytest.fixture
-def webhook(api: FakeBotAPI, settings: Any) -> Iterator[Webhook]:
+def webhook(fresh_bots: FakeBotAPI) -> Webhook:
     """The demo bot behind its webhook, replying to the fake Bot API."""
-    settings.TELEGRAM_API_BASE_URL = api.base_url
-    shutdown_runners()
-    forget_applications()
-    yield Webhook()
-    shutdown_runners()
-    forget_applications()
+    return Webhook()
 
 
 async def count(update: Any, context: Any) -> None:

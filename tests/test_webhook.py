@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
@@ -18,9 +17,7 @@ from django.db.backends.utils import CursorWrapper
 from django.test import Client
 from telegram import Update
 
-from botsessions.bots import forget_applications
 from botsessions.models import ProcessedUpdate, Session
-from botsessions.runner import shutdown_runners
 from botsessions.storage.db import DatabaseStorage
 
 from . import webhook_bots
@@ -36,16 +33,11 @@ BOT_ID = 123456
 
 
 @pytest.fixture
-def demo(api: FakeBotAPI, settings: Any) -> Iterator[FakeBotAPI]:
+def demo(fresh_bots: FakeBotAPI, settings: Any) -> FakeBotAPI:
     """The demo bot (and the test bots) talking to the fake Bot API, built afresh."""
-    settings.TELEGRAM_API_BASE_URL = api.base_url
     settings.BOTSESSIONS_BOTS = webhook_bots.BOTS
-    shutdown_runners()
-    forget_applications()
     webhook_bots.errors.clear()
-    yield api
-    shutdown_runners()
-    forget_applications()
+    return fresh_bots
 
 
 def post(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,9 +18,7 @@ from django.test import Client
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from botsessions.bots import forget_applications
 from botsessions.models import ProcessedUpdate, Session
-from botsessions.runner import shutdown_runners
 
 from .fakebotapi import FakeBotAPI
 
@@ -154,14 +151,9 @@ def snapshot() -> tuple[list[Any], list[Any]]:
 
 
 @pytest.fixture
-def demo_client(api: FakeBotAPI, settings: Any) -> Iterator[Client]:
+def demo_client(fresh_bots: FakeBotAPI) -> Client:
     """The demo bot behind its webhook, replying to the fake Bot API."""
-    settings.TELEGRAM_API_BASE_URL = api.base_url
-    shutdown_runners()
-    forget_applications()
-    yield Client()
-    shutdown_runners()
-    forget_applications()
+    return Client()
 
 
 def _check(response: Any, before: Any, replies_before: int, api: FakeBotAPI) -> None:
