@@ -1,11 +1,17 @@
 """Where an update's database work runs.
 
 Django's database connections belong to threads, and the ORM must not be called from
-an event loop. While a synchronous caller (the webhook view, a test) waits for an
-update to be processed, its own thread is idle: :func:`process_on_caller_thread` lends
-it to the update, so every query of that update runs on the caller's connection and
-inside whatever transaction or test case the caller has open. Without a waiting
-caller (long polling), queries run on a small pool of worker threads.
+an event loop. A synchronous caller (the webhook view, a test) that waits for an update
+lends its own thread to the update's database work, so every query of that update runs
+on the caller's connection and inside whatever transaction or test case the caller has
+open:
+
+- when the caller's thread is itself running the loop (see :mod:`botsessions.sharedloop`),
+  the job runs right there, with no thread switch;
+- when another thread runs the loop, the job is queued to the waiting caller, which runs
+  it and hands the result back.
+
+Without a waiting caller (long polling), jobs run on a small pool of worker threads.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import asyncio
 import contextvars
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -22,20 +28,39 @@ from django.db import connections
 
 T = TypeVar("T")
 
-_caller: contextvars.ContextVar[_CallerThread | None] = contextvars.ContextVar(
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
     "botsessions_caller_thread", default=None
 )
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-class _CallerThread:
-    """A queue of database jobs that the waiting caller's thread runs."""
+class Caller:
+    """A thread waiting for an update: its identity and the queue of work sent to it."""
+
+    __slots__ = ("inbox", "thread")
 
     def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self.thread = threading.get_ident()
+        # Database jobs (a callable and the future of its result), or the loop's signals.
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def serve(self, item: Any) -> None:
+        """Run a database job that was queued to this thread."""
+        job, future = item
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(job())
+        except BaseException as exc:  # handed to the coroutine awaiting the job
+            future.set_exception(exc)
+
+
+def serving(caller: Caller | None) -> contextvars.Context:
+    """A copy of the current context in which ``caller`` serves the database jobs."""
+    context = contextvars.copy_context()
+    context.run(_caller.set, caller)
+    return context
 
 
 def _fresh_connections() -> None:
@@ -69,79 +94,30 @@ def _worker_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def _run_inline(job: Callable[[], T]) -> T:
+    """Run ``job`` on this thread, which is running the event loop for its own caller.
+
+    Django refuses database calls while a loop is running in the thread, to protect
+    loops that serve many unrelated tasks. This loop is the caller's, lent to its update,
+    and blocking it for the query is exactly what the caller waits for anyway; the loop
+    is hidden from the check only for the duration of the (synchronous) job.
+    """
+    loop = asyncio.events._get_running_loop()
+    asyncio.events._set_running_loop(None)
+    try:
+        return job()
+    finally:
+        asyncio.events._set_running_loop(loop)
+
+
 async def run_db(job: Callable[[], T]) -> T:
     """Run a blocking database function for the current update and await its result."""
     caller = _caller.get()
     if caller is None:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(_worker_pool(), _run_pooled, job)
+    if caller.thread == threading.get_ident():
+        return _run_inline(job)
     future: Future[T] = Future()
-    caller.jobs.put((job, future))
+    caller.inbox.put((job, future))
     return await asyncio.wrap_future(future)
-
-
-def process_on_caller_thread(
-    coroutine_factory: Callable[[], Coroutine[Any, Any, T]],
-    loop: asyncio.AbstractEventLoop | None = None,
-) -> T:
-    """Run a coroutine to completion while this thread serves its database work.
-
-    With ``loop`` (a loop running in another thread) the coroutine runs there; without
-    it, a private loop runs in a helper thread. Either way this thread only runs the
-    database jobs the coroutine sends back, then returns its result or raises its error.
-    """
-    caller = _CallerThread()
-    done: Future[T] = Future()
-
-    async def wrapped() -> T:
-        try:
-            return await coroutine_factory()
-        finally:
-            caller.jobs.put(None)
-
-    def start() -> Awaitable[T]:
-        context = contextvars.copy_context()
-        context.run(_caller.set, caller)
-        return context.run(asyncio.ensure_future, wrapped())
-
-    if loop is not None:
-
-        def schedule() -> None:
-            task = start()
-            task.add_done_callback(lambda t: _settle(done, t))  # type: ignore[arg-type]
-
-        loop.call_soon_threadsafe(schedule)
-    else:
-
-        def run_private_loop() -> None:
-            async def main() -> T:
-                return await start()
-
-            try:
-                done.set_result(asyncio.run(main()))
-            except BaseException as exc:  # handed to the waiting caller
-                done.set_exception(exc)
-
-        threading.Thread(target=run_private_loop, name="botsessions-loop", daemon=True).start()
-
-    while True:
-        item = caller.jobs.get()
-        if item is None:
-            break
-        job, future = item
-        if not future.set_running_or_notify_cancel():
-            continue
-        try:
-            future.set_result(job())
-        except BaseException as exc:
-            future.set_exception(exc)
-    return done.result()
-
-
-def _settle(done: Future[T], task: asyncio.Future[T]) -> None:
-    if task.cancelled():
-        done.cancel()
-    elif task.exception() is not None:
-        done.set_exception(task.exception())  # type: ignore[arg-type]
-    else:
-        done.set_result(task.result())

@@ -1,25 +1,28 @@
 """Running an application's updates from synchronous code (the webhook view).
 
 PTB is asyncio; Django views and WSGI servers are threads. Each process keeps one event
-loop in a background thread per bot, where the application is initialized once and its
-HTTP client is reused. A request thread hands its update to that loop and, while it
-waits, serves the update's database queries itself (see :mod:`botsessions.dbthread`),
-so the session commit happens on the request's own connection before it answers.
+loop per bot, where the application is initialized once and its HTTP client is reused.
+The loop has no thread of its own: the request thread that brings an update runs it
+(see :mod:`botsessions.sharedloop`), so PTB's dispatch, the handlers and the session's
+queries run on that thread, on its connection and inside its transaction, and the
+session is committed before the view answers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from telegram import Update
 from telegram.ext import ExtBot
 
-from .dbthread import process_on_caller_thread
 from .ptb import SessionApplication
+from .sharedloop import SharedLoop
 from .storage.db import DatabaseStorage
+
+T = TypeVar("T")
 
 
 class BotRunner:
@@ -28,32 +31,38 @@ class BotRunner:
     def __init__(self, application: SessionApplication) -> None:
         self.application = application
         self._pid = os.getpid()
-        self._ready = threading.Event()
-        self._start_lock = threading.Lock()
         self._init_lock = threading.Lock()
         self._databases: list[DatabaseStorage] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop: SharedLoop | None = None
+        self._loop_lock = threading.Lock()
 
-    def _ensure_started(self) -> asyncio.AbstractEventLoop:
-        with self._start_lock:
-            if self.loop is not None and self._thread is not None and self._thread.is_alive():
-                return self.loop
-            loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(
-                target=loop.run_forever, name="botsessions-bot-loop", daemon=True
-            )
-            self._thread.start()
-            self.loop = loop
-            return loop
+    @property
+    def shared_loop(self) -> SharedLoop:
+        """The bot's loop (a new one after :meth:`shutdown`)."""
+        loop = self._loop
+        if loop is None:
+            with self._loop_lock:
+                if self._loop is None:
+                    self._loop = SharedLoop()
+                loop = self._loop
+        return loop
+
+    def run(
+        self, coroutine_factory: Callable[[], Coroutine[Any, Any, T]], *, serve_db: bool = True
+    ) -> T:
+        """Run a coroutine on the bot's loop from this thread and return its result.
+
+        With ``serve_db`` its database work runs on this thread; without it, on the
+        worker pool (several connections at once).
+        """
+        return self.shared_loop.run(coroutine_factory, serve_db=serve_db)
 
     def initialize(self) -> None:
         """Initialize the application (``getMe``) once; retried after a failure."""
         if self.application._initialized:
             return
         with self._init_lock:
-            loop = self._ensure_started()
-            asyncio.run_coroutine_threadsafe(self._initialize(), loop).result()
+            self.run(self._initialize)
 
     async def _initialize(self) -> None:
         if not self.application._initialized:
@@ -91,21 +100,17 @@ class BotRunner:
     def process(self, update: Update) -> str:
         """Process one update and return its outcome; raises StorageError to retry."""
         self.initialize()
-        loop = self._ensure_started()
-        return process_on_caller_thread(
-            lambda: self.application.process_update_with_sessions(update), loop=loop
-        )
+        return self.run(lambda: self.application.process_update_with_sessions(update))
 
     def shutdown(self) -> None:
-        """Shut the application down and stop the loop (tests, process exit)."""
-        if self.loop is None:
+        """Shut the application down and close the loop (tests, process exit)."""
+        with self._loop_lock:
+            loop, self._loop = self._loop, None
+        if loop is None:
             return
         if self.application._initialized:
-            asyncio.run_coroutine_threadsafe(self.application.shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
-        self.loop = None
+            loop.run(self.application.shutdown)
+        loop.close()
 
 
 _runners: dict[str, BotRunner] = {}

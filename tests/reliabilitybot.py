@@ -88,3 +88,6 @@ def _install_holds(application: SessionApplication) -> None:
 
     application.process_update_with_sessions = process_then_pause  # type: ignore[method-assign]
     DatabaseStorage._apply = apply_then_hold  # type: ignore[method-assign]
+    # PostgreSQL commits in one statement by default: no transaction is ever open
+    # between two Python calls. The BEGIN…COMMIT way has that window: hold it there.
+    DatabaseStorage.one_statement_commits = False

@@ -9,6 +9,7 @@ be read) and check what is stored afterwards, not only what the webhook answered
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -87,7 +88,6 @@ def run_concurrently(bot: BotHarness, updates: list[dict[str, Any]]) -> list[Any
     """
     runner = bot.runner
     runner.initialize()
-    assert runner.loop is not None
     decoded = [runner.decode(update) for update in updates]
 
     async def all_at_once() -> list[Any]:
@@ -96,7 +96,7 @@ def run_concurrently(bot: BotHarness, updates: list[dict[str, Any]]) -> list[Any
             return_exceptions=True,
         )
 
-    return asyncio.run_coroutine_threadsafe(all_at_once(), runner.loop).result(60)
+    return runner.run(all_at_once, serve_db=False)
 
 
 def stored(fragment: str, key: str) -> tuple[Any, int] | None:
@@ -387,22 +387,29 @@ def test_records_are_pruned_after_the_redelivery_window(make_bot: Any) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("one_statement", [True, False], ids=["default", "begin-commit"])
 def test_write_failing_mid_commit_answers_503_and_leaves_nothing(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch, one_statement: bool
 ) -> None:
     """The database refuses the second row of an update: nothing of it is kept, not the
-    first row, not the exactly-once record; the retried delivery applies once."""
+    first row, not the exactly-once record; the retried delivery applies once.
+
+    The refusal is real: a negative revision breaks the column's constraint, in
+    PostgreSQL's one-statement commit and in a BEGIN…COMMIT transaction alike.
+    """
+    monkeypatch.setattr(DatabaseStorage, "one_statement_commits", one_statement)
     update = message("🍕", chat_id=GROUP, user_id=ALICE)
-    real_apply = DatabaseStorage._apply
+    real_commit = DatabaseStorage.commit_sync
     applied: list[StorageKey] = []
 
-    def apply_then_fail(self: DatabaseStorage, cursor: Any, change: Any, now: Any) -> None:
-        applied.append(change.key)
-        if len(applied) == 2:  # a real error from the database, inside the transaction
-            cursor.execute("SELECT no_such_column FROM botsessions_no_such_table")
-        real_apply(self, cursor, change, now)
+    def commit_with_a_bad_second_row(self: DatabaseStorage, changes: Any, mark: Any) -> bool:
+        applied.extend(change.key for change in changes)
+        assert len(changes) == 2
+        first, second = changes
+        bad = Write(second.key, dataclasses.replace(second.record, revision=-1), 0)
+        return real_commit(self, [first, bad], mark)
 
-    monkeypatch.setattr(DatabaseStorage, "_apply", apply_then_fail)
+    monkeypatch.setattr(DatabaseStorage, "commit_sync", commit_with_a_bad_second_row)
     response = webhook.post(update)
     assert response.status_code == 503
     assert response["Retry-After"]

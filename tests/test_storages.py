@@ -18,9 +18,32 @@ pytestmark = pytest.mark.django_db
 KEY = StorageKey(123456, "", "chat:-1001987654321")
 
 
-@pytest.fixture(params=["memory", "db"])
-def storage(request: pytest.FixtureRequest) -> Any:
-    return MemoryStorage() if request.param == "memory" else DatabaseStorage()
+@pytest.fixture(
+    params=[
+        "memory",
+        "db",
+        pytest.param("db-driver", marks=pytest.mark.django_db(transaction=True)),
+    ]
+)
+def storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each storage; the database one both ways it sends statements.
+
+    ``db``: inside the test's transaction, through Django's cursor (savepoints);
+    ``db-driver``: real commits, straight to the driver's cursor (the webhook's way).
+    """
+    if request.param == "memory":
+        yield MemoryStorage()
+        return
+    from botsessions.storage import db
+
+    direct: list[bool] = []
+    real = db._direct
+    monkeypatch.setattr(
+        db, "_direct", lambda connection: direct.append(real(connection)) or direct[-1]
+    )
+    yield DatabaseStorage()
+    assert direct, "no statement was sent"
+    assert set(direct) == {request.param == "db-driver"}, "statements took the other way"
 
 
 def data(record: StoredSession | None) -> Any:
@@ -30,7 +53,7 @@ def data(record: StoredSession | None) -> Any:
 
 def run(coroutine: Any) -> Any:
     """Run storage calls; database work goes to the worker threads, so use the caller's."""
-    from botsessions.dbthread import process_on_caller_thread
+    from botsessions.sharedloop import process_on_caller_thread
 
     return process_on_caller_thread(lambda: coroutine)
 
@@ -81,10 +104,21 @@ def test_commit_is_all_or_nothing(storage):
                 [
                     Write(KEY, StoredSession('"new"', revision=1), 0),
                     Write(other, StoredSession('"x"', revision=2), 5),  # wrong revision
-                ]
+                ],
+                UpdateMark(123456, 7),
             )
         )
     assert run(storage.read(KEY)) is None
+    assert run(storage.load([], UpdateMark(123456, 7)))[1] is False  # nor the record
+    with pytest.raises(SessionConflict):  # a delete that lost its row undoes the rest too
+        run(storage.commit([Write(KEY, StoredSession('"new"', revision=1), 0), Delete(KEY, 9)]))
+    assert run(storage.read(KEY)) is None
+    # The retry, with the right revisions, commits once.
+    retry = [Write(KEY, StoredSession('"new"', revision=1), 0), Delete(other, 1)]
+    assert run(storage.commit(retry, UpdateMark(123456, 7))) is True
+    assert run(storage.commit(retry, UpdateMark(123456, 7))) is False
+    assert data(run(storage.read(KEY))) == "new"
+    assert run(storage.read(other)) is None
 
 
 def test_marks_make_a_commit_happen_once(storage):
@@ -118,8 +152,8 @@ def test_database_read_errors_are_raised_not_reported_as_absent(monkeypatch):
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise OperationalError("server closed the connection")
 
-    monkeypatch.setattr("botsessions.storage.db.DatabaseStorage._select_sql", broken)
-    with pytest.raises(OperationalError):
+    monkeypatch.setattr("botsessions.storage.db.DatabaseStorage._statement", broken)
+    with pytest.raises(StorageError, match="server closed"):
         run(storage.read(KEY))
 
 

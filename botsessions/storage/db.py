@@ -9,13 +9,22 @@ they run on whatever database Django is configured with, inside its transactions
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    connections,
+    router,
+    transaction,
+)
+from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -28,6 +37,10 @@ _MARK_REVISION = -1
 
 class DatabaseStorage(SessionStorage):
     """Sessions in the database Django is configured with (the default storage)."""
+
+    #: On PostgreSQL, commit an update as one statement (one round trip, see
+    #: :meth:`_commit_in_one_statement`) rather than BEGIN, a statement per row, COMMIT.
+    one_statement_commits: bool = True
 
     def __init__(self, using: str | None = None) -> None:
         self._using = using
@@ -135,12 +148,27 @@ class DatabaseStorage(SessionStorage):
         records: dict[StorageKey, StoredSession | None] = dict.fromkeys(keys)
         if not keys and mark is None:
             return records, False
-        sql, params = self._select_sql(keys, mark)
         connection = connections[self.using]
+        params: list[Any] = []
+        for key in keys:
+            params += [key.bot_id, key.fragment, key.key]
+        if mark is not None:
+            params += [mark.bot_id, mark.update_id]
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                rows = cursor.fetchall()
+            if _direct(connection):
+                sql = self._statement(connection, ("select", len(keys), mark is not None), True)
+                with connection.wrap_database_errors:
+                    cursor = connection.connection.cursor()
+                    try:
+                        cursor.execute(sql, params)
+                        rows = cursor.fetchall()
+                    finally:
+                        cursor.close()
+            else:
+                sql = self._statement(connection, ("select", len(keys), mark is not None), False)
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    rows = cursor.fetchall()
         except DatabaseError as exc:
             raise StorageError(f"reading sessions failed: {exc}") from exc
         processed = False
@@ -161,17 +189,36 @@ class DatabaseStorage(SessionStorage):
             return True
         connection = connections[self.using]
         now = timezone.now()
-        adapt_dt = connection.ops.adapt_datetimefield_value
         stage = "mark"
         try:
-            with transaction.atomic(using=self.using), connection.cursor() as cursor:
-                if mark is not None:
-                    cursor.execute(
-                        self._statement(("mark",)), [mark.bot_id, mark.update_id, adapt_dt(now)]
-                    )
-                stage = "changes"
-                for change in changes:
-                    self._apply(cursor, change, now)
+            if _direct(connection):
+                if (
+                    self.one_statement_commits
+                    and connection.vendor == "postgresql"
+                    and all(change.expected_revision is not None for change in changes)
+                ):
+                    return self._commit_in_one_statement(connection, changes, mark, now)
+                with connection.wrap_database_errors:
+                    cursor = connection.connection.cursor()
+                    try:
+                        cursor.execute(_begin_statement(connection))
+                        try:
+                            self._record(connection, cursor, mark, now, True)
+                            stage = "changes"
+                            for change in changes:
+                                self._apply(cursor, change, now)
+                            cursor.execute("COMMIT")
+                        except BaseException:
+                            _roll_back(cursor)
+                            raise
+                    finally:
+                        cursor.close()
+            else:
+                with transaction.atomic(using=self.using), connection.cursor() as cursor:
+                    self._record(connection, cursor, mark, now, False)
+                    stage = "changes"
+                    for change in changes:
+                        self._apply(cursor, change, now)
         except IntegrityError as exc:
             if stage == "mark":
                 return False
@@ -179,6 +226,78 @@ class DatabaseStorage(SessionStorage):
         except DatabaseError as exc:
             raise StorageError(f"saving sessions failed: {exc}") from exc
         return True
+
+    def _commit_in_one_statement(
+        self,
+        connection: Any,
+        changes: Sequence[Change],
+        mark: UpdateMark | None,
+        now: datetime,
+    ) -> bool:
+        """PostgreSQL: the record and every change in one statement, one round trip.
+
+        A lone statement is a transaction of its own, so no BEGIN or COMMIT travels.
+        Each change is a data-modifying ``WITH`` part, gated on the record's insert, so
+        a duplicate update changes nothing. A revision check that matched no row makes
+        the final ``SELECT`` divide by zero, which aborts the whole statement: that is
+        how a conflict undoes the record and the other changes.
+        """
+        ops = connection.ops
+        stamp = ops.adapt_datetimefield_value(now)
+        kinds: list[tuple[str, bool]] = []
+        params: list[Any] = []
+        if mark is not None:
+            params += [mark.bot_id, mark.update_id, stamp]
+        for change in changes:
+            key = change.key
+            guarded = bool(change.expected_revision)
+            where = [key.bot_id, key.fragment, key.key]
+            if guarded:
+                where.append(change.expected_revision)
+            if not isinstance(change, Write):
+                kinds.append(("delete", guarded))
+                params += where
+                continue
+            record = change.record
+            values = [
+                record.data,
+                ops.adapt_decimalfield_value(record.version, 20, 6),
+                ops.adapt_datetimefield_value(record.expires_at),
+                record.revision,
+                stamp,
+            ]
+            if change.expected_revision == 0:
+                kinds.append(("insert", False))
+                params += [*where, *values, stamp]
+            else:
+                kinds.append(("update", True))
+                params += [*values, *where]
+        sql = self._statement(connection, ("one statement", mark is not None, *kinds), True)
+        try:
+            with connection.wrap_database_errors:
+                cursor = connection.connection.cursor()
+                try:
+                    cursor.execute(sql, params)
+                    row = cursor.fetchone()
+                finally:
+                    cursor.close()
+        except IntegrityError as exc:
+            raise SessionConflict(f"session was created by another writer: {exc}") from exc
+        except DataError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) == "22012":  # division_by_zero
+                raise SessionConflict("a session was changed by another writer") from exc
+            raise
+        return bool(row[0])
+
+    def _record(
+        self, connection: Any, cursor: Any, mark: UpdateMark | None, now: datetime, direct: bool
+    ) -> None:
+        """Insert the exactly-once record (a duplicate raises ``IntegrityError``)."""
+        if mark is not None:
+            cursor.execute(
+                self._statement(connection, ("mark",), direct),
+                [mark.bot_id, mark.update_id, connection.ops.adapt_datetimefield_value(now)],
+            )
 
     def rename_sync(self, pairs: Sequence[tuple[StorageKey, StorageKey]]) -> list[StorageKey]:
         from ..models import Session
@@ -207,25 +326,31 @@ class DatabaseStorage(SessionStorage):
     # -- SQL ------------------------------------------------------------------------
     # Statements depend only on the database and the shape of the call: built once each.
 
-    def _tables(self) -> tuple[str, str]:
+    def _tables(self, connection: Any) -> tuple[str, str]:
         from ..models import ProcessedUpdate, Session
 
-        q = connections[self.using].ops.quote_name
+        q = connection.ops.quote_name
         return q(Session._meta.db_table), q(ProcessedUpdate._meta.db_table)
 
-    def _statement(self, shape: tuple[Any, ...]) -> str:
-        alias = self.using
-        sql = self._sql.get((alias, *shape))
+    def _statement(self, connection: Any, shape: tuple[Any, ...], direct: bool) -> str:
+        """The SQL of ``shape``, for Django's cursor or (``direct``) the driver's own."""
+        cache_key = (connection.alias, direct, *shape)
+        sql = self._sql.get(cache_key)
         if sql is None:
-            sql = self._sql[(alias, *shape)] = self._build(connections[alias], shape)
+            sql = self._build(connection, shape)
+            if direct and connection.vendor == "sqlite":
+                sql = sql.replace("%s", "?")  # what Django's SQLite cursor does per call
+            self._sql[cache_key] = sql
         return sql
 
     def _build(self, connection: Any, shape: tuple[Any, ...]) -> str:
         q = connection.ops.quote_name
-        table, marks = self._tables()
+        table, marks = self._tables(connection)
         match = f"{q('bot_id')} = %s AND {q('fragment')} = %s AND {q('key')} = %s"
         data_slot = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
         kind = shape[0]
+        if kind == "one statement":
+            return self._build_one_statement(q, table, marks, shape[1], shape[2:])
         if kind == "select":
             _, key_count, with_mark = shape
             columns = ", ".join(
@@ -273,25 +398,65 @@ class DatabaseStorage(SessionStorage):
             f"{q('updated_at')} = %s WHERE {where}"
         )
 
-    def _select_sql(
-        self, keys: Sequence[StorageKey], mark: UpdateMark | None
-    ) -> tuple[str, list[Any]]:
-        params: list[Any] = []
-        for key in keys:
-            params += [key.bot_id, key.fragment, key.key]
-        if mark is not None:
-            params += [mark.bot_id, mark.update_id]
-        return self._statement(("select", len(keys), mark is not None)), params
+    @staticmethod
+    def _build_one_statement(
+        q: Callable[[str], str],
+        table: str,
+        marks: str,
+        with_mark: bool,
+        kinds: Sequence[tuple[str, bool]],
+    ) -> str:
+        """The statement of :meth:`_commit_in_one_statement` (PostgreSQL only)."""
+        match = f"{q('bot_id')} = %s::bigint AND {q('fragment')} = %s AND {q('key')} = %s"
+        gate = " AND EXISTS (SELECT 1 FROM recorded)" if with_mark else ""
+        parts = []
+        if with_mark:
+            parts.append(
+                f"recorded AS (INSERT INTO {marks} ({q('bot_id')}, {q('update_id')}, "
+                f"{q('processed_at')}) VALUES (%s::bigint, %s::bigint, %s::timestamptz) "
+                "ON CONFLICT DO NOTHING RETURNING 1)"
+            )
+        recorded = "(SELECT count(*) FROM recorded)" if with_mark else "1"
+        checks = []
+        for index, (kind, guarded) in enumerate(kinds):
+            name = f"change{index}"
+            where = f"{match} AND {q('revision')} = %s::bigint" if guarded else match
+            if kind == "delete":
+                parts.append(f"{name} AS (DELETE FROM {table} WHERE {where}{gate} RETURNING 1)")
+            elif kind == "insert":
+                parts.append(
+                    f"{name} AS (INSERT INTO {table} ({q('bot_id')}, {q('fragment')}, "
+                    f"{q('key')}, {q('data')}, {q('version')}, {q('expires_at')}, "
+                    f"{q('revision')}, {q('updated_at')}, {q('created_at')}) "
+                    "SELECT %s::bigint, %s, %s, %s::jsonb, %s::numeric, %s::timestamptz, "
+                    "%s::bigint, %s::timestamptz, %s::timestamptz"
+                    f"{' WHERE EXISTS (SELECT 1 FROM recorded)' if with_mark else ''} "
+                    "RETURNING 1)"
+                )
+            else:
+                parts.append(
+                    f"{name} AS (UPDATE {table} SET {q('data')} = %s::jsonb, "
+                    f"{q('version')} = %s::numeric, {q('expires_at')} = %s::timestamptz, "
+                    f"{q('revision')} = %s::bigint, {q('updated_at')} = %s::timestamptz "
+                    f"WHERE {where}{gate} RETURNING 1)"
+                )
+            if guarded:
+                # 1 / 0 when the update was recorded but this row had moved on.
+                checks.append(f"1 / ((SELECT count(*) FROM {name}) + 1 - {recorded})")
+        select = f"SELECT {', '.join([recorded, *checks])}"
+        return f"WITH {', '.join(parts)} {select}" if parts else select
 
     def _apply(self, cursor: Any, change: Change, now: datetime) -> None:
-        ops = connections[self.using].ops
+        connection = connections[self.using]
+        direct = not isinstance(cursor, CursorWrapper)
+        ops = connection.ops
         key = change.key
         guarded = bool(change.expected_revision)
         where_params: list[Any] = [key.bot_id, key.fragment, key.key]
         if guarded:
             where_params.append(change.expected_revision)
         if not isinstance(change, Write):
-            cursor.execute(self._statement(("delete", guarded)), where_params)
+            cursor.execute(self._statement(connection, ("delete", guarded), direct), where_params)
             if guarded and cursor.rowcount == 0:
                 raise SessionConflict(f"session {key} was changed by another writer")
             return
@@ -304,13 +469,14 @@ class DatabaseStorage(SessionStorage):
         ]
         if change.expected_revision == 0:
             cursor.execute(
-                self._statement(("insert", False)),
+                self._statement(connection, ("insert", False), direct),
                 [*where_params, *values, record.revision, stamp, stamp],
             )
             return
         revision = [record.revision] if guarded else []
         cursor.execute(
-            self._statement(("update", guarded)), [*values, *revision, stamp, *where_params]
+            self._statement(connection, ("update", guarded), direct),
+            [*values, *revision, stamp, *where_params],
         )
         if cursor.rowcount == 0:
             if change.expected_revision is None:
@@ -318,6 +484,36 @@ class DatabaseStorage(SessionStorage):
                 self._apply(cursor, Write(key, record, 0), now)
                 return
             raise SessionConflict(f"session {key} was changed by another writer")
+
+
+def _direct(connection: Any) -> bool:
+    """Whether statements may skip Django's cursor and go to the driver's connection.
+
+    Django's cursor converts placeholders, wraps errors and logs queries on every call,
+    which costs more than the session's SQL itself. It is needed when someone watches
+    the queries (``DEBUG``, ``CaptureQueriesContext``, execute wrappers) or when the
+    caller has a transaction open (savepoints, broken-transaction checks); otherwise
+    the driver's cursor on the same connection does the same work, errors still
+    translated by Django.
+    """
+    if connection.connection is None:
+        connection.ensure_connection()
+    return connection.autocommit and not (
+        connection.in_atomic_block or connection.execute_wrappers or connection.queries_logged
+    )
+
+
+def _begin_statement(connection: Any) -> str:
+    if connection.vendor == "sqlite":
+        mode = getattr(connection, "transaction_mode", None)
+        return f"BEGIN {mode}" if mode else "BEGIN"
+    return "BEGIN"
+
+
+def _roll_back(cursor: Any) -> None:
+    """Undo an unfinished commit; the error that interrupted it is the one reported."""
+    with contextlib.suppress(Exception):  # the connection may be gone
+        cursor.execute("ROLLBACK")
 
 
 def _aware(value: Any) -> datetime | None:
