@@ -4,6 +4,8 @@ Every variant keeps the demo's handlers and filters (botproject.bot), so that an
 takes the same way through PTB; only the session layer differs:
 
 - ``plain_application``: a plain PTB ``Application``; the handlers count into dicts.
+  ``CallerDrivenRunner`` drives it as ``BotRunner`` drives its application (the
+  baseline); ``LoopThreadRunner`` the conventional way, on a loop thread (a reference).
 - ``sessions_off_application``: the same session-free handlers, in an application that
   the webhook view and ``BotRunner`` accept but that never loads or saves a session,
   so the HTTP baseline goes through exactly the demo's server code.
@@ -36,6 +38,7 @@ from botproject.bot import build_application
 from botproject.bot import sessions as demo_sessions
 from botsessions import MemoryStorage, SessionContext, Sessions, use_sessions
 from botsessions.ptb import Outcome, SessionApplication
+from botsessions.sharedloop import SharedLoop
 
 Callback = Callable[[Update, Any], Awaitable[None]]
 
@@ -108,7 +111,7 @@ class SessionsOffApplication(SessionApplication):
 
     The webhook view and ``BotRunner`` only serve SessionApplications; this one lets them
     serve the session-free handlers, so that a server without sessions runs the same
-    view, runner and thread hand-over as the demo, and only the session layer is gone.
+    view and runner as the demo, and only the session layer is gone.
     """
 
     async def process_update_with_sessions(self, update: object) -> str:
@@ -181,12 +184,39 @@ def lazy_application() -> SessionApplication:
     return application
 
 
-class PlainRunner:
-    """A plain Application on its own event loop thread, driven from the caller's thread.
+class CallerDrivenRunner:
+    """A plain Application driven the way ``BotRunner`` drives its application.
 
-    This is the shape of ``BotRunner`` without botsessions: the caller hands the update
-    to the loop and waits for the result, so the baseline pays one thread hand-over per
-    update as the webhook does.
+    The caller's thread runs the application's loop itself, through a ``SharedLoop``,
+    for each update: no thread hand-over. This is the in-process baseline, so that the
+    baseline and the session path differ by the session layer only.
+    """
+
+    def __init__(self, application: Application) -> None:  # type: ignore[type-arg]
+        self.application = application
+        self.shared_loop = SharedLoop()
+        self.shared_loop.run(application.initialize)
+
+    def decode(self, data: dict[str, Any]) -> Update:
+        update = Update.de_json(data, self.application.bot)
+        assert update is not None
+        return update
+
+    def process(self, update: Update) -> str:
+        self.shared_loop.run(lambda: self.application.process_update(update))
+        return Outcome.UNCHANGED
+
+    def shutdown(self) -> None:
+        self.shared_loop.run(self.application.shutdown)
+        self.shared_loop.close()
+
+
+class LoopThreadRunner:
+    """A plain Application on an event loop thread of its own (the conventional way).
+
+    The caller hands each update to the loop with ``run_coroutine_threadsafe`` and waits
+    for the result: one thread hand-over per update. A reference for what the shared
+    loop saves; not the baseline.
     """
 
     def __init__(self, application: Application) -> None:  # type: ignore[type-arg]
@@ -213,3 +243,4 @@ class PlainRunner:
         asyncio.run_coroutine_threadsafe(self.application.shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        self.loop.close()

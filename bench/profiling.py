@@ -2,14 +2,15 @@
 
 Two views, because each alone misleads:
 
-- component timings: each piece timed on its own, many times, without a profiler
-  (decoding, PTB's dispatch, one thread hand-over, one database job hand-over, the
-  session SQL through the storage and the same SQL in raw sqlite3, the JSON work), and
-  the pipeline variants side by side in this one process, whose differences give the
-  cost of each layer;
-- cProfile of the SQLite session path, one profiler per thread (the caller's thread
-  runs the SQL, the bot's loop thread runs PTB and the session engine). A profiler
-  slows Python calls down, so its figures are shares, not absolute costs.
+- timings without a profiler: each piece of the path timed on its own, many times
+  (decoding, PTB's dispatch, driving the loop from the caller's thread, the old
+  hand-over to a loop thread for reference, the storage's two calls on the driver's
+  cursor and on Django's, the same SQL in raw sqlite3, the JSON work), and the pipeline
+  variants side by side in this one process, whose differences give each layer's cost;
+- cProfile: the SQLite session path through ``BotRunner`` runs on the caller's thread
+  alone (the loop, PTB, the engine and the SQL), so one profiler sees all of it; then
+  the storage's two calls alone. A profiler slows Python calls down, so its figures are
+  shares and estimates, not absolute costs.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import io
 import pstats
 import sqlite3
 import statistics
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -50,48 +50,48 @@ def components(spec: dict[str, Any]) -> dict[str, float]:
     from django.db import connection
     from telegram import Update
 
-    from botsessions.dbthread import process_on_caller_thread, run_db
+    from botsessions.dbthread import run_db
     from botsessions.serializers import default_serializer
-    from botsessions.storage.base import StorageKey, StoredSession, UpdateMark, Write
+    from botsessions.sharedloop import SharedLoop
+    from botsessions.storage.base import StorageKey
     from botsessions.storage.db import DatabaseStorage
 
-    from .bots import PlainRunner, plain_application
+    from .bots import LoopThreadRunner, plain_application
 
     repeat = spec.get("repeat", 2000)
     chats = spec["chats"]
     ids = iter(range(spec["first_update_id"], spec["first_update_id"] + 100_000_000))
     out: dict[str, float] = {}
 
-    plain = PlainRunner(plain_application())
-    bot = plain.application.bot
+    # Decoding, and PTB's dispatch with the handler on a loop this thread already runs:
+    # no driving cost, no hand-over.
+    application = plain_application()
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(application.initialize())
     fresh = updates.workload(repeat * 3, chats, 99, next(ids))
     position = iter(fresh)
+    bot = application.bot
     out["Update.de_json"] = per_call_us(lambda: Update.de_json(next(position), bot), repeat)
-
-    # PTB's dispatch and the handler, on a loop in this thread: no hand-over at all.
-    direct = plain_application()
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(direct.initialize())
-    decoded = [Update.de_json(data, direct.bot) for data in fresh[:repeat]]
+    decoded = [Update.de_json(data, bot) for data in fresh[:repeat]]
 
     async def dispatch_all() -> None:
         for update in decoded:
-            await direct.process_update(update)
+            await application.process_update(update)
 
     started = time.perf_counter_ns()
     loop.run_until_complete(dispatch_all())
-    out["PTB process_update, same thread"] = (time.perf_counter_ns() - started) / repeat / 1e3
-    loop.run_until_complete(direct.shutdown())
+    out["PTB process_update, on a loop already running"] = (
+        (time.perf_counter_ns() - started) / repeat / 1e3
+    )
+    loop.run_until_complete(application.shutdown())
     loop.close()
 
     async def nothing() -> None:
         return None
 
-    out["hand-over: run_coroutine_threadsafe round trip"] = per_call_us(
-        lambda: asyncio.run_coroutine_threadsafe(nothing(), plain.loop).result(), repeat
-    )
-    out["hand-over: process_on_caller_thread, no DB job"] = per_call_us(
-        lambda: process_on_caller_thread(nothing, loop=plain.loop), repeat
+    shared = SharedLoop()
+    out["SharedLoop.run of an empty coroutine (driving the loop, per update)"] = per_call_us(
+        lambda: shared.run(nothing), repeat
     )
 
     async def db_jobs() -> None:
@@ -99,40 +99,86 @@ def components(spec: dict[str, Any]) -> dict[str, float]:
             await run_db(lambda: None)
 
     started = time.perf_counter_ns()
-    process_on_caller_thread(db_jobs, loop=plain.loop)
-    out["hand-over: one run_db job (loop → caller → loop)"] = (
+    shared.run(db_jobs)
+    out["run_db of an empty job, inline on the caller's thread (per job)"] = (
         (time.perf_counter_ns() - started) / repeat / 1e3
     )
-    plain.shutdown()
+    shared.close()
 
-    # The session SQL, called directly on this thread: no hand-over, no engine.
+    threaded = LoopThreadRunner(plain_application())
+    out["reference: run_coroutine_threadsafe round trip to a loop thread"] = per_call_us(
+        lambda: asyncio.run_coroutine_threadsafe(nothing(), threaded.loop).result(), repeat
+    )
+    threaded.shutdown()
+
+    # The session SQL, called directly on this thread: no loop, no engine.
     storage = DatabaseStorage()
     chat = updates.chat_id(0)
     keys = [StorageKey(BOT_ID, "chat", f"chat:{chat}"), StorageKey(BOT_ID, "user", f"user:{chat}")]
-    out["storage.load_sync (2 keys + mark)"] = per_call_us(
-        lambda: storage.load_sync(keys, UpdateMark(BOT_ID, next(ids))), repeat
-    )
-    records, _ = storage.load_sync(keys, None)
-    user = records[keys[1]]
-    assert user is not None
-    revision = [user.revision]
-
-    def commit_one() -> None:
-        record = StoredSession(data='{"messages":1}', revision=revision[0] + 1)
-        storage.commit_sync([Write(keys[1], record, revision[0])], UpdateMark(BOT_ID, next(ids)))
-        revision[0] += 1
-
-    out["storage.commit_sync (mark + 1 UPDATE)"] = per_call_us(commit_one, repeat)
+    timed, revision = storage_calls(storage, keys, ids, repeat, through_django=False)
+    out.update(timed)
+    timed, revision = storage_calls(storage, keys, ids, repeat, through_django=True)
+    out.update(timed)
     connection.close()
-    out.update(raw_sqlite(spec, keys, ids, revision[0]) if spec["vendor"] == "sqlite" else {})
+    out.update(raw_sqlite(spec, keys, ids, revision))
 
+    # What the engine does per fragment: encode to compare, verify what it will store.
     value = {"messages": 12345}
-    text = default_serializer.dumps(value)
-    out["JSONSerializer.dumps (checked round trip)"] = per_call_us(
-        lambda: default_serializer.dumps(value), repeat * 10
+    text = default_serializer.encode(value)
+    out["JSONSerializer.encode"] = per_call_us(
+        lambda: default_serializer.encode(value), repeat * 10
+    )
+    out["JSONSerializer.verify"] = per_call_us(
+        lambda: default_serializer.verify(value, text), repeat * 10
     )
     out["JSONSerializer.loads"] = per_call_us(lambda: default_serializer.loads(text), repeat * 10)
     return out
+
+
+def storage_calls(
+    storage: Any, keys: list[Any], ids: Iterator[int], repeat: int, *, through_django: bool
+) -> tuple[dict[str, float], int]:
+    """``load_sync`` and ``commit_sync`` timed alone, and the user row's last revision.
+
+    ``through_django`` installs a pass-through execute_wrapper, which sends the storage's
+    statements through Django's cursor (and its commit through ``transaction.atomic``)
+    instead of the driver's: the price of being watched.
+    """
+    from django.db import connection
+
+    from botsessions.storage.base import StoredSession, UpdateMark, Write
+    from botsessions.storage.db import _direct
+
+    def pass_through(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        return execute(sql, params, many, context)
+
+    with ExitStack() as stack:
+        if through_django:
+            stack.enter_context(connection.execute_wrapper(pass_through))
+            how, commit_shape = "Django's cursor", "atomic: BEGIN, mark, 1 UPDATE, COMMIT"
+        else:
+            how, commit_shape = "driver's cursor", "BEGIN, mark, 1 UPDATE, COMMIT"
+        if _direct(connection) == through_django:
+            raise RuntimeError(f"the storage would not take the {how} path")
+        out = {
+            f"storage.load_sync, {how} (2 keys + mark)": per_call_us(
+                lambda: storage.load_sync(keys, UpdateMark(BOT_ID, next(ids))), repeat
+            )
+        }
+        records, _ = storage.load_sync(keys, None)
+        user = records[keys[1]]
+        assert user is not None
+        revision = [user.revision]
+
+        def commit_one() -> None:
+            record = StoredSession(data='{"messages":1}', revision=revision[0] + 1)
+            storage.commit_sync(
+                [Write(keys[1], record, revision[0])], UpdateMark(BOT_ID, next(ids))
+            )
+            revision[0] += 1
+
+        out[f"storage.commit_sync, {how} ({commit_shape})"] = per_call_us(commit_one, repeat)
+    return out, revision[0]
 
 
 def raw_sqlite(spec: dict[str, Any], keys: list[Any], ids: Any, revision: int) -> dict[str, float]:
@@ -187,95 +233,37 @@ def raw_sqlite(spec: dict[str, Any], keys: list[Any], ids: Any, revision: int) -
     return out
 
 
-@contextmanager
-def inline_database_jobs() -> Iterator[None]:
-    """What-if: run the storage's database jobs right where they are awaited.
-
-    Only sound when the thread awaiting them is the caller's own (the loop is run by the
-    caller's thread, below). Django refuses database calls while an event loop runs in
-    the thread, so the running loop is hidden from it for the duration of a job.
-    """
-    import botsessions.storage.db as db
-
-    async def run_inline(job: Callable[[], Any]) -> Any:
-        loop = asyncio.events._get_running_loop()
-        asyncio.events._set_running_loop(None)
-        try:
-            return job()
-        finally:
-            asyncio.events._set_running_loop(loop)
-
-    original = db.run_db
-    db.run_db = run_inline  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        db.run_db = original
-
-
-class CallerLoopRunner:
-    """What-if: the caller's thread runs the application's loop itself (no hand-over)."""
-
-    def __init__(self, application: Any) -> None:
-        from botsessions.ptb import SessionApplication
-
-        self.application = application
-        self.sessions = isinstance(application, SessionApplication)
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(application.initialize())
-
-    def decode(self, data: dict[str, Any]) -> Any:
-        from telegram import Update
-
-        return Update.de_json(data, self.application.bot)
-
-    def process(self, update: Any) -> str:
-        if not self.sessions:
-            self.loop.run_until_complete(self.application.process_update(update))
-            return "unchanged"
-        with inline_database_jobs():
-            return str(
-                self.loop.run_until_complete(self.application.process_update_with_sessions(update))
-            )
-
-    def shutdown(self) -> None:
-        self.loop.run_until_complete(self.application.shutdown())
-        self.loop.close()
-
-
+# The variants, in report order: what each one is.
 VARIANTS = {
-    "plain, caller runs the loop": "no hand-over: Update.de_json + PTB + handler",
-    "plain": "the baseline: + one hand-over to the loop thread",
-    "off": "session-free handlers through BotRunner.process",
-    "memory, caller runs the loop": "session engine, MemoryStorage, no hand-over",
-    "memory": "session engine, MemoryStorage, through BotRunner",
-    "sessions, caller runs the loop": "SQLite sessions, DB jobs inline, no hand-over",
-    "sessions": "SQLite sessions through BotRunner (the webhook's path)",
+    "plain, caller-driven": "the baseline: plain Application on a SharedLoop run by the caller",
+    "plain, loop thread": "plain Application on a loop thread, one hand-over per update",
+    "sessions off, BotRunner": "session-free handlers through BotRunner.process",
+    "memory sessions, BotRunner": "the demo's sessions in a MemoryStorage, through BotRunner",
+    "SQLite sessions, BotRunner": "the demo on SQLite through BotRunner (the webhook's path)",
 }
+SQLITE_VARIANT = "SQLite sessions, BotRunner"
 
 
 def variants(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The pipeline variants in this one process, interleaved over a few rounds.
-
-    Besides the real paths, two what-ifs run the same applications on a loop driven by
-    the caller's thread, with the database jobs inline: what the session path would
-    cost without any thread hand-over.
-    """
-    from botproject.bot import build_application
+    """The pipeline variants in this one process, interleaved over a few rounds."""
     from botsessions.runner import BotRunner
 
-    from .bots import PlainRunner, memory_application, plain_application, sessions_off_application
+    from .bots import (
+        CallerDrivenRunner,
+        LoopThreadRunner,
+        memory_application,
+        plain_application,
+        sessions_off_application,
+    )
 
     chats, count, rounds = spec["chats"], spec["updates"], spec.get("rounds", 3)
     ids = iter(range(spec["first_update_id"] + 400_000_000, 10**15, 1_000_000))
     runners: dict[str, Any] = {
-        "plain, caller runs the loop": CallerLoopRunner(plain_application()),
-        "plain": PlainRunner(plain_application()),
-        "off": BotRunner(sessions_off_application()),
-        "memory, caller runs the loop": CallerLoopRunner(memory_application()),
-        "memory": BotRunner(memory_application()),
-        "sessions, caller runs the loop": CallerLoopRunner(build_application()),
-        "sessions": Runner("sessions"),
+        "plain, caller-driven": CallerDrivenRunner(plain_application()),
+        "plain, loop thread": LoopThreadRunner(plain_application()),
+        "sessions off, BotRunner": BotRunner(sessions_off_application()),
+        "memory sessions, BotRunner": BotRunner(memory_application()),
+        SQLITE_VARIANT: Runner("sessions"),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
     for runner in runners.values():
@@ -298,25 +286,21 @@ def variants(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 CATEGORIES: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
-    ("waiting: caller blocked on its job queue", lambda f, n: "_queue.SimpleQueue" in n),
-    (
-        "waiting: waking the loop (self-pipe send, then the GIL back)",
-        lambda f, n: n == "<method 'send' of '_socket.socket' objects>",
-    ),
-    ("waiting: loop idle in epoll", lambda f, n: "select.epoll" in n),
-    ("waiting: locks / futures", lambda f, n: "acquire" in n and "lock" in n.lower()),
     ("sqlite3 (C)", lambda f, n: "sqlite3." in n),
-    ("psycopg", lambda f, n: "psycopg" in f or "psycopg" in n),
+    ("asyncio: polling the selector (epoll)", lambda f, n: "select.epoll" in n),
     ("django.db", lambda f, n: "/django/db/" in f),
     ("django (other)", lambda f, n: "/django/" in f),
     ("asgiref (connections[...] Local)", lambda f, n: "/asgiref/" in f),
     ("botsessions", lambda f, n: "/botsessions/" in f),
     ("telegram (PTB)", lambda f, n: "/telegram/" in f),
     ("json", lambda f, n: "/json/" in f or "_json" in n or "json." in n),
-    ("asyncio", lambda f, n: "/asyncio/" in f),
+    ("asyncio", lambda f, n: "/asyncio/" in f or "_asyncio" in n),
     (
-        "threads/queues/futures",
-        lambda f, n: any(m in f for m in ("threading", "queue", "concurrent")),
+        "threads/locks/queues/futures",
+        lambda f, n: (
+            any(m in f for m in ("threading", "queue", "concurrent"))
+            or ("acquire" in n and "lock" in n.lower())
+        ),
     ),
     ("contextvars/copy_context", lambda f, n: "contextvars" in n or "Context" in n),
     ("datetime/decimal", lambda f, n: "datetime" in n or "decimal" in f.lower()),
@@ -350,75 +334,63 @@ def top(stats: pstats.Stats, count: int, limit: int) -> list[tuple[str, float, f
     return rows[:limit]
 
 
-def profiled(spec: dict[str, Any]) -> dict[str, Any]:
-    """cProfile the SQLite session path, one profiler in each of the two threads."""
-    runner = Runner("sessions")
-    chats, count = spec["chats"], spec["updates"]
-    first = spec["first_update_id"] + 100_000_000
-    for data in updates.warmup(chats, first):
-        runner.run(data)
-    work = updates.workload(count, chats, 11, first + chats)
-    loop = runner._runner.loop
-    caller, looper = cProfile.Profile(), cProfile.Profile()
-    switched = threading.Event()
-
-    def switch(enable: bool) -> None:
-        looper.enable() if enable else looper.disable()
-        switched.set()
-
-    loop.call_soon_threadsafe(switch, True)
-    switched.wait()
-    switched.clear()
-    started = time.perf_counter_ns()
-    caller.enable()
-    for data in work:
-        runner.run(data)
-    caller.disable()
-    elapsed = time.perf_counter_ns() - started
-    loop.call_soon_threadsafe(switch, False)
-    switched.wait()
-    runner.shutdown()
-    threads = {}
-    for name, profiler in (("caller thread", caller), ("loop thread", looper)):
-        stats = pstats.Stats(profiler, stream=io.StringIO())
-        threads[name] = {
-            "categories": categorize(stats, count),
-            "top": top(stats, count, spec.get("top", 18)),
-        }
-    return {"profiled_us_per_update": elapsed / count / 1e3, "threads": threads}
-
-
 def layer_functions() -> list[tuple[str, Any]]:
-    """The functions whose cumulative time splits an update into layers (nested)."""
+    """The functions whose cumulative time splits an update into layers (nested).
+
+    Looked up by name: one the code no longer has is left out of the table.
+    """
     from telegram import Update
     from telegram.ext import Application
 
     from botproject import bot
-    from botsessions import chat_migration, locks, ptb, serializers, session
+    from botsessions import (
+        chat_migration,
+        dbthread,
+        locks,
+        ptb,
+        runner,
+        serializers,
+        session,
+        sharedloop,
+    )
     from botsessions.storage import db
 
     wanted = [
         ("Update.de_json", Update, "de_json"),
+        ("BotRunner.process", runner.BotRunner, "process"),
+        ("  SharedLoop.run (the caller drives the loop)", sharedloop.SharedLoop, "run"),
         (
-            "SessionApplication.process_update_with_sessions",
+            "    SessionApplication.process_update_with_sessions",
             ptb.SessionApplication,
             "process_update_with_sessions",
         ),
-        ("  migrate_chat_sessions (is it a migration?)", chat_migration, "migrate_chat_sessions"),
-        ("  Application.process_update (PTB dispatch)", Application, "process_update"),
-        ("    UpdateRun.begin (keys, locks, read)", ptb.UpdateRun, "begin"),
-        ("      UpdateSessions.__init__ (keys)", session.UpdateSessions, "__init__"),
-        ("      KeyLocks.acquire", locks.KeyLocks, "acquire"),
-        ("      DatabaseStorage.load_sync (SQL read)", db.DatabaseStorage, "load_sync"),
-        ("      FragmentSession.accept (decode, snapshot)", session.FragmentSession, "accept"),
-        ("    count_message (the demo's handler)", bot, "count_message"),
-        ("  UpdateRun.finish (compare, save)", ptb.UpdateRun, "finish"),
-        ("    FragmentSession.change (serialize, compare)", session.FragmentSession, "change"),
-        ("    DatabaseStorage.commit_sync (SQL write)", db.DatabaseStorage, "commit_sync"),
-        ("  UpdateSessions.release (locks)", session.UpdateSessions, "release"),
-        ("JSONSerializer.dumps, all calls", serializers.JSONSerializer, "dumps"),
+        ("      migration_of (is it a migration?)", chat_migration, "migration_of"),
+        ("      Application.process_update (PTB dispatch)", Application, "process_update"),
+        ("        SessionContext.refresh_data", ptb.SessionContext, "refresh_data"),
+        ("          UpdateRun.begin", ptb.UpdateRun, "begin"),
+        ("            UpdateSessions.__init__ (keys)", session.UpdateSessions, "__init__"),
+        ("            UpdateSessions.begin (locks, read)", session.UpdateSessions, "begin"),
+        ("              KeyLocks.take_free", locks.KeyLocks, "take_free"),
+        ("              DatabaseStorage.load", db.DatabaseStorage, "load"),
+        ("                DatabaseStorage.load_sync (SQL read)", db.DatabaseStorage, "load_sync"),
+        ("              FragmentSession.take (decode, snapshot)", session.FragmentSession, "take"),
+        ("        count_message (the demo's handler)", bot, "count_message"),
+        ("      UpdateRun.finish", ptb.UpdateRun, "finish"),
+        ("        UpdateSessions.commit", session.UpdateSessions, "commit"),
+        (
+            "          FragmentSession.change (serialize, compare)",
+            session.FragmentSession,
+            "change",
+        ),
+        ("          DatabaseStorage.commit", db.DatabaseStorage, "commit"),
+        ("            DatabaseStorage.commit_sync (SQL write)", db.DatabaseStorage, "commit_sync"),
+        ("      UpdateSessions.release (locks)", session.UpdateSessions, "release"),
+        ("run_db, all calls", dbthread, "run_db"),
+        ("serializers.json_encode, all calls", serializers, "json_encode"),
+        ("JSONSerializer.verify, all calls", serializers.JSONSerializer, "verify"),
         ("JSONSerializer.loads, all calls", serializers.JSONSerializer, "loads"),
         ("DatabaseStorage.using, all calls", db.DatabaseStorage, "using"),
+        ("storage.db._direct, all calls", db, "_direct"),
     ]
     found = []
     for label, owner, name in wanted:
@@ -442,22 +414,24 @@ def layers(stats: pstats.Stats, count: int) -> list[tuple[str, float]]:
     return rows
 
 
-def inline_profiled(spec: dict[str, Any]) -> dict[str, Any]:
-    """cProfile the what-if path (caller runs the loop, DB jobs inline): one thread does
-    everything and never waits, so own time per category is the cost of each layer."""
-    from botproject.bot import build_application
+def profiled(spec: dict[str, Any]) -> dict[str, Any]:
+    """cProfile the SQLite session path through BotRunner.
 
-    runner = CallerLoopRunner(build_application())
+    The caller's thread runs the loop, PTB, the engine and the SQL, and never waits for
+    another thread, so one profiler on it sees the whole update: own time per category
+    is what each layer costs.
+    """
+    runner = Runner("sessions")
     chats, count = spec["chats"], spec["updates"]
     first = spec["first_update_id"] + 200_000_000
     for data in updates.warmup(chats, first):
-        runner.process(runner.decode(data))
+        runner.run(data)
     work = updates.workload(count, chats, 12, first + chats)
     profiler = cProfile.Profile()
     started = time.perf_counter_ns()
     profiler.enable()
     for data in work:
-        runner.process(runner.decode(data))
+        runner.run(data)
     profiler.disable()
     elapsed = time.perf_counter_ns() - started
     runner.shutdown()
@@ -471,7 +445,7 @@ def inline_profiled(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def storage_profiled(spec: dict[str, Any]) -> dict[str, Any]:
-    """cProfile the storage's two calls alone, on this thread: the SQL path's own cost."""
+    """cProfile the storage's two calls alone, on the driver's cursor: the SQL's own cost."""
     from botsessions.storage.base import StorageKey, StoredSession, UpdateMark, Write
     from botsessions.storage.db import DatabaseStorage
 
@@ -501,14 +475,16 @@ def storage_profiled(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def profile(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``--profile`` section's measurements; SQLite only (raw sqlite3 is the floor)."""
     from django.db import connection
 
-    spec = {**spec, "vendor": connection.vendor}
+    if connection.vendor != "sqlite":
+        raise RuntimeError("the profile section measures the SQLite path")
     measured = variants(spec)  # first: its warm-up creates the rows the components read
     return {
         "components": components(spec),
         "variants": measured,
+        "sqlite_variant": SQLITE_VARIANT,
         "profile": profiled(spec),
-        "inline": inline_profiled(spec),
         "storage": storage_profiled(spec),
     }

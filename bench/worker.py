@@ -15,13 +15,14 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,25 @@ def setup_django(api_base_url: str) -> None:
     warnings.filterwarnings("ignore", module="telegram")
 
 
+# The plain-Application variants (no sessions, not servable by the webhook): the runner
+# class in bench.bots that drives each.
+PLAIN_BOTS = {"plain": "CallerDrivenRunner", "plain-thread": "LoopThreadRunner"}
+
+
 class Runner:
-    """What a variant is driven through: ``process(decode(dict))``, as the webhook does."""
+    """What a variant is driven through: ``process(decode(dict))``, as the webhook does.
+
+    ``plain`` is the plain Application driven on the caller's thread like ``BotRunner``
+    (the baseline), ``plain-thread`` the same on a loop thread of its own; any other
+    name is the ``BENCH_BOT`` application behind the demo's ``BotRunner``.
+    """
 
     def __init__(self, bot: str) -> None:
-        if bot == "plain":
-            from .bots import PlainRunner, plain_application
+        if bot in PLAIN_BOTS:
+            from . import bots
 
-            self._runner: Any = PlainRunner(plain_application())
+            driver = getattr(bots, PLAIN_BOTS[bot])
+            self._runner: Any = driver(bots.plain_application())
         else:
             from botsessions.runner import runner_for
 
@@ -182,17 +194,27 @@ def fill(spec: dict[str, Any]) -> dict[str, Any]:
 # -- statements -------------------------------------------------------------------------
 
 
+_WRITES_SESSION = re.compile(r'(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?BOTSESSIONS_SESSION\b')
+_RECORDS_UPDATE = re.compile(r'INSERT\s+INTO\s+"?BOTSESSIONS_PROCESSEDUPDATE\b')
+
+
 def classify(sql: str) -> str:
-    """Sort a statement into read, write, mark (exactly-once record), txn or other."""
+    """Sort a statement into read, write, mark (exactly-once record), combined, txn or other.
+
+    ``combined`` is one statement that writes sessions and inserts the record too (the
+    PostgreSQL storage's ``WITH … INSERT … UPDATE …`` commit): a write that also carries
+    the bookkeeping.
+    """
     head = sql.lstrip().upper()
     if head.startswith(("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "END")):
         return "txn"
+    writes, records = _WRITES_SESSION.search(head), _RECORDS_UPDATE.search(head)
+    if writes:
+        return "combined" if records else "write"
+    if records:
+        return "mark"
     if head.startswith("SELECT"):
         return "read"
-    if head.startswith("INSERT") and "BOTSESSIONS_PROCESSEDUPDATE" in head:
-        return "mark"
-    if head.startswith(("INSERT", "UPDATE", "DELETE")) and "BOTSESSIONS_SESSION" in head:
-        return "write"
     return "other"
 
 
@@ -244,9 +266,16 @@ class DriverTrace:
 
 
 @contextmanager
-def counting() -> Iterator[dict[str, Any]]:
-    """Count statements as Django sends them and as the driver does, on this thread."""
+def counting(through_django: bool) -> Iterator[dict[str, Any]]:
+    """Count what the update processed inside the block sent, on this thread's connection.
+
+    The driver's trace always counts; with ``through_django`` an execute_wrapper also
+    records what Django's cursor sent. A wrapper makes the storage use Django's cursor
+    (``botsessions.storage.db._direct``), so the real path is counted without one.
+    """
     from django.db import connection
+
+    from botsessions.storage.db import _direct
 
     seen: list[str] = []
 
@@ -255,66 +284,77 @@ def counting() -> Iterator[dict[str, Any]]:
         return execute(sql, params, many, context)
 
     result: dict[str, Any] = {}
-    with tempfile.TemporaryFile() as trace_file:
+    with tempfile.TemporaryFile() as trace_file, ExitStack() as stack:
         trace = DriverTrace(trace_file)
+        if through_django:
+            stack.enter_context(connection.execute_wrapper(wrapper))
+        result["direct"] = _direct(connection)
         trace.start()
         try:
-            with connection.execute_wrapper(wrapper):
-                yield result
+            yield result
         finally:
             trace.stop()
-    counts = Counter(classify(sql) for sql in seen)
+    counts = Counter(classify(sql) for sql in trace.statements)
     result.update(
-        {kind: counts.get(kind, 0) for kind in ("read", "write", "mark", "txn", "other")}
+        {
+            kind: counts.get(kind, 0)
+            for kind in ("read", "write", "mark", "combined", "txn", "other")
+        }
     )
-    result["django"] = len(seen)
-    result["driver"] = trace.round_trips
-    result["sql"] = [" ".join(sql.split())[:160] for sql in seen]
+    result["round_trips"] = trace.round_trips
     result["driver_sql"] = [" ".join(sql.split())[:160] for sql in trace.statements]
+    if through_django:
+        result["django"] = len(seen)
+        result["django_sql"] = [" ".join(sql.split())[:160] for sql in seen]
 
 
 def statements(spec: dict[str, Any]) -> dict[str, Any]:
-    """Process one update of each kind, counting what it sent; outcomes are checked."""
+    """Process one update of each kind, counting what it sent; outcomes are checked.
+
+    The cases run twice, on chats of their own: first on the real path, counted by the
+    driver only; then with an execute_wrapper installed, which sends them through
+    Django's cursor (what a wrapper, or the Debug Toolbar, sees).
+    """
     from . import updates
 
     first = spec["first_update_id"]
     ids = iter(range(first, first + 1000))
-    chat = updates.chat_id(spec["chats"] + 7)  # a chat of its own, new to this database
-    fresh_chat = updates.chat_id(spec["chats"] + 8)
-
-    def text(kind: str, target: int = chat) -> dict[str, Any]:
-        return updates.message(target, next(ids), updates.TEXTS[kind])
-
-    cases: list[dict[str, Any]] = []
-
-    def case(name: str, runner: Runner, data: dict[str, Any], expected: str) -> None:
-        update = runner.decode(data)
-        with counting() as counted:
-            outcome = runner.process(update)
-        counted.update(name=name, outcome=outcome, expected_outcome=expected)
-        cases.append(counted)
-
     bot = spec["bot"]
+    cases: dict[str, dict[str, Any]] = {}
     runner = Runner(bot)
-    try:
+
+    def run_cases(path: str, chat: int, fresh_chat: int) -> None:
+        def text(kind: str, target: int = chat) -> dict[str, Any]:
+            return updates.message(target, next(ids), updates.TEXTS[kind])
+
+        def case(name: str, data: dict[str, Any], expected: str) -> None:
+            update = runner.decode(data)
+            with counting(through_django=path == "django") as counted:
+                outcome = runner.process(update)
+            counted.update(outcome=outcome, expected_outcome=expected)
+            cases.setdefault(name, {"name": name})[path] = counted
+
+        runner.run(text("pizza"))  # the chat's rows exist from here on
         if bot == "sessions":
-            runner.run(text("pizza"))  # the chat's rows exist from here on
-            edited = updates.message(chat, next(ids), "edited", edited=True)
-            case("unmatched", runner, edited, "skipped")
-            case("read_only", runner, updates.message(chat, next(ids), "/hunger"), "unchanged")
-            case("changed_1", runner, text("text"), "committed")
-            case("changed_2", runner, text("pizza"), "committed")
-            case("new_chat", runner, text("text", fresh_chat), "committed")
+            case("unmatched", updates.message(chat, next(ids), "edited", edited=True), "skipped")
+            case("read_only", updates.message(chat, next(ids), "/hunger"), "unchanged")
+            case("changed_1", text("text"), "committed")
+            case("changed_2", text("pizza"), "committed")
+            case("new_chat", text("text", fresh_chat), "committed")
             again = text("text")
             runner.run(again)
-            case("duplicate", runner, again, "duplicate")
+            case("duplicate", again, "duplicate")
         else:
-            runner.run(text("pizza"))
-            case("lazy_untouched", runner, updates.message(chat, next(ids), "/noop"), "unchanged")
-            case("lazy_changed", runner, text("text"), "committed")
+            case("lazy_untouched", updates.message(chat, next(ids), "/noop"), "unchanged")
+            case("lazy_changed", text("text"), "committed")
+
+    try:
+        past = spec["chats"]  # chats after the measured ones, new to this database
+        run_cases("driver", updates.chat_id(past + 7), updates.chat_id(past + 8))
+        run_cases("django", updates.chat_id(past + 9), updates.chat_id(past + 10))
     finally:
         runner.shutdown()
-    return {"cases": cases}
+    return {"cases": list(cases.values())}
 
 
 # -- entry point -------------------------------------------------------------------------
