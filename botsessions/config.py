@@ -75,9 +75,20 @@ class Fragment:
         """The storage this fragment uses (the shared database storage by default)."""
         if self.storage is not None:
             return self.storage
+        return _database_storage()
+
+
+_default_database_storage: Callable[[], SessionStorage] | None = None
+
+
+def _database_storage() -> SessionStorage:
+    """The shared database storage; imported on first use (it needs Django's models)."""
+    global _default_database_storage
+    if _default_database_storage is None:
         from .storage.db import default_database_storage
 
-        return default_database_storage()
+        _default_database_storage = default_database_storage
+    return _default_database_storage()
 
 
 class Sessions:
@@ -104,6 +115,8 @@ class Sessions:
         self.is_multi = False
         self.migrate_chats = migrate_chats
         self.locking = locking
+        # What the engine derives from the fragments, built on first use (session.py).
+        self.engine_plan: Any = None
 
     @classmethod
     def multi(

@@ -4,52 +4,95 @@ Locks are taken for every key an update will use, in one sorted order, before it
 sessions are read, and released after they are saved, so two updates can never
 interleave a read-modify-write of the same session, and two updates that need the
 same pair of keys cannot deadlock. Updates with different keys do not wait.
+
+A key is held while it is in a dict; a future is queued only when an update has to
+wait, and a release hands the key straight to the first waiter (first come, first
+served). Without contention, taking and releasing a key is one dict operation each.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Sequence
 
 from .storage.base import StorageKey
 
 
 class KeyLocks:
-    """A lock per storage key, created on demand and dropped when nobody holds it."""
+    """The keys currently held, each with the updates waiting for it (if any)."""
 
     def __init__(self) -> None:
-        self._locks: dict[StorageKey, tuple[asyncio.Lock, int]] = {}
+        # key → None while held and nobody waits, else the queue of waiters' futures.
+        self._held: dict[StorageKey, deque[asyncio.Future[None]] | None] = {}
 
     async def acquire(self, keys: Iterable[StorageKey]) -> list[StorageKey]:
         """Take the locks of ``keys`` (sorted, without duplicates); return what was taken."""
-        taken: list[StorageKey] = []
+        ordered = sorted(set(keys))
+        return await self.acquire_rest(ordered, self.take_free(ordered))
+
+    def take_free(self, ordered: Sequence[StorageKey]) -> int:
+        """Take keys of ``ordered`` (sorted, no duplicates) up to the first held one.
+
+        Returns how many were taken; when that is not all of them, the rest must be
+        awaited with :meth:`acquire_rest` (or the taken ones released).
+        """
+        held = self._held
+        count = 0
+        for key in ordered:
+            size = len(held)
+            held.setdefault(key, None)
+            if len(held) == size:  # someone holds it
+                break
+            count += 1
+        return count
+
+    async def acquire_rest(self, ordered: Sequence[StorageKey], taken: int) -> list[StorageKey]:
+        """Wait for the keys of ``ordered`` after the first ``taken`` ones, in order."""
+        held = self._held
+        for index in range(taken, len(ordered)):
+            key = ordered[index]
+            size = len(held)
+            waiters = held.setdefault(key, None)
+            if len(held) == size:
+                try:
+                    await self._wait(key, waiters)
+                except BaseException:
+                    # Cancelled while waiting: give back what we hold.
+                    self.release(list(ordered[:index]))
+                    raise
+        return list(ordered)
+
+    async def _wait(self, key: StorageKey, waiters: deque[asyncio.Future[None]] | None) -> None:
+        """Queue for a held key until its holder hands it over."""
+        if waiters is None:
+            waiters = self._held[key] = deque()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(future)
         try:
-            for key in sorted(set(keys)):
-                lock, users = self._locks.get(key, (None, 0))
-                if lock is None:
-                    lock = asyncio.Lock()
-                self._locks[key] = (lock, users + 1)
-                taken.append(key)
-                await lock.acquire()
+            await future
         except BaseException:
-            # Cancelled while waiting: give back what we hold and what we queued for.
-            self._release(taken, held=taken[:-1])
+            if future.done() and not future.cancelled():
+                # The key was handed over just before the cancellation: pass it on.
+                self.release([key])
+            elif future in waiters:  # a release may have skipped it already
+                waiters.remove(future)
+                if not waiters and self._held.get(key) is waiters:
+                    self._held[key] = None
             raise
-        return taken
 
     def release(self, keys: list[StorageKey]) -> None:
         """Release locks taken by :meth:`acquire`."""
-        self._release(keys, held=keys)
-
-    def _release(self, keys: list[StorageKey], held: list[StorageKey]) -> None:
+        held = self._held
         for key in keys:
-            lock, users = self._locks[key]
-            if key in held:
-                lock.release()
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            waiters = held.pop(key)
+            while waiters:
+                future = waiters.popleft()
+                if not future.done():
+                    # Hand the key over: it stays held, now by the waiter.
+                    held[key] = waiters or None
+                    future.set_result(None)
+                    break
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self._held)

@@ -26,7 +26,7 @@ from telegram.ext import (
     ExtBot,
 )
 
-from .chat_migration import migrate_chat_sessions
+from .chat_migration import migration_of, move_chat
 from .config import Sessions
 from .errors import (
     ConfigurationError,
@@ -58,6 +58,16 @@ class Outcome:
 
 class UpdateRun:
     """The bookkeeping of one ``process_update`` call."""
+
+    __slots__ = (
+        "application",
+        "failed",
+        "outcome",
+        "sessions",
+        "storage_error",
+        "tasks",
+        "update",
+    )
 
     def __init__(self, application: SessionApplication, update: object) -> None:
         self.application = application
@@ -128,11 +138,9 @@ class SessionContext(CallbackContext[ExtBot[Any], dict[Any, Any], dict[Any, Any]
     For multi sessions it is an object whose attributes are the fragments.
     """
 
+    # The update's run, set by from_update; unset (read as None) in other contexts, such
+    # as a job's, so that building a context costs no extra __init__.
     __slots__ = ("_botsessions_run",)
-
-    def __init__(self, application: Application[Any, Any, Any, Any, Any, Any], **kwargs: Any):
-        super().__init__(application, **kwargs)
-        self._botsessions_run: UpdateRun | None = None
 
     @classmethod
     def from_update(
@@ -140,18 +148,17 @@ class SessionContext(CallbackContext[ExtBot[Any], dict[Any, Any], dict[Any, Any]
     ) -> SessionContext:  # type: ignore[override]
         context = super().from_update(update, application)
         run = _current.get()
-        if run is not None and run.update is update:
-            context._botsessions_run = run
+        context._botsessions_run = run if run is not None and run.update is update else None
         return context
 
     async def refresh_data(self) -> None:
         await super().refresh_data()
-        run = self._botsessions_run
+        run: UpdateRun | None = getattr(self, "_botsessions_run", None)
         if run is not None and run.sessions is None:
             await run.begin()
 
     def _update_sessions(self) -> UpdateSessions:
-        run = self._botsessions_run
+        run: UpdateRun | None = getattr(self, "_botsessions_run", None)
         if run is None or run.sessions is None:
             raise SessionNotLoadedError(
                 "context.session exists only while an update is processed by a "
@@ -162,15 +169,18 @@ class SessionContext(CallbackContext[ExtBot[Any], dict[Any, Any], dict[Any, Any]
     @property
     def session(self) -> Any:
         sessions = self._update_sessions()
-        if sessions.sessions.is_multi:
-            return MultiSession(sessions)
+        if sessions.is_multi:
+            view = sessions.view
+            if view is None:
+                view = sessions.view = MultiSession(sessions)
+            return view
         fragment = sessions.single
         return fragment.awaitable() if fragment.fragment.lazy else fragment.get()
 
     @session.setter
     def session(self, value: Any) -> None:
         sessions = self._update_sessions()
-        if sessions.sessions.is_multi:
+        if sessions.is_multi:
             sessions.assign_all(value)
         else:
             sessions.single.set(value)
@@ -185,7 +195,10 @@ class MultiSession:
         object.__setattr__(self, "_sessions", sessions)
 
     def __getattr__(self, name: str) -> Any:
-        fragment = self._fragment(name)
+        try:
+            fragment = self._sessions.fragments[name]
+        except KeyError:
+            fragment = self._fragment(name)  # raises the AttributeError
         return fragment.awaitable() if fragment.fragment.lazy else fragment.get()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -221,12 +234,20 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         self.sessions = sessions
         self.key_locks = KeyLocks()
         self.last_outcome: str | None = None
+        self._bot_id_of: tuple[str, int] | None = None  # (token, the id it starts with)
 
     @property
     def session_bot_id(self) -> int:
         """The bot's id, from its token (known before ``getMe`` is ever called)."""
-        head = self.bot.token.split(":", 1)[0]
-        return int(head) if head.isdigit() else self.bot.id
+        token = self.bot.token
+        known = self._bot_id_of
+        if known is not None and known[0] is token:
+            return known[1]
+        head = token.split(":", 1)[0]
+        if not head.isdigit():
+            return self.bot.id
+        self._bot_id_of = (token, int(head))
+        return self._bot_id_of[1]
 
     async def process_update(self, update: object) -> None:
         """Process one update; commit its session changes before returning.
@@ -243,7 +264,9 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         token = _current.set(run)
         try:
             if self.sessions.migrate_chats and isinstance(update, Update):
-                await migrate_chat_sessions(self.sessions, self.session_bot_id, update)
+                ids = migration_of(update)
+                if ids is not None:
+                    await move_chat(self.sessions, self.session_bot_id, *ids)
             await super().process_update(update)
             await run.finish()
         finally:

@@ -4,11 +4,17 @@ The default serializer accepts exactly what JSON can hold and refuses anything
 that would come back different (a tuple would come back a list, an int dict key a
 string, a ``Decimal`` would fail), so a handler never finds its data silently changed
 on the next update. A custom serializer only needs ``dumps`` and ``loads``.
+
+The engine encodes every loaded value once (to tell later whether it changed) and
+again at the end, so the JSON calls here are on every update's path: the encoder and
+decoder are built once, not per call as ``json.dumps(..., **options)`` does.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from json.encoder import encode_basestring
 from typing import Any, Protocol
 
 from .errors import SessionDataError
@@ -26,20 +32,81 @@ class Serializer(Protocol):
         ...
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_scan_once = json.JSONDecoder().scan_once  # what json.loads runs, minus its checks
+
+
+# Idle C encoders, each with its own circular-reference markers (empty between calls).
+# An encoder is taken out while it works, so threads never share one, and one whose
+# call failed (its markers may be left over) is not put back.
+_idle_encoders: list[tuple[Callable[[Any, int], Any], dict[int, Any]]] = []
+
+
+def _c_encode(value: Any) -> str:
+    """``_ENCODER.encode(value)``, straight through the C encoder ``iterencode`` uses."""
+    try:
+        encoder, markers = _idle_encoders.pop()
+    except IndexError:
+        make = json.encoder.c_make_encoder
+        assert make is not None
+        markers = {}
+        encoder = make(
+            markers, _ENCODER.default, encode_basestring, None, ":", ",", False, False, False
+        )
+    chunks = encoder(value, 0)
+    if not markers:
+        _idle_encoders.append((encoder, markers))
+    return "".join(chunks)
+
+
+def _pick_encode() -> Callable[[Any], str]:
+    """The C encoder when it gives exactly ``_ENCODER.encode``'s results, else that."""
+    if json.encoder.c_make_encoder is None:
+        return _ENCODER.encode
+    sample = {"a": [1, -2.5, True, None, 'é\n"\ud800'], "b": {"": 10**20}, "c": "x"}
+    same = False
+    try:
+        same = _c_encode(sample) == _ENCODER.encode(sample) and _c_encode("é") == '"é"'
+        circular: list[Any] = []
+        circular.append(circular)
+        _c_encode(circular)
+    except ValueError:
+        try:
+            _c_encode(float("nan"))
+        except ValueError:
+            if same and _c_encode(sample) == _ENCODER.encode(sample):
+                return _c_encode
+    except Exception:
+        pass  # any surprise means: use the documented path
+    return _ENCODER.encode
+
+
+json_encode: Callable[[Any], str] = _pick_encode()
+"""Compact JSON text of a value, unchecked: what :meth:`JSONSerializer.encode` returns."""
+
+
 class JSONSerializer:
     """Plain JSON: dict (string keys), list, str, int, float, bool and None."""
 
     def encode(self, value: Any) -> str:
         """Encode without checking: enough to tell whether data changed since it was loaded."""
-        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return json_encode(value)
 
     def dumps(self, value: Any) -> str:
         try:
             text = self.encode(value)
         except (TypeError, ValueError) as exc:
             raise SessionDataError(f"session data is not JSON-compatible: {exc}") from exc
+        return self.verify(value, text)
+
+    def verify(self, value: Any, text: str) -> str:
+        """Return ``text`` (``value`` encoded) if it reads back as ``value``, else refuse it.
+
+        Data made only of exact JSON types with string keys always reads back the same,
+        so the round trip is only made for data that is not.
+        """
         # A round trip that changes the value means something JSON cannot hold exactly.
-        if json.loads(text) != value or not _same_shape(value):
+        if not _plain_json(value) and (json.loads(text) != value or not _same_shape(value)):
             raise SessionDataError(
                 "session data is not JSON-compatible: it would not read back the same "
                 "(tuples, non-string dict keys and other non-JSON types are refused)"
@@ -47,6 +114,16 @@ class JSONSerializer:
         return text
 
     def loads(self, text: str) -> Any:
+        if type(text) is str:
+            # json.loads without its argument checks; anything unusual (surrounding
+            # whitespace, bad text) goes through json.loads for its exact behaviour.
+            try:
+                value, end = _scan_once(text, 0)
+            except (StopIteration, ValueError):
+                pass
+            else:
+                if end == len(text):
+                    return value
         return json.loads(text)
 
 
@@ -69,5 +146,27 @@ def _same_shape(value: Any) -> bool:
             return False
     return True
 
+
+def _plain_json(value: Any) -> bool:
+    """Whether ``value`` holds only dict (with ``str`` keys), list, str, int, float, bool
+    and None, exactly those types: such data reads back equal from its JSON text."""
+    stack = [value]
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is dict:
+            for key, child in item.items():
+                if type(key) is not str:
+                    return False
+                push(child)
+        elif kind is list:
+            extend(item)
+        elif kind not in _SCALARS:
+            return False
+    return True
+
+
+_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 default_serializer = JSONSerializer()

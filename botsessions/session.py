@@ -6,6 +6,10 @@ whether the update was already committed) before the handlers run, serves lazy
 fragments when they are first awaited, and at the end writes only the fragments whose
 data really changed, all in one commit per storage. Nothing is written when a handler
 failed.
+
+This runs for every update, so what does not depend on the update (the order in which
+keys are locked, each fragment's encoder, whether any fragment expires) is worked out
+once per :class:`~botsessions.config.Sessions`, in a :class:`Plan`.
 """
 
 from __future__ import annotations
@@ -14,8 +18,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
-from collections import defaultdict
-from collections.abc import Awaitable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +30,7 @@ from .errors import (
 )
 from .keys import update_kind
 from .locks import KeyLocks
+from .serializers import JSONSerializer, json_encode
 from .storage.base import (
     Change,
     Delete,
@@ -40,10 +44,81 @@ from .storage.base import (
 logger = logging.getLogger("botsessions")
 
 MAX_KEY_LENGTH = 255
+# Each fragment remembers this many of its keys, so that an update of a known chat
+# reuses its StorageKey (dict lookups then match it by identity).
+KEY_CACHE_SIZE = 4096
+
+# Values that are certainly not awaitable: no need to ask inspect.
+_PLAIN_TYPES = frozenset((dict, list, str, int, float, bool, type(None)))
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _is_awaitable(value: Any) -> bool:
+    return type(value) not in _PLAIN_TYPES and inspect.isawaitable(value)
+
+
+class FragmentPlan:
+    """What the engine needs of one fragment, looked up once rather than per update."""
+
+    __slots__ = ("encode", "fragment", "keys", "lazy", "loads", "name", "storage", "verify")
+
+    def __init__(self, name: str, fragment: Fragment) -> None:
+        self.name = name
+        self.fragment = fragment
+        self.storage = fragment.storage  # None: resolved per update (the database's)
+        serializer = fragment.serializer
+        self.encode: Callable[[Any], str] = (
+            json_encode
+            if getattr(type(serializer), "encode", None) is JSONSerializer.encode
+            else getattr(serializer, "encode", serializer.dumps)
+        )
+        # JSONSerializer.dumps is encode + verify: once the data is encoded to compare
+        # it, verifying that text is all that is left to do.
+        self.verify: Callable[[Any, str], str] | None = (
+            serializer.verify  # type: ignore[attr-defined]
+            if isinstance(serializer, JSONSerializer)
+            and type(serializer).dumps is JSONSerializer.dumps
+            else None
+        )
+        self.loads: Callable[[str], Any] = serializer.loads
+        self.lazy = fragment.lazy
+        self.keys: dict[str, StorageKey] = {}  # key text → its StorageKey (bounded)
+
+    def key(self, bot_id: int, text: str) -> StorageKey:
+        """The StorageKey of ``text``, the same object each time while it is cached."""
+        key = self.keys.get(text)
+        if key is None or key.bot_id != bot_id:
+            key = StorageKey(bot_id, self.name, text)
+            if len(self.keys) >= KEY_CACHE_SIZE:
+                self.keys.clear()
+            self.keys[text] = key
+        return key
+
+
+class Plan:
+    """The per-update constants of a :class:`Sessions`."""
+
+    __slots__ = ("any_ttl", "fragments", "lock_order", "source")
+
+    def __init__(self, sessions: Sessions) -> None:
+        self.source = dict(sessions.fragments)
+        self.fragments = tuple(FragmentPlan(n, f) for n, f in self.source.items())
+        # The keys of one update share their bot and differ by fragment name, so sorted
+        # keys (the locking order) are the fragments sorted by name.
+        names = [plan.name for plan in self.fragments]
+        self.lock_order = tuple(sorted(range(len(names)), key=names.__getitem__))
+        self.any_ttl = any(plan.fragment.ttl is not None for plan in self.fragments)
+
+
+def plan_of(sessions: Sessions) -> Plan:
+    """The sessions' plan, rebuilt if its fragments were changed since."""
+    plan: Plan | None = sessions.engine_plan
+    if plan is None or plan.source != sessions.fragments:
+        plan = sessions.engine_plan = Plan(sessions)
+    return plan
 
 
 class FragmentSession:
@@ -53,12 +128,40 @@ class FragmentSession:
     the data itself is compared with what was loaded to tell whether it was modified.
     """
 
-    def __init__(self, name: str, fragment: Fragment, key: StorageKey | None, kind: str) -> None:
-        self.name = name
-        self.fragment = fragment
+    __slots__ = (
+        "_load_task",
+        "_plan",
+        "_update",
+        "accessed",
+        "assigned",
+        "bad_key",
+        "expired",
+        "fragment",
+        "key",
+        "loaded",
+        "migrated",
+        "name",
+        "revision",
+        "snapshot",
+        "storage",
+        "value",
+    )
+
+    def __init__(
+        self,
+        plan: FragmentPlan,
+        key: StorageKey | None,
+        update: object,
+        storage: SessionStorage | None = None,
+    ) -> None:
+        self.name = plan.name
+        self.fragment = plan.fragment
         self.key = key
-        self.storage: SessionStorage | None = fragment.resolve_storage() if key else None
-        self._kind = kind
+        if key is not None and storage is None:
+            storage = plan.fragment.resolve_storage()
+        self.storage: SessionStorage | None = None if key is None else storage
+        self._plan = plan
+        self._update = update  # only to name its kind in an error
         self.loaded = False
         self.accessed = False
         self.assigned = False
@@ -80,21 +183,23 @@ class FragmentSession:
                     f"the session key of{where or ' this session'} is unusable: {self.bad_key}"
                 )
             raise SessionKeyError(
-                f"this {self._kind} update has no session{where}: its key resolver "
-                f"({getattr(self.fragment.key, '__name__', self.fragment.key)!r}) "
+                f"this {update_kind(self._update)} update has no session{where}: its key "
+                f"resolver ({getattr(self.fragment.key, '__name__', self.fragment.key)!r}) "
                 "returned None"
             )
         return self.key
 
     def get(self) -> Any:
         """The data, for strict fragments (already loaded before the handlers ran)."""
-        self.require_key()
+        if self.key is None:
+            self.require_key()
         self.accessed = True
         return self.value
 
     def set(self, value: Any) -> None:
         """Replace the data; ``None`` deletes the session when the update completes."""
-        self.require_key()
+        if self.key is None:
+            self.require_key()
         self.assigned = True
         self.value = value
 
@@ -113,7 +218,7 @@ class FragmentSession:
     async def load_lazily(self) -> Any:
         if self._load_task is not None:
             await asyncio.shield(self._load_task)
-        if inspect.isawaitable(self.value):
+        if _is_awaitable(self.value):
             self.value = await self.value
         return self.value
 
@@ -129,76 +234,93 @@ class FragmentSession:
         try:
             await self.accept(record)
         except StoredDataError as exc:
-            logger.error(
-                "botsessions: session %s (bot %s, fragment %r, key %r) could not be loaded: %s",
-                self.key,
-                self.key.bot_id,
-                self.key.fragment,
-                self.key.key,
-                exc,
-            )
+            _log_bad_row(self.key, exc)
             raise
 
     async def settle(self) -> None:
         """Wait for a read still in flight and for an assigned awaitable."""
         if self._load_task is not None:
             await self._load_task
-        if inspect.isawaitable(self.value):
+        if _is_awaitable(self.value):
             self.value = await self.value
 
     # -- loading ------------------------------------------------------------------
 
     async def accept(self, record: StoredSession | None, now: datetime | None = None) -> None:
         """Take a stored record (or its absence) as this update's starting data."""
-        fragment = self.fragment
+        if self.take(record, now):
+            self.start_with(await _call_initial(self.fragment))
+
+    def take(self, record: StoredSession | None, now: datetime | None = None) -> bool:
+        """Take what it can of a record; ``True`` when the initial data is still needed."""
         self.revision = record.revision if record is not None else 0
         self.loaded = True
-        expires_at = record.expires_at if record is not None else None
-        if expires_at is not None and expires_at <= (now or utcnow()):
-            record = None  # reads as absent; the row is deleted or replaced at commit
-            self.expired = True
         if record is None:
-            self.value = await _call_initial(fragment)
-        else:
-            try:
-                data = fragment.serializer.loads(record.data)
-            except Exception as exc:
-                raise StoredDataError(f"stored data cannot be decoded: {exc}") from exc
-            migrations = fragment.data_migrations
-            if migrations is not None and record.version != migrations.latest:
-                data = migrations.upgrade(data, record.version)
-                self.migrated = True
-            self.value = data
+            return True
+        expires_at = record.expires_at
+        if expires_at is not None and expires_at <= (now or utcnow()):
+            # Reads as absent; the row is deleted or replaced at commit.
+            self.expired = True
+            return True
+        try:
+            data = self._plan.loads(record.data)
+        except Exception as exc:
+            raise StoredDataError(f"stored data cannot be decoded: {exc}") from exc
+        migrations = self.fragment.data_migrations
+        if migrations is not None and record.version != migrations.latest:
+            data = migrations.upgrade(data, record.version)
+            self.migrated = True
+        self.start_with(data)
+        return False
+
+    def start_with(self, value: Any) -> None:
+        """Make ``value`` the data as loaded."""
+        self.value = value
         # Serialized anew rather than kept as stored: the database may reformat JSON text.
-        self.snapshot = _fingerprint(fragment, self.value)
+        try:
+            self.snapshot = self._plan.encode(value)
+        except (SessionDataError, TypeError, ValueError):
+            self.snapshot = None  # cannot be encoded at all
 
     # -- saving -------------------------------------------------------------------
 
-    def change(self, now: datetime) -> Change | None:
+    def change(self, now: datetime | None = None) -> Change | None:
         """What to store for this fragment, or ``None`` if nothing changed."""
-        if self.key is None or not (self.loaded or self.assigned):
+        key = self.key
+        if key is None or not (self.loaded or self.assigned):
             return None
         expected = self.revision if self.loaded else None
-        if self.value is None:
+        value = self.value
+        if value is None:
             if self.loaded and self.revision == 0:
                 return None
-            return Delete(self.key, expected)
-        unchanged = self.snapshot is not None and (
-            _fingerprint(self.fragment, self.value) == self.snapshot
-        )
-        if unchanged and not self.migrated:
-            return Delete(self.key, expected) if self.expired else None
+            return Delete(key, expected)
+        plan = self._plan
+        text = None
+        if self.snapshot is not None:
+            try:
+                text = plan.encode(value)
+            except (SessionDataError, TypeError, ValueError):
+                text = None  # cannot be encoded at all: dumps() says why
+            if text == self.snapshot and not self.migrated:
+                return Delete(key, expected) if self.expired else None
         # Changed: now the full check, which refuses what JSON would not give back.
-        text = self.fragment.serializer.dumps(self.value)
-        migrations = self.fragment.data_migrations
-        ttl = self.fragment.ttl
+        if text is not None and plan.verify is not None:
+            text = plan.verify(value, text)
+        else:
+            text = self.fragment.serializer.dumps(value)
+        fragment = self.fragment
+        migrations = fragment.data_migrations
+        ttl = fragment.ttl
+        if ttl is not None and now is None:
+            now = utcnow()
         record = StoredSession(
-            data=text,
-            version=migrations.latest if migrations is not None else None,
-            expires_at=now + ttl if ttl is not None else None,
-            revision=(expected or 0) + 1,
+            text,
+            migrations.latest if migrations is not None else None,
+            now + ttl if ttl is not None else None,  # type: ignore[operator]
+            (expected or 0) + 1,
         )
-        return Write(self.key, record, expected)
+        return Write(key, record, expected)
 
 
 class _LazyValue:
@@ -222,28 +344,42 @@ class UpdateSessions:
         self.sessions = sessions
         self.bot_id = bot_id
         self.update = update
-        kind = update_kind(update)
+        plan = self._plan = plan_of(sessions)
         self.fragments: dict[str, FragmentSession] = {}
-        for name, fragment in sessions.fragments.items():
-            raw = fragment.key(update)
-            key = None if raw is None else StorageKey(bot_id, name, f"{fragment.prefix}{raw}")
-            state = FragmentSession(name, fragment, key, kind)
-            if key is not None and (not isinstance(raw, str) or len(key.key) > MAX_KEY_LENGTH):
-                # The key column holds 255 characters; refuse here rather than fail the write.
-                state.key = None
-                state.storage = None
-                state.bad_key = (
-                    f"{raw!r:.80} is not a string of at most {MAX_KEY_LENGTH} characters"
-                )
+        states: list[FragmentSession] = []
+        self._primary: SessionStorage | None = None
+        for fragment_plan in plan.fragments:
+            name = fragment_plan.name
+            raw = fragment_plan.fragment.key(update)
+            if raw is None:
+                state = FragmentSession(fragment_plan, None, update)
+            else:
+                text = f"{fragment_plan.fragment.prefix}{raw}"
+                if isinstance(raw, str) and len(text) <= MAX_KEY_LENGTH:
+                    key = fragment_plan.key(bot_id, text)
+                    state = FragmentSession(fragment_plan, key, update, fragment_plan.storage)
+                    if self._primary is None:
+                        self._primary = state.storage
+                else:
+                    # The key column holds 255 characters; refuse here rather than fail
+                    # the write.
+                    state = FragmentSession(fragment_plan, None, update)
+                    state.bad_key = (
+                        f"{raw!r:.80} is not a string of at most {MAX_KEY_LENGTH} characters"
+                    )
+            states.append(state)
             self.fragments[name] = state
+        self._states = states
         update_id = getattr(update, "update_id", None)
         self.mark = UpdateMark(bot_id, update_id) if isinstance(update_id, int) else None
         self._locks = locks if sessions.locking else None
         self._held: list[StorageKey] = []
         self.already_processed = False
+        self.is_multi = sessions.is_multi
+        self.view: Any = None  # the MultiSession handlers see, made on first use
 
     def __iter__(self) -> Iterator[FragmentSession]:
-        return iter(self.fragments.values())
+        return iter(self._states)
 
     @property
     def single(self) -> FragmentSession:
@@ -251,39 +387,53 @@ class UpdateSessions:
 
     async def begin(self) -> None:
         """Lock every key, then read the strict fragments and the exactly-once record."""
-        if self._locks is not None:
-            self._held = await self._locks.acquire(f.key for f in self if f.key is not None)
-        strict = [f for f in self if f.key is not None and not f.fragment.lazy]
-        by_storage: dict[int, list[FragmentSession]] = defaultdict(list)
+        states = self._states
+        locks = self._locks
+        if locks is not None:
+            keys: list[StorageKey] = []
+            for index in self._plan.lock_order:
+                key = states[index].key
+                if key is not None:
+                    keys.append(key)
+            taken = locks.take_free(keys)
+            self._held = keys if taken == len(keys) else await locks.acquire_rest(keys, taken)
+        strict = [f for f in states if f.key is not None and not f._plan.lazy]
+        if not strict:
+            return
+        groups = [strict]
+        storage = strict[0].storage
         for fragment in strict:
-            by_storage[id(fragment.storage)].append(fragment)
+            if fragment.storage is not storage:
+                by_storage: dict[int, list[FragmentSession]] = {}
+                for fragment in strict:
+                    by_storage.setdefault(id(fragment.storage), []).append(fragment)
+                groups = list(by_storage.values())
+                break
         # The exactly-once record is read with the primary storage's strict fragments; when
         # it has none, a redelivery is still caught when its commit finds the record.
-        primary = self._primary_storage()
-        now = utcnow()
-        for group in by_storage.values():
+        primary = self._primary
+        now = None
+        for group in groups:
             storage = group[0].storage
             assert storage is not None
             mark = self.mark if storage is primary else None
             records, processed = await storage.load([f.key for f in group], mark)  # type: ignore[misc]
-            self.already_processed = self.already_processed or processed
             if processed:
+                self.already_processed = True
                 return
             for fragment in group:
+                record = records.get(fragment.key)  # type: ignore[arg-type]
+                if now is None and record is not None and record.expires_at is not None:
+                    now = utcnow()
                 try:
-                    await fragment.accept(records.get(fragment.key), now)  # type: ignore[arg-type]
+                    if fragment.take(record, now):
+                        initial = fragment.fragment.initial
+                        value = None if initial is None else initial()
+                        if _is_awaitable(value):
+                            value = await value
+                        fragment.start_with(value)
                 except StoredDataError as exc:
-                    key = fragment.key
-                    assert key is not None
-                    logger.error(
-                        "botsessions: session %s (bot %s, fragment %r, key %r) could not be "
-                        "loaded: %s",
-                        key,
-                        key.bot_id,
-                        key.fragment,
-                        key.key,
-                        exc,
-                    )
+                    _log_bad_row(fragment.key, exc)  # type: ignore[arg-type]
                     raise
 
     def _primary_storage(self) -> SessionStorage | None:
@@ -292,10 +442,7 @@ class UpdateSessions:
         It is the storage of the first fragment with a key, so the same update always
         checks and records in the same place.
         """
-        for fragment in self:
-            if fragment.storage is not None:
-                return fragment.storage
-        return None
+        return self._primary
 
     def assign_all(self, value: Any) -> None:
         """``context.session = None`` on a multi session deletes every fragment."""
@@ -304,44 +451,51 @@ class UpdateSessions:
                 "a multi session can only be assigned None (to delete every fragment); "
                 "assign its fragments one by one instead"
             )
-        for fragment in self:
+        for fragment in self._states:
             if fragment.key is not None:
                 fragment.assigned = True
                 fragment.value = None
 
     async def commit(self) -> int | None:
         """Store what changed; return how many fragments, or ``None`` for a duplicate."""
-        now = utcnow()
-        changes: dict[int, tuple[SessionStorage, list[Change]]] = {}
-        for fragment in self:
-            await fragment.settle()
+        now = utcnow() if self._plan.any_ttl else None
+        primary = self._primary
+        own: list[Change] = []  # the primary storage's changes
+        others: dict[int, tuple[SessionStorage, list[Change]]] = {}
+        locking = self.sessions.locking
+        for fragment in self._states:
+            if fragment._load_task is not None or _is_awaitable(fragment.value):
+                await fragment.settle()
             try:
                 change = fragment.change(now)
             except SessionDataError as exc:
                 raise SessionDataError(f"{fragment.key}: {exc}") from exc
-            if change is not None:
-                assert fragment.storage is not None
-                if not self.sessions.locking:
-                    # Documented as last write wins: no revision check either.
-                    change = dataclasses.replace(change, expected_revision=None)
-                changes.setdefault(id(fragment.storage), (fragment.storage, []))[1].append(change)
-        if not changes:
+            if change is None:
+                continue
+            if not locking:
+                # Documented as last write wins: no revision check either.
+                change = dataclasses.replace(change, expected_revision=None)
+            storage = fragment.storage
+            assert storage is not None
+            if storage is primary:
+                own.append(change)
+            else:
+                others.setdefault(id(storage), (storage, []))[1].append(change)
+        if not own and not others:
             return 0
-        primary = self._primary_storage()
         assert primary is not None
         # The primary storage commits first, with the record, even with nothing of its own.
-        batches = [(primary, changes.pop(id(primary), (primary, []))[1])]
-        batches += list(changes.values())
-        count = 0
-        for index, (storage, batch) in enumerate(batches):
-            committed = await storage.commit(batch, self.mark if index == 0 else None)
-            if index == 0 and not committed:
-                return None
+        if not await primary.commit(own, self.mark):
+            return None
+        count = len(own)
+        for storage, batch in others.values():
+            await storage.commit(batch, None)
             count += len(batch)
         return count
 
     def release(self) -> None:
-        if self._locks is not None and self._held:
+        if self._held:
+            assert self._locks is not None
             self._locks.release(self._held)
             self._held = []
 
@@ -350,16 +504,17 @@ async def _call_initial(fragment: Fragment) -> Any:
     if fragment.initial is None:
         return None
     value = fragment.initial()
-    if inspect.isawaitable(value):
+    if _is_awaitable(value):
         value = await value
     return value
 
 
-def _fingerprint(fragment: Fragment, data: Any) -> str | None:
-    """The data's text for comparison (``None`` if it cannot be encoded at all)."""
-    serializer = fragment.serializer
-    encode = getattr(serializer, "encode", serializer.dumps)
-    try:
-        return encode(data)
-    except (SessionDataError, TypeError, ValueError):
-        return None
+def _log_bad_row(key: StorageKey, exc: Exception) -> None:
+    logger.error(
+        "botsessions: session %s (bot %s, fragment %r, key %r) could not be loaded: %s",
+        key,
+        key.bot_id,
+        key.fragment,
+        key.key,
+        exc,
+    )
