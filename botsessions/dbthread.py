@@ -38,12 +38,36 @@ _pool_lock = threading.Lock()
 class Caller:
     """A thread waiting for an update: its identity and the queue of work sent to it."""
 
-    __slots__ = ("inbox", "thread")
+    __slots__ = ("gone", "inbox", "lock", "thread")
 
     def __init__(self) -> None:
         self.thread = threading.get_ident()
+        # Set once the caller stops waiting; jobs of tasks that outlived its update
+        # (fire-and-forget) then go to the worker pool instead.
+        self.gone = False
+        self.lock = threading.Lock()
         # Database jobs (a callable and the future of its result), or the loop's signals.
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def send(self, item: Any) -> bool:
+        """Queue a job to this thread; ``False`` when it no longer waits for any."""
+        with self.lock:
+            if self.gone:
+                return False
+            self.inbox.put(item)
+            return True
+
+    def leave(self) -> None:
+        """Stop taking jobs, and run those that were queued before."""
+        with self.lock:
+            self.gone = True
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, tuple):
+                self.serve(item)
 
     def serve(self, item: Any) -> None:
         """Run a database job that was queued to this thread."""
@@ -113,11 +137,11 @@ def _run_inline(job: Callable[[], T]) -> T:
 async def run_db(job: Callable[[], T]) -> T:
     """Run a blocking database function for the current update and await its result."""
     caller = _caller.get()
-    if caller is None:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_worker_pool(), _run_pooled, job)
-    if caller.thread == threading.get_ident():
-        return _run_inline(job)
-    future: Future[T] = Future()
-    caller.inbox.put((job, future))
-    return await asyncio.wrap_future(future)
+    if caller is not None and not caller.gone:
+        if caller.thread == threading.get_ident():
+            return _run_inline(job)
+        future: Future[T] = Future()
+        if caller.send((job, future)):
+            return await asyncio.wrap_future(future)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_worker_pool(), _run_pooled, job)

@@ -22,6 +22,8 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from django.db import connections
+
 from .dbthread import Caller, serving
 
 T = TypeVar("T")
@@ -59,25 +61,57 @@ class SharedLoop:
                 self._runner = caller
             else:
                 self._waiting.add(caller)
-        if runs_loop:
-            try:
-                task = self.loop.create_task(coroutine_factory(), context=context)
-                return self.loop.run_until_complete(task)
-            finally:
-                self._let_go()
-        done: Future[T] = Future()
-
-        def start() -> None:
-            task = self.loop.create_task(coroutine_factory(), context=context)
-            task.add_done_callback(lambda finished: _settle(done, finished, caller))
-
-        self.loop.call_soon_threadsafe(start)
+        if not runs_loop and _in_transaction():
+            # A caller with a transaction open must not wait for another thread to
+            # finish its coroutine: that thread may be running a query stuck on this
+            # transaction's row locks, and the locks only go once this caller is done.
+            self._wait_for_the_loop(caller)
+            runs_loop = True
         try:
-            self._wait(caller, done)
+            if runs_loop:
+                try:
+                    task = self.loop.create_task(coroutine_factory(), context=context)
+                    return self.loop.run_until_complete(task)
+                finally:
+                    self._let_go()
+            done: Future[T] = Future()
+
+            def start() -> None:
+                try:
+                    task = self.loop.create_task(coroutine_factory(), context=context)
+                except BaseException as exc:  # the factory failed: tell the waiting thread
+                    done.set_exception(exc)
+                    caller.inbox.put(_DONE)
+                    return
+                task.add_done_callback(lambda finished: _settle(done, finished, caller))
+
+            self.loop.call_soon_threadsafe(start)
+            try:
+                self._wait(caller, done)
+            finally:
+                with self._lock:
+                    self._waiting.discard(caller)
+                    if self._runner is None:
+                        # Woken to take over after its own coroutine had finished:
+                        # pass the loop on (to others, or to the leftover tasks).
+                        self._pass_on()
+            return done.result()
+        finally:
+            caller.leave()
+
+    def _wait_for_the_loop(self, caller: Caller) -> None:
+        """Wait until no thread runs the loop, then run it (nothing is handed over)."""
+        try:
+            while True:
+                if caller.inbox.get() is not _WAKE:
+                    continue
+                with self._lock:
+                    if self._runner is None:
+                        self._runner = caller
+                        return
         finally:
             with self._lock:
                 self._waiting.discard(caller)
-        return done.result()
 
     def _wait(self, caller: Caller, done: Future[Any]) -> None:
         """Serve database jobs until the coroutine is done, running the loop when free."""
@@ -155,6 +189,11 @@ class SharedLoop:
         finally:
             with self._lock:
                 self._runner = None
+
+
+def _in_transaction() -> bool:
+    """Whether this thread has a transaction open on any database it has connected to."""
+    return any(c.in_atomic_block for c in connections.all(initialized_only=True))
 
 
 def _settle(done: Future[T], task: asyncio.Task[T], caller: Caller) -> None:

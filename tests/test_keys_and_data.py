@@ -130,3 +130,19 @@ def test_subclasses_of_json_types_are_refused():
         JSONSerializer().dumps(OrderedDict(a=1))
     with pytest.raises(SessionDataError):
         JSONSerializer().dumps({"size": Size.LARGE})
+
+
+def test_a_serializer_with_its_own_encoder_still_gets_the_round_trip_check():
+    """Plain data skips the check only with the default encoder, known to be exact."""
+    import json as json_module
+
+    from botsessions.errors import SessionDataError
+    from botsessions.serializers import JSONSerializer
+
+    class Rounding(JSONSerializer):
+        def encode(self, value):
+            return json_module.dumps(value, default=str).replace("0.1234", "0.12")
+
+    with pytest.raises(SessionDataError):
+        Rounding().dumps({"x": 0.1234})
+    assert JSONSerializer().dumps({"x": 0.1234}) == '{"x":0.1234}'

@@ -173,3 +173,77 @@ def test_private_loop_for_one_call():
         return 42
 
     assert process_on_caller_thread(value) == 42
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_caller_inside_a_transaction_runs_the_loop_itself(shared):
+    """Never handed over: the thread running the loop might be stuck on its row locks."""
+    from django.db import transaction
+
+    holder_running = threading.Event()
+    release = threading.Event()
+    ran_on: dict[str, int] = {}
+
+    async def hold() -> None:
+        holder_running.set()
+        while not release.is_set():
+            await asyncio.sleep(0.001)
+
+    async def record() -> None:
+        ran_on["atomic"] = threading.get_ident()
+
+    def in_transaction() -> int:
+        holder_running.wait(5)
+        with transaction.atomic():
+            me = threading.get_ident()
+            timer = threading.Timer(0.1, release.set)  # the holder lets go later
+            timer.start()
+            shared.run(record)
+            timer.join()
+            return me
+
+    results = in_threads(lambda: shared.run(hold), in_transaction)
+    assert ran_on["atomic"] == results[1], "its coroutine ran on another thread's loop"
+    assert release.is_set(), "it did not wait for the loop to be free"
+
+
+def test_a_failing_factory_reaches_a_waiting_thread(shared):
+    holder_running = threading.Event()
+    release = threading.Event()
+
+    async def hold() -> None:
+        holder_running.set()
+        while not release.is_set():
+            await asyncio.sleep(0.001)
+
+    def broken_factory() -> Any:
+        raise LookupError("no coroutine for you")
+
+    def waiter() -> Any:
+        holder_running.wait(5)
+        threading.Timer(0.2, release.set).start()
+        return shared.run(broken_factory)
+
+    results = in_threads(lambda: shared.run(hold), waiter)
+    assert isinstance(results[1], LookupError)
+
+
+def test_a_task_outliving_its_update_queries_on_the_pool(shared, monkeypatch):
+    """Its caller no longer waits for jobs: they must not be queued to it and lost."""
+    from botsessions import dbthread
+
+    pooled: list[int] = []
+    monkeypatch.setattr(dbthread, "_run_pooled", lambda job: pooled.append(1) or job())
+    finished = threading.Event()
+
+    async def later() -> None:
+        await asyncio.sleep(0.02)
+        assert await run_db(lambda: 5) == 5
+        finished.set()
+
+    async def handler() -> None:
+        asyncio.get_running_loop().create_task(later())
+
+    shared.run(handler)
+    assert finished.wait(5)
+    assert pooled == [1]

@@ -498,6 +498,10 @@ def _direct(connection: Any) -> bool:
     """
     if connection.connection is None:
         connection.ensure_connection()
+    else:
+        connection.close_if_health_check_failed()  # as Django's cursor() would
+        if connection.connection is None:
+            connection.ensure_connection()
     return connection.autocommit and not (
         connection.in_atomic_block or connection.execute_wrappers or connection.queries_logged
     )
