@@ -42,6 +42,21 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PG_URL = "postgres://postgres@127.0.0.1:5432/botsessions_bench"
 
 
+def bench_env() -> dict[str, str]:
+    """This environment for a worker or server: the caller's Django, Telegram and bench
+    settings left out, bench.settings and the repository put in."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "TELEGRAM_", "BENCH_")) and key != "DATABASE_URL"
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="bench.settings",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    return env
+
+
 @dataclass
 class Target:
     """A goal, what was measured against it, and whether it was met."""
@@ -221,15 +236,7 @@ class Bench:
         """Run one measurement in a fresh process and return its result."""
         if self.options.pin is not None and spec.get("mode") in ("pipeline", "profile"):
             spec = {**spec, "pin": self.options.pin}
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("DJANGO_", "TELEGRAM_", "BENCH_")) and key != "DATABASE_URL"
-        }
-        env.update(
-            DJANGO_SETTINGS_MODULE="bench.settings",
-            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        )
+        env = bench_env()
         if bot not in PLAIN_BOTS:  # a plain application is not one the webhook could serve
             env["BENCH_BOT"] = bot
         if database is not None:
@@ -654,18 +661,12 @@ class Bench:
     def _server_env(
         self, database: Database, api: str, bot: str, conn_max_age: str
     ) -> dict[str, str]:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("DJANGO_", "TELEGRAM_", "BENCH_")) and key != "DATABASE_URL"
-        }
+        env = bench_env()
         env.update(
-            DJANGO_SETTINGS_MODULE="bench.settings",
             DATABASE_URL=database.url,
             TELEGRAM_API_BASE_URL=api,
             BENCH_BOT=bot,
             BENCH_CONN_MAX_AGE=conn_max_age,
-            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         )
         return env
 

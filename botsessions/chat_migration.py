@@ -30,16 +30,6 @@ def migration_of(update: Update) -> tuple[int, int] | None:
     return None
 
 
-async def migrate_chat_sessions(
-    sessions: Sessions, bot_id: int, update: Update
-) -> list[StorageKey]:
-    """Move the sessions of a migrated group to its supergroup; return the moved keys."""
-    ids = migration_of(update)
-    if ids is None:
-        return []
-    return await move_chat(sessions, bot_id, *ids)
-
-
 async def move_chat(
     sessions: Sessions, bot_id: int, old_chat_id: int, new_chat_id: int
 ) -> list[StorageKey]:

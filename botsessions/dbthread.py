@@ -61,6 +61,10 @@ class Caller:
         """Stop taking jobs, and run those that were queued before."""
         with self.lock:
             self.gone = True
+        self.serve_queued()
+
+    def serve_queued(self) -> None:
+        """Run the jobs already queued, dropping the loop's signals; don't wait for more."""
         while True:
             try:
                 item = self.inbox.get_nowait()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from .storage.base import StorageKey
 
@@ -25,11 +25,6 @@ class KeyLocks:
     def __init__(self) -> None:
         # key → None while held and nobody waits, else the queue of waiters' futures.
         self._held: dict[StorageKey, deque[asyncio.Future[None]] | None] = {}
-
-    async def acquire(self, keys: Iterable[StorageKey]) -> list[StorageKey]:
-        """Take the locks of ``keys`` (sorted, without duplicates); return what was taken."""
-        ordered = sorted(set(keys))
-        return await self.acquire_rest(ordered, self.take_free(ordered))
 
     def take_free(self, ordered: Sequence[StorageKey]) -> int:
         """Take keys of ``ordered`` (sorted, no duplicates) up to the first held one.
@@ -82,7 +77,7 @@ class KeyLocks:
             raise
 
     def release(self, keys: list[StorageKey]) -> None:
-        """Release locks taken by :meth:`acquire`."""
+        """Release keys taken by :meth:`take_free` and :meth:`acquire_rest`."""
         held = self._held
         for key in keys:
             waiters = held.pop(key)

@@ -16,7 +16,6 @@ the loop any more (a handler's fire-and-forget task) are finished by a helper th
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
@@ -129,13 +128,7 @@ class SharedLoop:
                 self._waiting.discard(caller)
             # Jobs queued while another thread ran the loop may still be behind this
             # signal; nothing new can arrive now that this thread runs the loop.
-            while True:
-                try:
-                    item = caller.inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not _WAKE and item is not _DONE:
-                    caller.serve(item)
+            caller.serve_queued()
             try:
                 self.loop.run_until_complete(asyncio.wrap_future(done, loop=self.loop))
             finally:

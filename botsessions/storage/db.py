@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -155,20 +155,11 @@ class DatabaseStorage(SessionStorage):
         if mark is not None:
             params += [mark.bot_id, mark.update_id]
         try:
-            if _direct(connection):
-                sql = self._statement(connection, ("select", len(keys), mark is not None), True)
-                with connection.wrap_database_errors:
-                    cursor = connection.connection.cursor()
-                    try:
-                        cursor.execute(sql, params)
-                        rows = cursor.fetchall()
-                    finally:
-                        cursor.close()
-            else:
-                sql = self._statement(connection, ("select", len(keys), mark is not None), False)
-                with connection.cursor() as cursor:
-                    cursor.execute(sql, params)
-                    rows = cursor.fetchall()
+            direct = _direct(connection)
+            sql = self._statement(connection, ("select", len(keys), mark is not None), direct)
+            with _cursor(connection, direct) as cursor:
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
         except DatabaseError as exc:
             raise StorageError(f"reading sessions failed: {exc}") from exc
         processed = False
@@ -198,21 +189,17 @@ class DatabaseStorage(SessionStorage):
                     and all(change.expected_revision is not None for change in changes)
                 ):
                     return self._commit_in_one_statement(connection, changes, mark, now)
-                with connection.wrap_database_errors:
-                    cursor = connection.connection.cursor()
+                with _cursor(connection, True) as cursor:
+                    cursor.execute(_begin_statement(connection))
                     try:
-                        cursor.execute(_begin_statement(connection))
-                        try:
-                            self._record(connection, cursor, mark, now, True)
-                            stage = "changes"
-                            for change in changes:
-                                self._apply(cursor, change, now)
-                            cursor.execute("COMMIT")
-                        except BaseException:
-                            _roll_back(cursor)
-                            raise
-                    finally:
-                        cursor.close()
+                        self._record(connection, cursor, mark, now, True)
+                        stage = "changes"
+                        for change in changes:
+                            self._apply(cursor, change, now)
+                        cursor.execute("COMMIT")
+                    except BaseException:
+                        _roll_back(cursor)
+                        raise
             else:
                 with transaction.atomic(using=self.using), connection.cursor() as cursor:
                     self._record(connection, cursor, mark, now, False)
@@ -274,13 +261,9 @@ class DatabaseStorage(SessionStorage):
                 params += [*values, *where]
         sql = self._statement(connection, ("one statement", mark is not None, *kinds), True)
         try:
-            with connection.wrap_database_errors:
-                cursor = connection.connection.cursor()
-                try:
-                    cursor.execute(sql, params)
-                    row = cursor.fetchone()
-                finally:
-                    cursor.close()
+            with _cursor(connection, True) as cursor:
+                cursor.execute(sql, params)
+                row = cursor.fetchone()
         except IntegrityError as exc:
             raise SessionConflict(f"session was created by another writer: {exc}") from exc
         except DataError as exc:
@@ -496,15 +479,27 @@ def _direct(connection: Any) -> bool:
     the driver's cursor on the same connection does the same work, errors still
     translated by Django.
     """
+    connection.close_if_health_check_failed()  # as Django's cursor() would
     if connection.connection is None:
         connection.ensure_connection()
-    else:
-        connection.close_if_health_check_failed()  # as Django's cursor() would
-        if connection.connection is None:
-            connection.ensure_connection()
     return connection.autocommit and not (
         connection.in_atomic_block or connection.execute_wrappers or connection.queries_logged
     )
+
+
+def _cursor(connection: Any, direct: bool) -> Any:
+    """Django's cursor, or (``direct``) the driver's own, its errors still Django's."""
+    return _driver_cursor(connection) if direct else connection.cursor()
+
+
+@contextlib.contextmanager
+def _driver_cursor(connection: Any) -> Iterator[Any]:
+    with connection.wrap_database_errors:
+        cursor = connection.connection.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
 
 
 def _begin_statement(connection: Any) -> str:
