@@ -12,7 +12,7 @@ import logging
 
 from telegram import Update
 
-from .config import Sessions
+from .session import UpdateSessions
 from .storage.base import StorageKey
 
 logger = logging.getLogger("botsessions")
@@ -31,18 +31,15 @@ def migration_of(update: Update) -> tuple[int, int] | None:
 
 
 async def move_chat(
-    sessions: Sessions, bot_id: int, old_chat_id: int, new_chat_id: int
+    sessions: UpdateSessions, old_chat_id: int, new_chat_id: int
 ) -> list[StorageKey]:
     """Move every per-chat key of ``old_chat_id`` in every fragment to ``new_chat_id``."""
-    moved: list[StorageKey] = []
-    for name, fragment in sessions.fragments.items():
-        storage = fragment.resolve_storage()
-        moved += await storage.rename_chat(bot_id, name, old_chat_id, new_chat_id)
+    moved = await sessions.move_chat(old_chat_id, new_chat_id)
     if moved:
         logger.info(
             "botsessions: moved %d session(s) of bot %s from chat %s to %s",
             len(moved),
-            bot_id,
+            sessions.bot_id,
             old_chat_id,
             new_chat_id,
         )

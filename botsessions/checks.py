@@ -59,6 +59,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="botsessions.E006",
             )
         )
+    lock_timeout = getattr(django_settings, "BOTSESSIONS_LOCK_TIMEOUT", 10)
+    if (
+        isinstance(lock_timeout, bool)
+        or not isinstance(lock_timeout, int | float)
+        or not 0 < lock_timeout <= 30
+    ):
+        messages.append(
+            Error(
+                "BOTSESSIONS_LOCK_TIMEOUT must be a number of seconds above 0 and at most "
+                "30, well under Telegram's 60-second webhook wait.",
+                id="botsessions.E011",
+            )
+        )
     return messages
 
 

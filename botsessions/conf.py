@@ -34,6 +34,11 @@ class Settings:
         return value if isinstance(value, timedelta) else timedelta(seconds=value)
 
     @property
+    def LOCK_TIMEOUT(self) -> float:
+        """Seconds an update may wait for a lock (its session keys, or rows it writes)."""
+        return getattr(django_settings, "BOTSESSIONS_LOCK_TIMEOUT", 10)
+
+    @property
     def MAX_BODY_SIZE(self) -> int:
         """The largest webhook body accepted, in bytes."""
         return getattr(django_settings, "BOTSESSIONS_MAX_BODY_SIZE", 1024 * 1024)

@@ -39,5 +39,9 @@ class SessionConflict(StorageError):
     """Another process changed the session since it was read; the write was refused."""
 
 
+class LockTimeout(StorageError):
+    """The update's session locks were not granted within ``BOTSESSIONS_LOCK_TIMEOUT``."""
+
+
 class ConfigurationError(SessionError, ValueError):
     """The session configuration is invalid (caught when it is built, not per update)."""

@@ -3,18 +3,20 @@
 PTB builds one :class:`~telegram.ext.CallbackContext` per update, and only when some
 handler will handle it, then awaits its ``refresh_data()``. That is where strict
 sessions are read, so an update no handler wants costs no query. The application
-subclass wraps ``process_update`` to commit after every handler (blocking or not) has
-finished, and to discard the changes of an update whose handler raised.
+subclass wraps ``process_update`` to write the sessions after every handler (blocking
+or not) has finished, and to discard the changes of an update whose handler raised;
+the transaction around all of it is the update's unit of work (:mod:`botsessions.unit`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError, OperationalError
 from telegram import Update
 from telegram._utils.defaultvalue import DefaultValue
 from telegram.ext import (
@@ -37,6 +39,7 @@ from .errors import (
 )
 from .locks import KeyLocks
 from .session import UpdateSessions
+from .unit import AfterCommit, DatabaseThreads, current_unit, process_as_unit
 
 logger = logging.getLogger("botsessions")
 
@@ -61,6 +64,7 @@ class UpdateRun:
 
     __slots__ = (
         "application",
+        "begun",
         "failed",
         "outcome",
         "sessions",
@@ -73,19 +77,27 @@ class UpdateRun:
         self.application = application
         self.update = update
         self.sessions: UpdateSessions | None = None
+        self.begun = False
         self.failed = False
         self.storage_error: StorageError | None = None
         self.outcome = Outcome.SKIPPED
         self.tasks: list[asyncio.Task[Any]] = []
 
+    def prepare(self) -> UpdateSessions:
+        """The update's sessions, with their keys resolved (nothing read yet)."""
+        if self.sessions is None:
+            app = self.application
+            self.sessions = UpdateSessions(
+                app.sessions, app.session_bot_id, self.update, app.key_locks
+            )
+        return self.sessions
+
     async def begin(self) -> None:
         """Called from ``refresh_data``: lock and read before the first handler runs."""
-        app = self.application
-        self.sessions = UpdateSessions(
-            app.sessions, app.session_bot_id, self.update, app.key_locks
-        )
+        self.begun = True
+        sessions = self.prepare()
         try:
-            await self.sessions.begin()
+            await sessions.begin()
         except StoredDataError as exc:
             self.outcome = Outcome.BAD_STORED_DATA
             self.failed = True
@@ -95,7 +107,7 @@ class UpdateRun:
             self.storage_error = _storage_error(exc)
             self.failed = True
             raise ApplicationHandlerStop from exc
-        if self.sessions.already_processed:
+        if sessions.already_processed:
             self.outcome = Outcome.DUPLICATE
             self.failed = True
             raise ApplicationHandlerStop
@@ -105,7 +117,7 @@ class UpdateRun:
         while self.tasks:
             tasks, self.tasks = self.tasks, []
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self.sessions is None:
+        if self.sessions is None or not self.begun:
             return
         if self.failed:
             if self.outcome not in (Outcome.DUPLICATE, Outcome.BAD_STORED_DATA):
@@ -154,12 +166,32 @@ class SessionContext(CallbackContext[ExtBot[Any], dict[Any, Any], dict[Any, Any]
     async def refresh_data(self) -> None:
         await super().refresh_data()
         run: UpdateRun | None = getattr(self, "_botsessions_run", None)
-        if run is not None and run.sessions is None:
+        if run is not None and not run.begun:
             await run.begin()
+
+    def on_commit(self, send: AfterCommit) -> None:
+        """Send something only once this update has committed.
+
+        ``send`` is an awaitable (``update.message.reply_text("Paid.")``) or a function
+        returning one. It runs after the commit, in the order given, before the webhook
+        answers. When the update rolls back (a handler raised, a redelivery) it never
+        runs; when it fails, the error is logged and not retried, since the update is
+        already acknowledged.
+        """
+        run: UpdateRun | None = getattr(self, "_botsessions_run", None)
+        unit = current_unit()
+        if run is None or unit is None:
+            if inspect.iscoroutine(send):
+                send.close()
+            raise SessionNotLoadedError(
+                "context.on_commit works only while an update is processed as a unit of "
+                "work (the webhook view, runbot, or SessionApplication.process_update)"
+            )
+        unit.after_commit(send)
 
     def _update_sessions(self) -> UpdateSessions:
         run: UpdateRun | None = getattr(self, "_botsessions_run", None)
-        if run is None or run.sessions is None:
+        if run is None or run.sessions is None or not run.begun:
             raise SessionNotLoadedError(
                 "context.session exists only while an update is processed by a "
                 "SessionApplication (not in jobs, and not before the handlers run)"
@@ -233,6 +265,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
             )
         self.sessions = sessions
         self.key_locks = KeyLocks()
+        self.database_threads = DatabaseThreads(self.update_processor.max_concurrent_updates)
         self.last_outcome: str | None = None
         self._bot_id_of: tuple[str, int] | None = None  # (token, the id it starts with)
 
@@ -249,24 +282,43 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         self._bot_id_of = (token, int(head))
         return self._bot_id_of[1]
 
-    async def process_update(self, update: object) -> None:
-        """Process one update; commit its session changes before returning.
+    @property
+    def unit_database(self) -> str:
+        """The database alias of the update's transaction: where its sessions are stored."""
+        from .storage.db import DatabaseStorage, default_database_storage
 
-        Raises :class:`~botsessions.errors.StorageError` when the sessions could not
-        be read or saved, so that the caller does not acknowledge the update.
+        for fragment in self.sessions.fragments.values():
+            storage = fragment.resolve_storage()
+            if isinstance(storage, DatabaseStorage):
+                return storage.using
+        return default_database_storage().using
+
+    async def process_update(self, update: object) -> None:
+        """Process one update as a unit of work, committed before this returns.
+
+        This is what PTB's own update fetcher (``run_polling``) calls: the update's
+        database work runs on a thread of the application's (see
+        :class:`~botsessions.unit.DatabaseThreads`). Raises
+        :class:`~botsessions.errors.StorageError` when it must be delivered again.
         """
-        outcome = await self.process_update_with_sessions(update)
-        self.last_outcome = outcome
+        async with self.database_threads.thread() as executor:
+            self.last_outcome = await process_as_unit(
+                self, update, executor, fresh_connections=True
+            )
 
     async def process_update_with_sessions(self, update: object) -> str:
-        """Like :meth:`process_update`, returning the :class:`Outcome`."""
+        """Run the handlers with sessions and write them; return the :class:`Outcome`.
+
+        It does not open the transaction: :func:`~botsessions.unit.process_as_unit` does,
+        and commits what this wrote (or rolls it back).
+        """
         run = UpdateRun(self, update)
         token = _current.set(run)
         try:
             if self.sessions.migrate_chats and isinstance(update, Update):
                 ids = migration_of(update)
                 if ids is not None:
-                    await move_chat(self.sessions, self.session_bot_id, *ids)
+                    await move_chat(run.prepare(), *ids)
             await super().process_update(update)
             await run.finish()
         finally:
@@ -287,9 +339,11 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         run = _current.get()
         if run is not None and update is run.update:
             run.failed = True
-            if isinstance(error, StorageError) and run.storage_error is None:
-                # A lazy read failed inside a handler: the update must be retried.
-                run.storage_error = error
+            # A lazy read, or a handler's own query, failed for want of the database
+            # (down, a lock wait past the timeout, a deadlock): deliver it again.
+            transient = isinstance(error, StorageError | OperationalError | InterfaceError)
+            if transient and run.storage_error is None:
+                run.storage_error = _storage_error(error)
         return await super().process_error(update, error, job, coroutine)
 
     def create_task(  # type: ignore[override]

@@ -1,86 +1,68 @@
 """Running an application's updates from synchronous code (the webhook view).
 
-PTB is asyncio; Django views and WSGI servers are threads. Each process keeps one event
-loop per bot, where the application is initialized once and its HTTP client is reused.
-The loop has no thread of its own: the request thread that brings an update runs it
-(see :mod:`botsessions.sharedloop`), so PTB's dispatch, the handlers and the session's
-queries run on that thread, on its connection and inside its transaction, and the
-session is committed before the view answers.
+PTB is asyncio; Django views under WSGI are threads. Each process keeps, per bot, one
+event loop on a thread of its own: the application is initialized there once, and its
+HTTP client lives there for the life of the process. A request thread hands its update
+to that loop and lends itself to the update's database work meanwhile (see
+:mod:`botsessions.unit`, which describes the whole path of one update).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from asgiref.current_thread_executor import CurrentThreadExecutor
 from telegram import Update
 from telegram.ext import ExtBot
 
 from .ptb import SessionApplication
-from .sharedloop import SharedLoop
-from .storage.db import DatabaseStorage
+from .unit import process_as_unit
 
 T = TypeVar("T")
 
 
 class BotRunner:
-    """One application, initialized once, on a loop of its own."""
+    """One application, initialized once, on an event loop with a thread of its own."""
 
     def __init__(self, application: SessionApplication) -> None:
         self.application = application
         self._pid = os.getpid()
+        self._lock = threading.Lock()
         self._init_lock = threading.Lock()
-        self._databases: list[DatabaseStorage] | None = None
-        self._loop: SharedLoop | None = None
-        self._loop_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     @property
-    def shared_loop(self) -> SharedLoop:
-        """The bot's loop (a new one after :meth:`shutdown`)."""
-        loop = self._loop
-        if loop is None:
-            with self._loop_lock:
-                if self._loop is None:
-                    self._loop = SharedLoop()
-                loop = self._loop
-        return loop
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The bot's loop, started on first use (and anew after :meth:`shutdown`)."""
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(
+                    target=loop.run_forever, name="botsessions-loop", daemon=True
+                )
+                self._thread.start()
+                self._loop = loop
+            return self._loop
 
-    def run(
-        self, coroutine_factory: Callable[[], Coroutine[Any, Any, T]], *, serve_db: bool = True
-    ) -> T:
-        """Run a coroutine on the bot's loop from this thread and return its result.
-
-        With ``serve_db`` its database work runs on this thread; without it, on the
-        worker pool (several connections at once).
-        """
-        return self.shared_loop.run(coroutine_factory, serve_db=serve_db)
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the bot's loop and wait for its result (no database work)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def initialize(self) -> None:
         """Initialize the application (``getMe``) once; retried after a failure."""
         if self.application._initialized:
             return
         with self._init_lock:
-            self.run(self._initialize)
+            self.run(self._initialize())
 
     async def _initialize(self) -> None:
         if not self.application._initialized:
             await self.application.initialize()
-
-    def connect_databases(self) -> None:
-        """Open this thread's connections to the databases the sessions are stored in.
-
-        Called before the update is handed over, so that a slow connect happens outside
-        the update's key locks; bots whose sessions live elsewhere connect to nothing.
-        """
-        if self._databases is None:
-            storages = [f.resolve_storage() for f in self.application.sessions.fragments.values()]
-            self._databases = list(
-                {id(s): s for s in storages if isinstance(s, DatabaseStorage)}.values()
-            )
-        for storage in self._databases:
-            storage.connect()
 
     def decode(self, data: dict[str, Any]) -> Update:
         """Turn a JSON object into an ``Update`` bound to the application's bot."""
@@ -98,19 +80,35 @@ class BotRunner:
         return update
 
     def process(self, update: Update) -> str:
-        """Process one update and return its outcome; raises StorageError to retry."""
+        """Process one update as a unit of work on this thread's connection.
+
+        Returns its :class:`~botsessions.ptb.Outcome` once it is committed; raises
+        :class:`~botsessions.errors.StorageError` (or a database error) when it was
+        rolled back and must be delivered again.
+        """
         self.initialize()
-        return self.run(lambda: self.application.process_update_with_sessions(update))
+        # This thread runs the update's database work while it waits: its connection
+        # holds the transaction, inside any transaction the caller has open.
+        executor = CurrentThreadExecutor(None)
+        future = asyncio.run_coroutine_threadsafe(
+            process_as_unit(self.application, update, executor), self.loop
+        )
+        executor.run_until_future(future)
+        return future.result()
 
     def shutdown(self) -> None:
-        """Shut the application down and close the loop (tests, process exit)."""
-        with self._loop_lock:
-            loop, self._loop = self._loop, None
-        if loop is None:
+        """Shut the application down and stop the loop (tests, process exit)."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
             return
         if self.application._initialized:
-            loop.run(self.application.shutdown)
+            asyncio.run_coroutine_threadsafe(self.application.shutdown(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
         loop.close()
+        self.application.database_threads.shutdown()
 
 
 _runners: dict[str, BotRunner] = {}

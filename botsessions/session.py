@@ -22,8 +22,10 @@ from collections.abc import Awaitable, Callable, Generator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from .conf import settings
 from .config import Fragment, Sessions
 from .errors import (
+    LockTimeout,
     SessionDataError,
     SessionKeyError,
     StoredDataError,
@@ -40,6 +42,7 @@ from .storage.base import (
     UpdateMark,
     Write,
 )
+from .unit import current_unit
 
 logger = logging.getLogger("botsessions")
 
@@ -130,6 +133,7 @@ class FragmentSession:
 
     __slots__ = (
         "_load_task",
+        "_owner",
         "_plan",
         "_update",
         "accessed",
@@ -153,8 +157,10 @@ class FragmentSession:
         key: StorageKey | None,
         update: object,
         storage: SessionStorage | None = None,
+        owner: UpdateSessions | None = None,
     ) -> None:
         self.name = plan.name
+        self._owner = owner
         self.fragment = plan.fragment
         self.key = key
         if key is not None and storage is None:
@@ -224,7 +230,8 @@ class FragmentSession:
 
     async def _read_one(self) -> None:
         assert self.key is not None and self.storage is not None
-        records, _ = await self.storage.load([self.key], None)
+        lock = self._owner.first_read(self.storage) if self._owner is not None else ()
+        records, _ = await self.storage.load([self.key], None, lock=lock)
         record = records.get(self.key)
         if self.assigned:
             # A value assigned while the read was in flight wins; keep the revision only.
@@ -357,7 +364,9 @@ class UpdateSessions:
                 text = f"{fragment_plan.fragment.prefix}{raw}"
                 if isinstance(raw, str) and len(text) <= MAX_KEY_LENGTH:
                     key = fragment_plan.key(bot_id, text)
-                    state = FragmentSession(fragment_plan, key, update, fragment_plan.storage)
+                    state = FragmentSession(
+                        fragment_plan, key, update, fragment_plan.storage, self
+                    )
                     if self._primary is None:
                         self._primary = state.storage
                 else:
@@ -370,6 +379,18 @@ class UpdateSessions:
             states.append(state)
             self.fragments[name] = state
         self._states = states
+        if self._primary is None:
+            # No fragment has a key: the update is still recorded where sessions live.
+            self._primary = (
+                plan.fragments[0].storage or plan.fragments[0].fragment.resolve_storage()
+            )
+        # Every key in each storage, locked together on that storage's first read.
+        self._unlocked: dict[int, list[StorageKey]] = {}
+        if sessions.locking:
+            for index in plan.lock_order:
+                state = states[index]
+                if state.key is not None:
+                    self._unlocked.setdefault(id(state.storage), []).append(state.key)
         update_id = getattr(update, "update_id", None)
         self.mark = UpdateMark(bot_id, update_id) if isinstance(update_id, int) else None
         self._locks = locks if sessions.locking else None
@@ -385,6 +406,16 @@ class UpdateSessions:
     def single(self) -> FragmentSession:
         return self.fragments[""]
 
+    def first_read(self, storage: SessionStorage | None) -> list[StorageKey]:
+        """The keys to lock with this read: all of the storage's keys, on its first read.
+
+        Taking every key of the update at once, in one order, means two updates never
+        wait for each other in a cycle. The price: an update locks a lazy fragment's
+        key even when it never awaits it (unless every fragment in that storage is
+        lazy and untouched: then nothing is locked or read).
+        """
+        return self._unlocked.pop(id(storage), [])
+
     async def begin(self) -> None:
         """Lock every key, then read the strict fragments and the exactly-once record."""
         states = self._states
@@ -396,8 +427,24 @@ class UpdateSessions:
                 if key is not None:
                     keys.append(key)
             taken = locks.take_free(keys)
-            self._held = keys if taken == len(keys) else await locks.acquire_rest(keys, taken)
+            if taken == len(keys):
+                self._held = keys
+            else:
+                timeout = settings.LOCK_TIMEOUT
+                try:
+                    async with asyncio.timeout(timeout):
+                        self._held = await locks.acquire_rest(keys, taken)
+                except TimeoutError:
+                    raise LockTimeout(f"session locks not granted within {timeout:g} s") from None
         strict = [f for f in states if f.key is not None and not f._plan.lazy]
+        primary = self._primary
+        if self.mark is not None and not any(f.storage is primary for f in strict):
+            # Redeliveries are caught before the handlers run, also when nothing is read.
+            assert primary is not None
+            _, processed = await primary.load([], self.mark)
+            if processed:
+                self.already_processed = True
+                return
         if not strict:
             return
         groups = [strict]
@@ -409,15 +456,17 @@ class UpdateSessions:
                     by_storage.setdefault(id(fragment.storage), []).append(fragment)
                 groups = list(by_storage.values())
                 break
-        # The exactly-once record is read with the primary storage's strict fragments; when
-        # it has none, a redelivery is still caught when its commit finds the record.
-        primary = self._primary
+        # The exactly-once record is read with the primary storage's strict fragments.
         now = None
         for group in groups:
             storage = group[0].storage
             assert storage is not None
             mark = self.mark if storage is primary else None
-            records, processed = await storage.load([f.key for f in group], mark)  # type: ignore[misc]
+            records, processed = await storage.load(
+                [f.key for f in group],  # type: ignore[misc]
+                mark,
+                lock=self.first_read(storage),
+            )
             if processed:
                 self.already_processed = True
                 return
@@ -436,13 +485,23 @@ class UpdateSessions:
                     _log_bad_row(fragment.key, exc)  # type: ignore[arg-type]
                     raise
 
-    def _primary_storage(self) -> SessionStorage | None:
-        """The storage that records the update for exactly-once processing.
+    async def move_chat(self, old_chat_id: int, new_chat_id: int) -> list[StorageKey]:
+        """Move every fragment's per-chat sessions of a group to its supergroup.
 
-        It is the storage of the first fragment with a key, so the same update always
-        checks and records in the same place.
+        The rows are moved under the locks of both chats' keys, taken together with
+        this update's own keys.
         """
-        return self._primary
+        moved: list[StorageKey] = []
+        for fragment in self._plan.fragments:
+            storage = fragment.storage or fragment.fragment.resolve_storage()
+            moved += await storage.rename_chat(
+                self.bot_id,
+                fragment.name,
+                old_chat_id,
+                new_chat_id,
+                lock=self.first_read(storage),
+            )
+        return moved
 
     def assign_all(self, value: Any) -> None:
         """``context.session = None`` on a multi session deletes every fragment."""
@@ -481,10 +540,13 @@ class UpdateSessions:
                 own.append(change)
             else:
                 others.setdefault(id(storage), (storage, []))[1].append(change)
-        if not own and not others:
+        unit = current_unit()
+        handlers_wrote = unit is not None and unit.wrote
+        if not own and not others and not handlers_wrote:
             return 0
         assert primary is not None
-        # The primary storage commits first, with the record, even with nothing of its own.
+        # The primary storage commits first, with the record, even with nothing of its own:
+        # an update whose handlers wrote rows must not write them again when redelivered.
         if not await primary.commit(own, self.mark):
             return None
         count = len(own)

@@ -101,8 +101,8 @@ def webhook_info(alias: str) -> WebhookInfo:
 def run_polling(alias: str, *, drop_pending_updates: bool = False) -> None:
     """Run the bot by long polling until SIGINT or SIGTERM, with its sessions.
 
-    Nothing waits for an update here, so the session queries run on
-    :mod:`botsessions.dbthread`'s worker threads. On a stop signal the updates already
+    Each update is a unit of work on one of the application's database threads (see
+    :class:`~botsessions.unit.DatabaseThreads`). On a stop signal the updates already
     fetched are processed and committed before this returns.
     """
     # A first getMe with a throwaway bot turns a bad token or an unreachable server into

@@ -5,11 +5,16 @@ Answers, and why:
 - 405 for anything but POST; 413 for a body over the limit (not read whole);
 - 400 for a body that is not a JSON object with an integer ``update_id``, or that is
   not a Telegram update: nothing is processed;
-- 200 once the handlers ran and the session change is committed, also when a handler
-  raised (its change is discarded and PTB's error handlers are told) and for an update
-  that was already processed, so Telegram does not redeliver a buggy update all day;
-- 503 when the database failed, or the Bot API could not be reached to initialize the
-  bot (``getMe``, once per process), so Telegram redelivers later and nothing is lost.
+- 200 once the update's unit of work is committed (sessions, the exactly-once record
+  and the handlers' own rows), also when a handler raised (all of it rolled back and
+  PTB's error handlers told) and for an update that was already processed, so Telegram
+  does not redeliver a buggy update all day;
+- 503 when the database failed or could not be reached, a lock wait ran past
+  ``BOTSESSIONS_LOCK_TIMEOUT``, the update was chosen as a deadlock victim, or the Bot
+  API could not be reached to initialize the bot (``getMe``, once per process):
+  nothing of the update is committed and Telegram redelivers it later.
+
+How the update runs, on which thread and connection: :mod:`botsessions.unit`.
 
 Under ASGI, Django reads the whole body before any view runs: wrap the ASGI application
 in :class:`botsessions.asgi.WebhookBodyLimit` so the size limit holds there too.
@@ -80,9 +85,6 @@ class TelegramWebhookView(View):
             logger.warning("bot %r not initialized, asking Telegram to retry: %s", self.bot, exc)
             return _retry_later("bot not initialized, retry later")
         try:
-            # Connect here, not inside the update's key locks, where a slow connect (a new
-            # one per request under ASGI) would make every update of that key wait.
-            runner.connect_databases()
             outcome = runner.process(update)
         except (StorageError, DatabaseError) as exc:
             logger.warning(

@@ -14,7 +14,6 @@ configuration, so the reliability tests can run the very same handlers:
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from botproject import bot
 from botsessions import Fragment, Sessions, per_chat
 from botsessions.ptb import SessionApplication
+from botsessions.runner import BotRunner
 from botsessions.storage.db import DatabaseStorage
 
 LOCKING_ENV = "BOTSESSIONS_TEST_LOCKING"
@@ -69,25 +69,24 @@ def _install_holds(application: SessionApplication) -> None:
 
     Each stop prints a line first, so that the test knows where the process is.
     """
-    process = application.process_update_with_sessions
+    process = BotRunner.process
 
-    async def process_then_pause(update: Any) -> str:
-        outcome = await process(update)
+    def process_then_pause(runner: BotRunner, update: Any) -> str:
+        outcome = process(runner, update)  # committed once this returns
         if getattr(update.effective_user, "id", None) == PAUSE_AFTER_COMMIT_USER:
             print(f"HOLD committed {update.update_id}, not answering", flush=True)
-            await asyncio.sleep(600)
+            time.sleep(600)
         return outcome
 
     apply = DatabaseStorage._apply
 
-    def apply_then_hold(storage: DatabaseStorage, cursor: Any, change: Any, now: Any) -> None:
-        apply(storage, cursor, change, now)
+    def apply_then_hold(
+        storage: DatabaseStorage, connection: Any, cursor: Any, change: Any, now: Any
+    ) -> None:
+        apply(storage, connection, cursor, change, now)
         if change.key.key == f"user:{HOLD_IN_TRANSACTION_USER}":
             print("HOLD inside an open transaction", flush=True)
             time.sleep(600)
 
-    application.process_update_with_sessions = process_then_pause  # type: ignore[method-assign]
+    BotRunner.process = process_then_pause  # type: ignore[method-assign]
     DatabaseStorage._apply = apply_then_hold  # type: ignore[method-assign]
-    # PostgreSQL commits in one statement by default: no transaction is ever open
-    # between two Python calls. The BEGIN…COMMIT way has that window: hold it there.
-    DatabaseStorage.one_statement_commits = False

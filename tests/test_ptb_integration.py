@@ -29,6 +29,7 @@ from botsessions import (
 )
 from botsessions.models import Session
 
+from .sql import locked, statements
 from .updates import ALICE, callback_query, message
 
 pytestmark = pytest.mark.django_db
@@ -41,18 +42,9 @@ def stored(key: str = f"chat:{ALICE}", fragment: str = "") -> Any:
     return None if row is None else row.data
 
 
-def statements(captured: Any) -> list[str]:
-    """The first word of each statement, without the savepoints of the test's transaction.
-
-    Tests run inside a transaction, so the commit's ``atomic`` becomes a savepoint here;
-    in production it is a plain transaction (BEGIN/COMMIT are not statements Django logs).
-    """
-    words = [q["sql"].split()[0].upper() for q in captured.captured_queries]
-    return [w for w in words if w not in {"SAVEPOINT", "RELEASE"}]
-
-
 def test_statement_counts(make_bot):
-    """Unmatched: none. Read-only: one. Changed: one read, then the update's commit."""
+    """Unmatched: none. Read-only: the key's lock and one read. Changed: the lock, one
+    read, then the exactly-once record and the session row."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -71,14 +63,13 @@ def test_statement_counts(make_bot):
     assert statements(captured) == []
     with CaptureQueriesContext(connection) as captured:
         assert bot.process(message("/show")) == "unchanged"
-    assert statements(captured) == ["SELECT"]
-    # One read, then the commit: the exactly-once record and the session row.
+    assert statements(captured) == locked("SELECT")
     with CaptureQueriesContext(connection) as captured:
         assert bot.process(message("/bump")) == "committed"
-    assert statements(captured) == ["SELECT", "INSERT", "INSERT"]
+    assert statements(captured) == locked("SELECT", "INSERT", "INSERT")
     with CaptureQueriesContext(connection) as captured:
         assert bot.process(message("/bump")) == "committed"
-    assert statements(captured) == ["SELECT", "INSERT", "UPDATE"]
+    assert statements(captured) == locked("SELECT", "INSERT", "UPDATE")
 
 
 def test_all_handler_groups_share_one_session(make_bot):
@@ -97,7 +88,7 @@ def test_all_handler_groups_share_one_session(make_bot):
     )
     with CaptureQueriesContext(connection) as captured:
         bot.process(message("x"))
-    assert statements(captured) == ["SELECT", "INSERT", "INSERT"]
+    assert statements(captured) == locked("SELECT", "INSERT", "INSERT")
     assert stored() == {"trail": ["group 0", "group 1"]}
 
 

@@ -26,15 +26,17 @@ from telegram.ext import CommandHandler, MessageHandler, filters
 
 from botproject.bot import count_message
 from botproject.bot import sessions as demo_sessions
-from botsessions import Sessions, StorageError, dbthread
+from botsessions import Sessions
 from botsessions.errors import SessionConflict
 from botsessions.models import ProcessedUpdate, Session
 from botsessions.purge import prune_processed_updates
 from botsessions.storage.base import StorageKey, StoredSession, UpdateMark, Write
 from botsessions.storage.db import DatabaseStorage
+from botsessions.unit import DatabaseThreads, UnitOfWork, process_as_unit
 
 from .fakebotapi import FakeBotAPI
 from .harness import BotHarness
+from .sql import serializes_every_update
 from .updates import ALICE, BOB, GROUP, message
 
 pytestmark = pytest.mark.django_db
@@ -47,56 +49,39 @@ WEBHOOK_URL = "/telegram/webhook/"
 # -- helpers --------------------------------------------------------------------------
 
 
-def close_pool_connections() -> None:
-    """Close the connection of every worker thread of the database pool.
-
-    Without a waiting caller, updates query on pool threads, each with a connection of
-    its own; left open, they would keep PostgreSQL from dropping the test database.
-    """
-    pool = dbthread._pool
-    threads = len(pool._threads) if pool is not None else 0
-    if pool is None or not threads:
-        return
-    # Every thread blocks in the barrier until each has taken exactly one job.
-    barrier = threading.Barrier(threads)
-
-    def close() -> None:
-        barrier.wait(10)
-        connections.close_all()
-
-    for future in [pool.submit(close) for _ in range(threads)]:
-        future.result(15)
-
-
 @pytest.fixture
 def pooled_db(transactional_db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Real commits, seen by every connection: updates run on the worker pool.
+    """Real commits, seen by every connection: updates run on database threads.
 
-    Pool threads reconnect for every query under Django's default ``CONN_MAX_AGE=0``,
-    which costs 50 ms a time on some MariaDB servers: these tests keep them open.
+    Those threads keep their connection between updates (``CONN_MAX_AGE``): reconnecting
+    for every update costs 50 ms a time on some MariaDB servers.
     """
     monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", 60)
     yield
-    close_pool_connections()
 
 
 def run_concurrently(bot: BotHarness, updates: list[dict[str, Any]]) -> list[Any]:
     """Process ``updates`` at the same time on the bot's loop; outcomes or exceptions.
 
-    No thread waits for them, so their queries run on the worker pool, several at once,
-    each on its own connection: as concurrent as updates of one process get.
+    Each update is a unit of work on a database thread of its own, with its own
+    connection: as concurrent as updates of one process get.
     """
     runner = bot.runner
     runner.initialize()
     decoded = [runner.decode(update) for update in updates]
+    threads = DatabaseThreads(len(decoded))
+
+    async def one(update: Any) -> str:
+        async with threads.thread() as executor:
+            return await process_as_unit(bot.application, update, executor)
 
     async def all_at_once() -> list[Any]:
-        return await asyncio.gather(
-            *(bot.application.process_update_with_sessions(u) for u in decoded),
-            return_exceptions=True,
-        )
+        return await asyncio.gather(*(one(u) for u in decoded), return_exceptions=True)
 
-    return runner.run(all_at_once, serve_db=False)
+    try:
+        return runner.run(all_at_once())
+    finally:
+        threads.shutdown()
 
 
 def stored(fragment: str, key: str) -> tuple[Any, int] | None:
@@ -175,7 +160,10 @@ def test_without_locking_concurrent_updates_are_lost(make_bot: Any, pooled_db: N
     outcomes = run_concurrently(bot, [message("hi", chat_id=GROUP) for _ in range(40)])
     assert outcomes == ["committed"] * 40  # last write wins: no error tells of the loss
     data, _ = stored("", f"chat:{GROUP}") or ({}, 0)
-    assert data["n"] < 41
+    if serializes_every_update():
+        assert data["n"] == 41  # SQLite's one writer orders the updates all the same
+    else:
+        assert data["n"] < 41
 
 
 @pytest.mark.parametrize("locking", [True, False], ids=["locked", "unlocked"])
@@ -193,6 +181,8 @@ def test_one_user_in_many_chats_counts_every_message(
     if locking:
         assert messages == 31
         assert all(stored("chat", f"chat:{c}") == ({"pizza_count": 1}, 1) for c in chats)
+    elif serializes_every_update():
+        assert messages == 31
     else:
         assert messages < 31
 
@@ -236,13 +226,16 @@ def test_updates_wait_only_for_updates_sharing_a_key(
 
     Each handler waits for the other: without a shared key both meet at once; with one,
     the first gives up after its patience (it would wait forever), then the second runs.
+    SQLite has one writer for the whole file: there every update takes its turn.
     """
+
     a = message("a", chat_id=first[0], user_id=first[1])
     b = message("b", chat_id=second[0], user_id=second[1])
-    meeting = Rendezvous(a, b, patience=0.3 if shared else 5.0)
+    takes_turns = shared or serializes_every_update()
+    meeting = Rendezvous(a, b, patience=0.3 if takes_turns else 5.0)
     bot = make_bot(demo_sessions, [MessageHandler(filters.TEXT, meeting.handler)])
     assert run_concurrently(bot, [a, b]) == ["committed", "committed"]
-    assert len(meeting.met) == (1 if shared else 2)
+    assert len(meeting.met) == (1 if takes_turns else 2)
     if shared:
         key = ("chat", f"chat:{GROUP}") if first[0] == second[0] else ("user", f"user:{ALICE}")
         assert stored(*key)[1] == 2  # type: ignore[index]
@@ -387,17 +380,14 @@ def test_records_are_pruned_after_the_redelivery_window(make_bot: Any) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("one_statement", [True, False], ids=["default", "begin-commit"])
 def test_write_failing_mid_commit_answers_503_and_leaves_nothing(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch, one_statement: bool
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The database refuses the second row of an update: nothing of it is kept, not the
     first row, not the exactly-once record; the retried delivery applies once.
 
-    The refusal is real: a negative revision breaks the column's constraint, in
-    PostgreSQL's one-statement commit and in a BEGIN…COMMIT transaction alike.
+    The refusal is real: a negative revision breaks the column's constraint.
     """
-    monkeypatch.setattr(DatabaseStorage, "one_statement_commits", one_statement)
     update = message("🍕", chat_id=GROUP, user_id=ALICE)
     real_commit = DatabaseStorage.commit_sync
     applied: list[StorageKey] = []
@@ -451,13 +441,13 @@ def test_commit_that_succeeded_but_was_not_confirmed_is_not_applied_twice(
 ) -> None:
     """The connection drops right after COMMIT: we answer 503 although it was stored, and
     Telegram's redelivery finds the record, so a 5xx never doubles a write."""
-    real_commit = DatabaseStorage.commit_sync
+    real_end = UnitOfWork.end
 
-    def commit_then_drop(self: DatabaseStorage, changes: Any, mark: Any) -> bool:
-        real_commit(self, changes, mark)
-        raise StorageError("connection lost before the COMMIT was confirmed (simulated)")
+    def commit_then_drop(self: UnitOfWork, commit: bool) -> bool:
+        real_end(self, commit)
+        raise OperationalError("connection lost before the COMMIT was confirmed (simulated)")
 
-    monkeypatch.setattr(DatabaseStorage, "commit_sync", commit_then_drop)
+    monkeypatch.setattr(UnitOfWork, "end", commit_then_drop)
     update = message("🍕", chat_id=GROUP, user_id=ALICE)
     assert webhook.post(update).status_code == 503
     monkeypatch.undo()

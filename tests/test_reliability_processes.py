@@ -28,6 +28,7 @@ from .reliabilitybot import (
     PAUSE_AFTER_COMMIT_USER,
 )
 from .servers import SECRET_HEADER, WEBHOOK_PATH, Server, server_env, start_server, wait_until
+from .sql import serializes_every_update
 from .updates import ALICE, message
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -113,7 +114,10 @@ def test_without_locking_two_processes_lose_messages(
     text = stats(two_servers, api)
     counted = int(text.split()[3])
     print(f"without locking: {counted} of {MESSAGES} messages counted")
-    assert counted < MESSAGES
+    if serializes_every_update():
+        assert counted == MESSAGES  # SQLite's one writer orders the updates all the same
+    else:
+        assert counted < MESSAGES
 
 
 def users_rows() -> dict[str, int]:

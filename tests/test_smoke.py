@@ -6,12 +6,16 @@ from telegram.ext import CommandHandler, MessageHandler, filters
 from botsessions import Sessions
 from botsessions.models import Session
 
+from .sql import locked, statements
 from .updates import message
 
 pytestmark = pytest.mark.django_db
 
 
-def test_counter_round_trip(make_bot, django_assert_num_queries):
+def test_counter_round_trip(make_bot):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
     async def count(update, context):
         context.session["n"] += 1
 
@@ -24,8 +28,9 @@ def test_counter_round_trip(make_bot, django_assert_num_queries):
     )
     assert bot.process(message("hi")) == "committed"
     assert bot.process(message("hi")) == "committed"
-    with django_assert_num_queries(1):
+    with CaptureQueriesContext(connection) as captured:
         assert bot.process(message("/show")) == "unchanged"
+    assert statements(captured) == locked("SELECT")
     row = Session.objects.get()
     assert row.data == {"n": 2}
     assert row.key == "chat:111111111"

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import OperationalError
 
 from botsessions import MemoryStorage, SessionConflict, StorageError, StorageKey, StoredSession
@@ -22,28 +23,14 @@ KEY = StorageKey(123456, "", "chat:-1001987654321")
     params=[
         "memory",
         "db",
-        pytest.param("db-driver", marks=pytest.mark.django_db(transaction=True)),
+        pytest.param("db-commits", marks=pytest.mark.django_db(transaction=True)),
     ]
 )
-def storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Each storage; the database one both ways it sends statements.
-
-    ``db``: inside the test's transaction, through Django's cursor (savepoints);
-    ``db-driver``: real commits, straight to the driver's cursor (the webhook's way).
-    """
+def storage(request: pytest.FixtureRequest) -> Any:
+    """Each storage; the database one inside the test's transaction and with real commits."""
     if request.param == "memory":
-        yield MemoryStorage()
-        return
-    from botsessions.storage import db
-
-    direct: list[bool] = []
-    real = db._direct
-    monkeypatch.setattr(
-        db, "_direct", lambda connection: direct.append(real(connection)) or direct[-1]
-    )
-    yield DatabaseStorage()
-    assert direct, "no statement was sent"
-    assert set(direct) == {request.param == "db-driver"}, "statements took the other way"
+        return MemoryStorage()
+    return DatabaseStorage()
 
 
 def data(record: StoredSession | None) -> Any:
@@ -52,10 +39,12 @@ def data(record: StoredSession | None) -> Any:
 
 
 def run(coroutine: Any) -> Any:
-    """Run storage calls; database work goes to the worker threads, so use the caller's."""
-    from botsessions.sharedloop import process_on_caller_thread
+    """Run storage calls from the test's thread; their queries run on it too."""
 
-    return process_on_caller_thread(lambda: coroutine)
+    async def call() -> Any:
+        return await coroutine
+
+    return async_to_sync(call)()
 
 
 def test_read_write_delete(storage):

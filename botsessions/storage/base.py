@@ -103,9 +103,18 @@ class SessionStorage(ABC):
         return {key: await self.read(key) for key in keys}
 
     async def load(
-        self, keys: Sequence[StorageKey], mark: UpdateMark | None
+        self,
+        keys: Sequence[StorageKey],
+        mark: UpdateMark | None,
+        *,
+        lock: Sequence[StorageKey] = (),
     ) -> tuple[dict[StorageKey, StoredSession | None], bool]:
-        """Read ``keys`` and tell whether ``mark`` was already committed."""
+        """Read ``keys`` and tell whether ``mark`` was already committed.
+
+        ``lock`` names every key of the update in this storage, on its first read: a
+        storage that can lock them across processes does so first, until the update's
+        transaction ends. The default cannot, and relies on revision checks.
+        """
         records = await self.read_many(keys) if keys else {}
         return records, (await self.was_processed(mark)) if mark is not None else False
 
@@ -129,9 +138,18 @@ class SessionStorage(ABC):
         return False
 
     async def rename_chat(
-        self, bot_id: int, fragment: str, old_chat_id: int, new_chat_id: int
+        self,
+        bot_id: int,
+        fragment: str,
+        old_chat_id: int,
+        new_chat_id: int,
+        *,
+        lock: Sequence[StorageKey] = (),
     ) -> list[StorageKey]:
-        """Move every per-chat key of ``old_chat_id`` (chat, user in chat, topic) to the new id."""
+        """Move every per-chat key of ``old_chat_id`` (chat, user in chat, topic) to the new id.
+
+        ``lock`` are the update's own keys, locked together with the moved ones.
+        """
         from ..keys import rekey_chat
 
         pairs = []

@@ -63,7 +63,11 @@ class MemoryStorage(SessionStorage):
                 yield key
 
     async def load(
-        self, keys: Sequence[StorageKey], mark: UpdateMark | None
+        self,
+        keys: Sequence[StorageKey],
+        mark: UpdateMark | None,
+        *,
+        lock: Sequence[StorageKey] = (),
     ) -> tuple[dict[StorageKey, StoredSession | None], bool]:
         cls = type(self)
         if (

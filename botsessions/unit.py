@@ -1,0 +1,256 @@
+"""One update, one unit of work: the transaction its sessions and handlers share.
+
+The path of one update, as the webhook view runs it under WSGI:
+
+1. The request thread decodes the update and calls :meth:`BotRunner.process
+   <botsessions.runner.BotRunner.process>`. It hands :func:`process_as_unit` to the
+   bot's event loop, which runs on a thread of its own for the life of the process
+   (the PTB application and its HTTP client live there), and then waits, running
+   whatever synchronous work the update sends back to it: asgiref's
+   ``CurrentThreadExecutor``.
+2. On the loop, the update runs inside ``ThreadSensitiveContext(executor=...)``: every
+   thread-sensitive ``sync_to_async`` call it makes (Django's async ORM, ``acreate``,
+   ``aget``, ..., and the session storage) runs on the request thread, on its
+   connection.
+3. The first such call opens ``transaction.atomic`` there (:meth:`UnitOfWork.begin`).
+   The session engine locks the update's keys in the database (:mod:`botsessions.dblocks`)
+   and reads its sessions and exactly-once record; PTB runs the handlers; the engine
+   writes what changed and records the update if anything was written.
+4. The last call commits, or rolls back when a handler raised, the update was already
+   processed, or stored data was bad (:meth:`UnitOfWork.end`). Then the sends a
+   handler asked for with ``context.on_commit`` go out, and the view answers.
+
+So the session rows, the exactly-once record and every row the handlers wrote through
+the ORM to that database commit together, or none of them does. Bot API calls made by
+handlers, other databases and caches are outside the unit.
+
+Long polling (``runbot``) runs the same :func:`process_as_unit` with a worker thread of
+the application's own as the executor, one per update in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.db import close_old_connections, connections, transaction
+
+from . import dblocks
+from .conf import settings
+from .storage.base import StorageKey
+
+if TYPE_CHECKING:
+    from .ptb import SessionApplication
+
+logger = logging.getLogger("botsessions")
+
+AfterCommit = Awaitable[Any] | Callable[[], Awaitable[Any]]
+
+_current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
+    "botsessions_unit", default=None
+)
+
+#: How an update may end and still commit what it wrote.
+_COMMITTING = frozenset(("committed", "unchanged", "skipped"))
+
+
+def current_unit() -> UnitOfWork | None:
+    """The unit of work of the update being processed, if any."""
+    return _current.get()
+
+
+class UnitOfWork:
+    """The transaction of one update, on the database its sessions are stored in.
+
+    Its methods run on the update's database thread (the request thread under WSGI),
+    except :meth:`after_commit`, which handlers call on the loop.
+    """
+
+    def __init__(self, using: str, *, fresh_connections: bool = False) -> None:
+        self.using = using
+        #: Whether anything but a read ran in the transaction (session writes included).
+        self.wrote = False
+        self.locked: list[int] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._fresh_connections = fresh_connections
+        self._stack = contextlib.ExitStack()
+        self._internal = False
+        self._after_commit: list[AfterCommit] = []
+        self._waiting_for_commit = False
+        self._committed = False
+
+    # -- on the database thread ------------------------------------------------------
+
+    def begin(self) -> None:
+        """Open the transaction and start watching its statements for writes."""
+        if self._fresh_connections:
+            close_old_connections()  # what Django does around each request
+        connection = connections[self.using]
+        self._stack.enter_context(transaction.atomic(using=self.using))
+        self._stack.enter_context(connection.execute_wrapper(self._watch))
+
+    def _watch(
+        self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        # Any statement that is not a plain read may have written: the update must then be
+        # recorded, so that a redelivery does not write again.
+        if not self._internal and sql.lstrip()[:6].upper() != "SELECT":
+            self.wrote = True
+        return execute(sql, params, many, context)
+
+    @contextlib.contextmanager
+    def internal(self) -> Any:
+        """Statements of the session machinery itself (locks) that are not writes."""
+        self._internal = True
+        try:
+            yield
+        finally:
+            self._internal = False
+
+    def lock(self, keys: list[StorageKey]) -> None:
+        """Lock session keys in the database until the transaction ends."""
+        ids = [i for i in dblocks.lock_ids(keys) if i not in self.locked]
+        if not ids:
+            return
+        with self.internal():
+            dblocks.acquire(connections[self.using], ids, settings.LOCK_TIMEOUT)
+        self.locked += ids
+
+    def end(self, commit: bool) -> bool:
+        """Commit (or roll back) the transaction and give back the locks.
+
+        Returns whether the sends registered with :meth:`after_commit` are due now; when
+        the unit is nested in an outer transaction of the caller's, they go out once
+        that one commits instead.
+        """
+        connection = connections[self.using]
+        try:
+            if commit and self._after_commit:
+                self._waiting_for_commit = True
+                transaction.on_commit(self._on_commit, using=self.using)
+            if not commit:
+                transaction.set_rollback(True, using=self.using)
+            self._stack.close()
+        except BaseException:
+            self.discard_after_commit()
+            raise
+        finally:
+            self._waiting_for_commit = False
+            try:
+                if self.locked and connection.connection is not None:
+                    with self.internal():
+                        dblocks.release(connection, self.locked)
+            finally:
+                if self._fresh_connections:
+                    close_old_connections()
+        due, self._committed = self._committed, False
+        if not commit or (not due and not connection.in_atomic_block):
+            self.discard_after_commit()  # rolled back: nothing may be sent
+        return due
+
+    def _on_commit(self) -> None:
+        if self._waiting_for_commit:
+            self._committed = True  # process_as_unit sends them on the loop
+            return
+        # An outer transaction of the caller's committed later, on its own thread.
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(self.send_after_commit(), self.loop).result()
+
+    # -- on the loop -------------------------------------------------------------
+
+    def after_commit(self, send: AfterCommit) -> None:
+        """Run ``send`` (an awaitable, or a function returning one) once the update commits."""
+        self._after_commit.append(send)
+
+    async def send_after_commit(self) -> None:
+        """Run the registered sends in order; a failure is logged and the rest still run."""
+        pending, self._after_commit = self._after_commit, []
+        for send in pending:
+            try:
+                await (send() if callable(send) else send)
+            except Exception:
+                logger.exception("botsessions: a send after commit failed (not retried)")
+
+    def discard_after_commit(self) -> None:
+        for send in self._after_commit:
+            if inspect.iscoroutine(send):
+                send.close()  # never awaited, on purpose
+        self._after_commit = []
+
+
+async def process_as_unit(
+    application: SessionApplication,
+    update: object,
+    executor: Executor,
+    *,
+    fresh_connections: bool = False,
+) -> str:
+    """Process ``update`` as one unit of work; return its :class:`~botsessions.ptb.Outcome`.
+
+    ``executor`` runs the update's database work, one call at a time on one thread that
+    nothing else uses meanwhile (the transaction lives on that thread's connection).
+    Raises :class:`~botsessions.errors.StorageError` (or a database error) when the
+    update must be delivered again; nothing of it is then committed.
+    """
+    unit = UnitOfWork(application.unit_database, fresh_connections=fresh_connections)
+    unit.loop = asyncio.get_running_loop()
+    token = _current.set(unit)
+    try:
+        async with ThreadSensitiveContext(executor=executor):
+            await sync_to_async(unit.begin)()
+            try:
+                outcome = await application.process_update_with_sessions(update)
+            except BaseException:
+                await sync_to_async(unit.end)(False)
+                raise
+            due = await sync_to_async(unit.end)(outcome in _COMMITTING)
+    finally:
+        _current.reset(token)
+    if due:
+        await unit.send_after_commit()
+    return outcome
+
+
+class DatabaseThreads:
+    """Threads for updates that no waiting thread brings (long polling, a direct call).
+
+    Each update in flight takes one thread, with its own database connection, for its
+    whole unit of work, and gives it back after; there are as many as the application
+    processes updates at once.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = max(1, size)
+        self._free: asyncio.Queue[ThreadPoolExecutor] | None = None
+
+    @contextlib.asynccontextmanager
+    async def thread(self) -> AsyncIterator[ThreadPoolExecutor]:
+        """Borrow a thread for one update."""
+        if self._free is None:
+            self._free = asyncio.Queue()
+            for index in range(self._size):
+                self._free.put_nowait(
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"botsessions-db{index}")
+                )
+        executor = await self._free.get()
+        try:
+            yield executor
+        finally:
+            self._free.put_nowait(executor)
+
+    def shutdown(self) -> None:
+        """Stop the threads (their connections close with them)."""
+        if self._free is None:
+            return
+        while not self._free.empty():
+            executor = self._free.get_nowait()
+            executor.submit(connections.close_all)
+            executor.shutdown(wait=True)
+        self._free = None
