@@ -1,4 +1,8 @@
-"""The demo bot: a pizza counter per chat and a message counter per user."""
+"""The demo bot: a pizza counter per chat, a message counter per user, and a shop.
+
+``/buy`` shows the unit of work: the handler writes a row of the project's own model and
+its session in one transaction, and its reply goes out only once both are committed.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +40,19 @@ async def stats(update: Update, context: SessionContext) -> None:
     await update.effective_message.reply_text(f"You have sent {messages} messages.")
 
 
+async def buy(update: Update, context: SessionContext) -> None:
+    """Record a purchase, count it in the user's session, confirm it once committed."""
+    from .models import Purchase
+
+    message, user = update.effective_message, update.effective_user
+    assert message is not None and user is not None
+    item = " ".join(context.args or ())[:64] or "pizza"
+    await Purchase.objects.acreate(chat_id=message.chat_id, user_id=user.id, item=item)
+    purchases = context.session.user.get("purchases", 0) + 1
+    context.session.user["purchases"] = purchases
+    context.on_commit(message.reply_text(f"Bought {item}. Purchases so far: {purchases}."))
+
+
 async def reset(update: Update, context: SessionContext) -> None:
     assert update.effective_message is not None
     context.session.chat = None
@@ -61,6 +78,7 @@ def build_application(token: str | None = None) -> Application:  # type: ignore[
     application.add_handler(CommandHandler("hunger", hunger))
     application.add_handler(CommandHandler("stats", stats))
     application.add_handler(CommandHandler("reset", reset))
+    application.add_handler(CommandHandler("buy", buy))
     # New messages only: an edit is not another message, and a channel post has no sender.
     application.add_handler(
         MessageHandler(filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND, count_message)

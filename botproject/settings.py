@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "botsessions",
+    "botproject",
 ]
 
 MIDDLEWARE = [
@@ -75,7 +76,8 @@ def database_from_url(url: str) -> dict[str, object]:
     if engine.endswith("sqlite3"):
         # WAL lets readers run beside the writer; IMMEDIATE avoids lock upgrades failing.
         options.setdefault("transaction_mode", "IMMEDIATE")
-        options.setdefault("timeout", 20)
+        # How long an update waits for the one writer: at most BOTSESSIONS_LOCK_TIMEOUT.
+        options.setdefault("timeout", 10)
         options.setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
     elif engine.endswith("mysql"):
         import pymysql

@@ -72,6 +72,30 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="botsessions.E011",
             )
         )
+    messages += _check_sqlite_timeouts()
+    return messages
+
+
+def _check_sqlite_timeouts() -> list[CheckMessage]:
+    """SQLite's own wait for its one writer must not outlast the lock timeout."""
+    lock_timeout = settings.LOCK_TIMEOUT
+    if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, int | float):
+        return []  # reported by E011
+    messages: list[CheckMessage] = []
+    for alias, config in getattr(django_settings, "DATABASES", {}).items():
+        if not str(config.get("ENGINE", "")).endswith("sqlite3"):
+            continue
+        timeout = (config.get("OPTIONS") or {}).get("timeout", 5)
+        if isinstance(timeout, int | float) and timeout > lock_timeout:
+            messages.append(
+                Warning(
+                    f"DATABASES[{alias!r}]['OPTIONS']['timeout'] is {timeout:g} s, longer than "
+                    f"BOTSESSIONS_LOCK_TIMEOUT ({lock_timeout:g} s): on SQLite an update waits "
+                    "that long for the database's one writer.",
+                    hint="Set the timeout option to at most BOTSESSIONS_LOCK_TIMEOUT.",
+                    id="botsessions.W002",
+                )
+            )
     return messages
 
 

@@ -63,6 +63,9 @@ def test_missing_secret_warns_in_debug_and_fails_otherwise():
             },
             "botsessions.E010",
         ),
+        ({"BOTSESSIONS_LOCK_TIMEOUT": 0}, "botsessions.E011"),
+        ({"BOTSESSIONS_LOCK_TIMEOUT": 45}, "botsessions.E011"),
+        ({"BOTSESSIONS_LOCK_TIMEOUT": "10"}, "botsessions.E011"),
     ],
 )
 def test_each_misconfiguration_has_its_id(settings, expected):
@@ -118,3 +121,13 @@ def test_purge_command_reports_what_it_did():
 def test_purge_command_refuses_a_bad_batch_size():
     with pytest.raises(CommandError, match="positive"):
         call_command("purgesessions", "--batch-size", "0")
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_a_sqlite_timeout_longer_than_the_lock_timeout_warns(settings):
+    other = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+    databases = {"default": settings.DATABASES["default"], "other": other}
+    assert "botsessions.W002" not in ids(DATABASES=databases)  # sqlite3's default: 5 s
+    other["OPTIONS"] = {"timeout": 30}
+    assert "botsessions.W002" in ids(DATABASES=databases)
+    assert "botsessions.W002" not in ids(DATABASES=databases, BOTSESSIONS_LOCK_TIMEOUT=30)

@@ -1,0 +1,297 @@
+"""One update, one unit of work: sessions, the exactly-once record and the handlers' own
+rows commit together or not at all, and replies can wait for the commit."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+from django.db import OperationalError, connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from telegram.ext import CommandHandler
+
+from botproject.models import Purchase
+from botsessions import Fragment, Sessions, per_user
+from botsessions.models import ProcessedUpdate, Session
+from botsessions.unit import UnitOfWork
+
+from .fakebotapi import FakeBotAPI
+from .sql import lock_statements, locked, release_statements, statements
+from .updates import ALICE, BOB, GROUP, message
+
+pytestmark = pytest.mark.django_db
+
+SECRET = "test-secret"
+
+
+def post(update: dict[str, Any]) -> Any:
+    return Client().post(
+        "/telegram/webhook/",
+        data=json.dumps(update),
+        content_type="application/json",
+        headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
+    )
+
+
+async def buy(update: Any, context: Any) -> None:
+    """Writes a row of the project's own model, then counts it in the session."""
+    await Purchase.objects.acreate(chat_id=update.effective_chat.id, user_id=1, item="tea")
+    context.session["bought"] += 1
+
+
+async def buy_then_fail(update: Any, context: Any) -> None:
+    await buy(update, context)
+    raise RuntimeError("the payment provider said no")
+
+
+def shop(**kwargs: Any) -> Sessions:
+    return Sessions(initial=lambda: {"bought": 0}, **kwargs)
+
+
+# -- the handlers' rows are part of the update ------------------------------------------
+
+
+def test_a_failed_handler_rolls_back_its_own_rows(make_bot: Any) -> None:
+    bot = make_bot(shop(), [CommandHandler("buy", buy_then_fail)])
+    assert bot.process(message("/buy")) == "handler_failed"
+    assert Purchase.objects.count() == 0
+    assert Session.objects.count() == ProcessedUpdate.objects.count() == 0
+    assert [type(e) for e in bot.errors] == [RuntimeError]  # the error handlers were told
+
+
+def test_a_handler_that_writes_only_rows_is_not_run_again_on_redelivery(make_bot: Any) -> None:
+    calls: list[int] = []
+
+    async def order(update: Any, context: Any) -> None:
+        calls.append(update.update_id)
+        await Purchase.objects.acreate(chat_id=update.effective_chat.id, user_id=2, item="tea")
+
+    bot = make_bot(shop(), [CommandHandler("order", order)])
+    update = message("/order")
+    assert bot.process(update) == "unchanged"  # no session change, but recorded
+    assert ProcessedUpdate.objects.count() == 1
+    assert bot.process(update) == "duplicate"
+    assert calls == [update["update_id"]]
+    assert Purchase.objects.count() == 1
+
+
+def test_sync_orm_code_wrapped_in_sync_to_async_joins_the_unit(make_bot: Any) -> None:
+    from asgiref.sync import sync_to_async
+
+    def record() -> None:
+        Purchase.objects.create(chat_id=ALICE, user_id=3, item="tea")
+
+    async def order(update: Any, context: Any) -> None:
+        await sync_to_async(record)()
+        raise RuntimeError("after the write")
+
+    bot = make_bot(shop(), [CommandHandler("order", order)])
+    assert bot.process(message("/order")) == "handler_failed"
+    assert Purchase.objects.count() == 0
+
+
+def test_a_read_only_update_is_not_recorded(make_bot: Any) -> None:
+    """What the record costs a read-only update: nothing (no statement, no row)."""
+
+    async def show(update: Any, context: Any) -> None:
+        _ = context.session["bought"]
+        await Purchase.objects.filter(user_id=1).acount()
+
+    bot = make_bot(shop(), [CommandHandler("show", show)])
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("/show")) == "unchanged"
+    assert statements(captured) == locked("SELECT", "SELECT")  # the session, the count
+    assert ProcessedUpdate.objects.count() == 0
+
+
+def test_a_database_failure_inside_a_handler_is_retried_not_swallowed(make_bot: Any) -> None:
+    """A handler's query that fails for want of the database (a lock wait past the
+    timeout, a deadlock victim, a lost connection) makes the update fail as a whole."""
+
+    async def order(update: Any, context: Any) -> None:
+        await buy(update, context)
+        raise OperationalError("deadlock detected (simulated)")
+
+    bot = make_bot(shop(), [CommandHandler("order", order)])
+    with pytest.raises(Exception, match="deadlock detected"):
+        bot.process(message("/order"))
+    assert Purchase.objects.count() == Session.objects.count() == 0
+
+
+# -- lazy fragments -----------------------------------------------------------------------
+
+
+def test_an_untouched_lazy_fragment_costs_no_statement(make_bot: Any) -> None:
+    async def show(update: Any, context: Any) -> None:
+        _ = context.session.chat["n"]
+
+    strict_only = Sessions.multi(chat=Fragment(initial=lambda: {"n": 0}))
+    with_lazy = Sessions.multi(
+        chat=Fragment(initial=lambda: {"n": 0}),
+        user=Fragment(initial=lambda: {"m": 0}, key=per_user, lazy=True),
+    )
+    counts = []
+    for sessions in (strict_only, with_lazy):
+        bot = make_bot(sessions, [CommandHandler("show", show)])
+        with CaptureQueriesContext(connection) as captured:
+            assert bot.process(message("/show")) == "unchanged"
+        counts.append(statements(captured))
+    assert counts[0] == counts[1] == locked("SELECT")
+
+
+def test_only_lazy_fragments_untouched_cost_only_the_redelivery_check(make_bot: Any) -> None:
+    async def nothing(update: Any, context: Any) -> None:
+        pass
+
+    bot = make_bot(
+        Sessions(initial=lambda: {"n": 0}, lazy=True), [CommandHandler("noop", nothing)]
+    )
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("/noop")) == "unchanged"
+    assert statements(captured) == ["SELECT"]  # the exactly-once record; no lock, no read
+    assert "botsessions_session" not in captured.captured_queries[-1]["sql"]
+
+
+def test_a_lazy_fragment_is_locked_with_the_others_on_first_read(make_bot: Any) -> None:
+    async def bump(update: Any, context: Any) -> None:
+        (await context.session.chat)["n"] += 1
+        (await context.session.user)["m"] += 1
+
+    bot = make_bot(
+        Sessions.multi(
+            chat=Fragment(initial=lambda: {"n": 0}, lazy=True),
+            user=Fragment(initial=lambda: {"m": 0}, key=per_user, lazy=True),
+        ),
+        [CommandHandler("bump", bump)],
+    )
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("/bump")) == "committed"
+    # The record check, then both keys locked together at the first read, two reads.
+    reads = ["SELECT", *lock_statements(), "SELECT", "SELECT"]
+    assert statements(captured) == [*reads, "INSERT", "INSERT", "INSERT", *release_statements()]
+
+
+# -- sends after the commit ---------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_commit_sends_after_the_commit_and_never_after_a_rollback(
+    make_bot: Any, api: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_end = UnitOfWork.end
+
+    def end(unit: UnitOfWork, commit: bool) -> bool:
+        due = real_end(unit, commit)
+        events.append("committed" if commit else "rolled back")
+        return due
+
+    monkeypatch.setattr(UnitOfWork, "end", end)
+
+    async def paid(update: Any, context: Any) -> None:
+        await buy(update, context)
+
+        async def confirm() -> None:
+            events.append("sent")
+            await update.effective_message.reply_text("paid")
+
+        context.on_commit(confirm)
+        if update.effective_message.text.endswith("fail"):
+            raise RuntimeError("no")
+
+    bot = make_bot(shop(), [CommandHandler("pay", paid)])
+    api.reset()
+    assert bot.process(message("/pay fail", chat_id=BOB, user_id=BOB)) == "handler_failed"
+    assert api.sent_texts() == [] and events == ["rolled back"]
+    assert bot.process(message("/pay", chat_id=ALICE)) == "committed"
+    assert api.sent_texts() == ["paid"]
+    assert events == ["rolled back", "committed", "sent"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_send_after_commit_is_logged_and_the_update_stays_committed(
+    make_bot: Any, api: FakeBotAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def paid(update: Any, context: Any) -> None:
+        await buy(update, context)
+        context.on_commit(update.effective_message.reply_text("first"))
+        context.on_commit(update.effective_message.reply_text("second"))
+
+    bot = make_bot(shop(), [CommandHandler("pay", paid)])
+    api.fail_next("sendMessage", 400, "Bad Request: chat not found")
+    assert bot.process(message("/pay")) == "committed"
+    assert Purchase.objects.count() == 1
+    assert api.sent_texts()[-1] == "second"  # the rest still went out
+    assert "send after commit failed" in caplog.text
+
+
+def test_on_commit_outside_an_update_is_refused() -> None:
+    from botsessions import SessionContext, SessionNotLoadedError
+
+    context = object.__new__(SessionContext)
+
+    async def never() -> None:  # pragma: no cover - closed unawaited
+        pass
+
+    with pytest.raises(SessionNotLoadedError):
+        context.on_commit(never())
+
+
+# -- the demo's /buy through the webhook ----------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_demo_buy_redelivered_after_a_lost_answer_applies_nothing(fresh_bots: FakeBotAPI) -> None:
+    """The answer of a committed update never reached Telegram: the redelivery is
+    answered 200 and writes nothing, sends nothing."""
+    update = message("/buy tea", chat_id=GROUP, user_id=ALICE)
+    fresh_bots.reset()
+    assert post(update).json()["outcome"] == "committed"  # its answer "lost"
+    assert post(update).json()["outcome"] == "duplicate"
+    assert Purchase.objects.count() == 1
+    user = Session.objects.get(fragment="user", key=f"user:{ALICE}")
+    assert user.data == {"messages": 0, "purchases": 1}
+    assert fresh_bots.sent_texts() == ["Bought tea. Purchases so far: 1."]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lock_wait_past_the_timeout_answers_503_and_leaves_nothing(
+    fresh_bots: FakeBotAPI, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update holds the user's key (its handler is stuck); a second one of the same
+    user gives up after BOTSESSIONS_LOCK_TIMEOUT with a 503 and leaves no row behind."""
+    from botproject import bot as demo
+
+    settings.BOTSESSIONS_LOCK_TIMEOUT = 0.5
+    if connection.vendor == "sqlite":
+        # SQLite's one writer: the wait is the database's own timeout option.
+        monkeypatch.setitem(connection.settings_dict["OPTIONS"], "timeout", 0.5)
+    entered, release = threading.Event(), threading.Event()
+    real_buy = demo.buy
+
+    async def slow_buy(update: Any, context: Any) -> None:
+        await real_buy(update, context)
+        if update.effective_chat.id == GROUP:
+            entered.set()
+            import asyncio
+
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(demo, "buy", slow_buy)
+    first = threading.Thread(target=post, args=(message("/buy", chat_id=GROUP, user_id=ALICE),))
+    first.start()
+    try:
+        assert entered.wait(10)
+        refused = post(message("/buy", chat_id=GROUP - 1, user_id=ALICE))
+        assert refused.status_code == 503
+        assert refused["Retry-After"]
+    finally:
+        release.set()
+        first.join(10)
+    assert Purchase.objects.count() == 1  # the first one's only
+    assert ProcessedUpdate.objects.count() == 1
+    assert not Session.objects.filter(key=f"chat:{GROUP - 1}").exists()
