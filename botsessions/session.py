@@ -491,15 +491,14 @@ class UpdateSessions:
         The rows are moved under the locks of both chats' keys, taken together with
         this update's own keys.
         """
-        moved: list[StorageKey] = []
+        by_storage: dict[int, tuple[SessionStorage, list[str]]] = {}
         for fragment in self._plan.fragments:
             storage = fragment.storage or fragment.fragment.resolve_storage()
+            by_storage.setdefault(id(storage), (storage, []))[1].append(fragment.name)
+        moved: list[StorageKey] = []
+        for storage, names in by_storage.values():
             moved += await storage.rename_chat(
-                self.bot_id,
-                fragment.name,
-                old_chat_id,
-                new_chat_id,
-                lock=self.first_read(storage),
+                self.bot_id, names, old_chat_id, new_chat_id, lock=self.first_read(storage)
             )
         return moved
 

@@ -92,3 +92,39 @@ def test_other_bots_rows_stay_put(make_bot):
 
     assert storage.stored(StorageKey(222, "chat", f"chat:{GROUP}")) is not None
     assert storage.stored(StorageKey(111, "chat", f"chat:{SUPERGROUP}")) is not None
+
+
+def test_the_move_is_part_of_the_update_under_the_locks_of_both_chats(make_bot, monkeypatch):
+    """The rows move inside the update's transaction, after the keys of both chats (and
+    the update's own) were locked in one go; a failing handler takes the move back."""
+    from botsessions.models import Session
+    from botsessions.unit import UnitOfWork
+
+    locked: list[list[str]] = []
+    real_lock = UnitOfWork.lock
+
+    def lock(unit: UnitOfWork, keys: Any) -> None:
+        locked.append(sorted(f"{key.fragment}/{key.key}" for key in keys))
+        real_lock(unit, keys)
+
+    async def fail(update, context):
+        raise RuntimeError("handler bug")
+
+    bot = make_bot(
+        sessions(None),
+        [*handlers(), MessageHandler(filters.StatusUpdate.MIGRATE, fail)],
+    )
+    bot.process(message("🍕", chat_id=GROUP, user_id=BOB))
+    monkeypatch.setattr(UnitOfWork, "lock", lock)
+    notice = service_message(GROUP, migrate_to_chat_id=SUPERGROUP)
+    assert bot.process(notice) == "handler_failed"
+    moved = {
+        f"chat/chat:{GROUP}",
+        f"chat/chat:{SUPERGROUP}",
+        f"member/chat:{GROUP}:user:{BOB}",
+        f"member/chat:{SUPERGROUP}:user:{BOB}",
+    }
+    assert len(locked) == 1  # one acquisition: the moved keys with the update's own
+    assert moved < set(locked[0])
+    assert Session.objects.filter(key__contains=str(SUPERGROUP)).count() == 0  # rolled back
+    assert Session.objects.filter(key__contains=str(GROUP)).count() == 2

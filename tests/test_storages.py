@@ -201,6 +201,6 @@ def test_a_custom_storage_needs_only_four_methods():
     storage = DictStorage()
     assert asyncio.run(storage.commit([Write(KEY, StoredSession("1"), 0)])) is True
     assert asyncio.run(storage.load([KEY], None))[0][KEY].data == "1"
-    assert asyncio.run(storage.rename_chat(123456, "", -1001987654321, -1002)) == [
+    assert asyncio.run(storage.rename_chat(123456, [""], -1001987654321, -1002)) == [
         StorageKey(123456, "", "chat:-1002")
     ]

@@ -140,7 +140,7 @@ class SessionStorage(ABC):
     async def rename_chat(
         self,
         bot_id: int,
-        fragment: str,
+        fragments: Sequence[str],
         old_chat_id: int,
         new_chat_id: int,
         *,
@@ -148,17 +148,18 @@ class SessionStorage(ABC):
     ) -> list[StorageKey]:
         """Move every per-chat key of ``old_chat_id`` (chat, user in chat, topic) to the new id.
 
-        ``lock`` are the update's own keys, locked together with the moved ones.
+        All of ``fragments`` move in one call, so that a storage that locks keys locks the
+        moved ones (old and new) together with ``lock``, the update's own keys.
         """
         from ..keys import rekey_chat
 
         pairs = []
         async for key in self.keys(bot_id):
-            if key.fragment != fragment:
+            if key.fragment not in fragments:
                 continue
             new_key = rekey_chat(key.key, old_chat_id, new_chat_id)
             if new_key is not None:
-                pairs.append((key, StorageKey(bot_id, fragment, new_key)))
+                pairs.append((key, StorageKey(bot_id, key.fragment, new_key)))
         return await self.rename(pairs)
 
     async def rename(self, pairs: Iterable[tuple[StorageKey, StorageKey]]) -> list[StorageKey]:

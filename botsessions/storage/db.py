@@ -105,7 +105,7 @@ class DatabaseStorage(SessionStorage):
     async def rename_chat(
         self,
         bot_id: int,
-        fragment: str,
+        fragments: Sequence[str],
         old_chat_id: int,
         new_chat_id: int,
         *,
@@ -116,15 +116,17 @@ class DatabaseStorage(SessionStorage):
 
         def find() -> list[tuple[StorageKey, StorageKey]]:
             old = chat_key(old_chat_id)
-            rows = Session.objects.using(self.using).filter(bot_id=bot_id, fragment=fragment)
-            names = (
+            rows = Session.objects.using(self.using).filter(
+                bot_id=bot_id, fragment__in=list(fragments)
+            )
+            found = (
                 rows.filter(key=old)
-                .values_list("key", flat=True)
-                .union(rows.filter(key__startswith=old + ":").values_list("key", flat=True))
+                .values_list("fragment", "key")
+                .union(rows.filter(key__startswith=old + ":").values_list("fragment", "key"))
             )
             return [
                 (StorageKey(bot_id, fragment, name), StorageKey(bot_id, fragment, new))
-                for name in names
+                for fragment, name in found
                 if (new := rekey_chat(name, old_chat_id, new_chat_id)) is not None
             ]
 
