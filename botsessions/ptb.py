@@ -266,7 +266,6 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         self.sessions = sessions
         self.key_locks = KeyLocks()
         self.database_threads = DatabaseThreads(self.update_processor.max_concurrent_updates)
-        self.last_outcome: str | None = None
         self._bot_id_of: tuple[str, int] | None = None  # (token, the id it starts with)
 
     @property
@@ -302,7 +301,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         :class:`~botsessions.errors.StorageError` when it must be delivered again.
         """
         async with self.database_threads.thread() as executor:
-            self.last_outcome = await process_as_unit(
+            await process_as_unit(
                 self, update, executor, fresh_connections=True
             )
 

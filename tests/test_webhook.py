@@ -1,7 +1,7 @@
 """The webhook view in-process, through Django's test client: fast, one rule per test.
 
 The view runs on the test's thread and so does every query of the update (see
-botsessions.dbthread), inside the test's transaction. The bots talk to the fake Bot API.
+botsessions.unit), inside the test's transaction. The bots talk to the fake Bot API.
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def test_handler_error_is_200_reported_and_discarded(client: Client, demo: FakeB
 
 
 def _fail_statements(prefixes: tuple[str, ...]) -> Any:
-    """Make the database driver fail the statements starting with ``prefixes``."""
+    """Make Django's cursor fail the statements starting with ``prefixes``."""
     execute = CursorWrapper.execute
 
     def failing(self: CursorWrapper, sql: str, params: Any = None) -> Any:
@@ -293,7 +293,7 @@ def _fail_statements(prefixes: tuple[str, ...]) -> Any:
             DatabaseStorage, "commit_sync", side_effect=OperationalError("gone")
         ),
     ],
-    ids=["driver-read", "driver-write", "load_sync", "commit_sync"],
+    ids=["cursor-read", "cursor-write", "load_sync", "commit_sync"],
 )
 def test_database_failure_is_503_then_redelivery_works(
     client: Client, demo: FakeBotAPI, failure: Any

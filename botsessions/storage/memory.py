@@ -125,10 +125,6 @@ class MemoryStorage(SessionStorage):
     async def was_processed(self, mark: UpdateMark) -> bool:
         return mark in self._marks
 
-    def forget_marks(self) -> None:
-        """Drop the exactly-once records (the database prunes them after a day)."""
-        self._marks.clear()
-
     def _check_revision(self, key: StorageKey, expected: int | None) -> None:
         if expected is None:
             return
