@@ -4,13 +4,16 @@ Every variant keeps the demo's handlers and filters (botproject.bot), so that an
 takes the same way through PTB; only the session layer differs:
 
 - ``plain_application``: a plain PTB ``Application``; the handlers count into dicts.
-  ``CallerDrivenRunner`` drives it as ``BotRunner`` drives its application (the
-  baseline); ``LoopThreadRunner`` the conventional way, on a loop thread (a reference).
+  ``PlainRunner`` drives it the way ``BotRunner`` drives its application: the
+  in-process baseline.
 - ``sessions_off_application``: the same session-free handlers, in an application that
   the webhook view and ``BotRunner`` accept but that never loads or saves a session,
-  so the HTTP baseline goes through exactly the demo's server code.
+  so the HTTP baseline goes through exactly the demo's server code. ``BotRunner`` still
+  runs each of its updates as a unit of work: a transaction on the default database
+  that nothing is written in.
 - ``memory_application``: the demo with its sessions kept in a ``MemoryStorage``: the
-  session engine without a database, to tell engine cost from database cost.
+  session engine without session SQL, to tell engine cost from database cost (the unit
+  of work's transaction is still opened on the default database).
 - ``lazy_application``: the demo's sessions made lazy, plus ``/noop``, a command whose
   handler never touches the session (for the statement counts).
 """
@@ -23,6 +26,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from asgiref.current_thread_executor import CurrentThreadExecutor
 from django.conf import settings
 from telegram import Update
 from telegram.ext import (
@@ -38,7 +42,6 @@ from botproject.bot import build_application
 from botproject.bot import sessions as demo_sessions
 from botsessions import MemoryStorage, SessionContext, Sessions, use_sessions
 from botsessions.ptb import Outcome, SessionApplication
-from botsessions.sharedloop import SharedLoop
 
 Callback = Callable[[Update, Any], Awaitable[None]]
 
@@ -111,7 +114,8 @@ class SessionsOffApplication(SessionApplication):
 
     The webhook view and ``BotRunner`` only serve SessionApplications; this one lets them
     serve the session-free handlers, so that a server without sessions runs the same
-    view and runner as the demo, and only the session layer is gone.
+    view and runner as the demo (the unit of work and its transaction included), and
+    only the session layer is gone.
     """
 
     async def process_update_with_sessions(self, update: object) -> str:
@@ -184,39 +188,15 @@ def lazy_application() -> SessionApplication:
     return application
 
 
-class CallerDrivenRunner:
+class PlainRunner:
     """A plain Application driven the way ``BotRunner`` drives its application.
 
-    The caller's thread runs the application's loop itself, through a ``SharedLoop``,
-    for each update: no thread hand-over. This is the in-process baseline, so that the
-    baseline and the session path differ by the session layer only.
-    """
-
-    def __init__(self, application: Application) -> None:  # type: ignore[type-arg]
-        self.application = application
-        self.shared_loop = SharedLoop()
-        self.shared_loop.run(application.initialize)
-
-    def decode(self, data: dict[str, Any]) -> Update:
-        update = Update.de_json(data, self.application.bot)
-        assert update is not None
-        return update
-
-    def process(self, update: Update) -> str:
-        self.shared_loop.run(lambda: self.application.process_update(update))
-        return Outcome.UNCHANGED
-
-    def shutdown(self) -> None:
-        self.shared_loop.run(self.application.shutdown)
-        self.shared_loop.close()
-
-
-class LoopThreadRunner:
-    """A plain Application on an event loop thread of its own (the conventional way).
-
-    The caller hands each update to the loop with ``run_coroutine_threadsafe`` and waits
-    for the result: one thread hand-over per update. A reference for what the shared
-    loop saves; not the baseline.
+    The application lives on an event loop with a thread of its own. For each update the
+    caller hands ``process_update`` to that loop with ``run_coroutine_threadsafe`` and
+    waits in a ``CurrentThreadExecutor`` (``run_until_future``), as ``BotRunner.process``
+    does: the same thread hand-over both ways, with nothing for the waiting thread to
+    run. This is the in-process baseline, so that it and the session path differ by
+    what ``BotRunner`` adds (the unit of work) and the session layer only.
     """
 
     def __init__(self, application: Application) -> None:  # type: ignore[type-arg]
@@ -234,9 +214,12 @@ class LoopThreadRunner:
         return update
 
     def process(self, update: Update) -> str:
-        asyncio.run_coroutine_threadsafe(
+        executor = CurrentThreadExecutor(None)
+        future = asyncio.run_coroutine_threadsafe(
             self.application.process_update(update), self.loop
-        ).result()
+        )
+        executor.run_until_future(future)
+        future.result()
         return Outcome.UNCHANGED
 
     def shutdown(self) -> None:

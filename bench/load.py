@@ -3,11 +3,11 @@
 Written on raw asyncio streams rather than httpx, because the clients share two cores
 with the server under test: a request costs the generator a few tens of µs instead of a
 few hundred. The clients take updates from one list in order, and an update waits
-while the previous update of its chat is in flight: the server's per-key locks order a
-chat's updates only within one worker process, and across workers the second of two
-concurrent updates of a chat would be refused as a conflict (503, to be redelivered),
-which is not what is measured here. Clients reuse their connection while the server
-keeps it open (uvicorn does; gunicorn's sync workers close it after every response).
+while the previous update of its chat is in flight. The server would make it wait as
+well (a chat's session keys are locked in the database, across worker processes), but
+it would hold a worker and a connection meanwhile, and that wait is not what is
+measured here. Clients reuse their connection while the server keeps it open (uvicorn
+does; gunicorn's sync workers close it after every response).
 """
 
 from __future__ import annotations

@@ -3,14 +3,16 @@
 Two views, because each alone misleads:
 
 - timings without a profiler: each piece of the path timed on its own, many times
-  (decoding, PTB's dispatch, driving the loop from the caller's thread, the old
-  hand-over to a loop thread for reference, the storage's two calls on the driver's
-  cursor and on Django's, the same SQL in raw sqlite3, the JSON work), and the pipeline
-  variants side by side in this one process, whose differences give each layer's cost;
-- cProfile: the SQLite session path through ``BotRunner`` runs on the caller's thread
-  alone (the loop, PTB, the engine and the SQL), so one profiler sees all of it; then
-  the storage's two calls alone. A profiler slows Python calls down, so its figures are
-  shares and estimates, not absolute costs.
+  (decoding, PTB's dispatch, handing an update to the bot's loop thread and waiting for
+  it, one database call sent back to the waiting thread, the unit of work's empty
+  transaction, the storage's two calls, a whole update's SQL, the same SQL in raw
+  sqlite3, the JSON work), and the pipeline variants side by side in this one process,
+  whose differences give each layer's cost;
+- cProfile: an update through ``BotRunner`` runs on two threads (the bot's loop: PTB
+  and the session engine; the caller: decoding, and the update's database work while
+  it waits), so each thread gets a profiler of its own and is reported apart; then the
+  unit's database work alone, on one thread. A profiler slows Python calls down, so its
+  figures are shares and estimates, not absolute costs.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import io
 import pstats
 import sqlite3
 import statistics
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +49,16 @@ def per_call_us(function: Timer, repeat: int) -> float:
 
 def components(spec: dict[str, Any]) -> dict[str, float]:
     """Each piece of the session path, timed alone (µs per call)."""
+    from asgiref.current_thread_executor import CurrentThreadExecutor
+    from asgiref.sync import ThreadSensitiveContext, sync_to_async
     from django.db import connection
     from telegram import Update
 
-    from botsessions.dbthread import run_db
     from botsessions.serializers import default_serializer
-    from botsessions.sharedloop import SharedLoop
     from botsessions.storage.base import StorageKey
     from botsessions.storage.db import DatabaseStorage
 
-    from .bots import LoopThreadRunner, plain_application
+    from .bots import PlainRunner, plain_application
 
     repeat = spec.get("repeat", 2000)
     chats = spec["chats"]
@@ -64,7 +66,7 @@ def components(spec: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
 
     # Decoding, and PTB's dispatch with the handler on a loop this thread already runs:
-    # no driving cost, no hand-over.
+    # no hand-over.
     application = plain_application()
     loop = asyncio.new_event_loop()
     loop.run_until_complete(application.initialize())
@@ -86,38 +88,49 @@ def components(spec: dict[str, Any]) -> dict[str, float]:
     loop.run_until_complete(application.shutdown())
     loop.close()
 
+    # The thread hand-over of BotRunner.process (and of the baseline): the coroutine to
+    # the loop thread, the caller waiting in a CurrentThreadExecutor.
+    plain = PlainRunner(plain_application())
+
     async def nothing() -> None:
         return None
 
-    shared = SharedLoop()
-    out["SharedLoop.run of an empty coroutine (driving the loop, per update)"] = per_call_us(
-        lambda: shared.run(nothing), repeat
+    def hand_over() -> None:
+        executor = CurrentThreadExecutor(None)
+        future = asyncio.run_coroutine_threadsafe(nothing(), plain.loop)
+        executor.run_until_future(future)
+        future.result()
+
+    out["hand-over: an empty coroutine to the loop thread and back (per update)"] = per_call_us(
+        hand_over, repeat
     )
 
-    async def db_jobs() -> None:
-        for _ in range(repeat):
-            await run_db(lambda: None)
+    # One database call as the update makes it: thread-sensitive sync_to_async from the
+    # loop, run by the waiting thread, the result handed back to the loop.
+    def empty() -> None:
+        return None
 
-    started = time.perf_counter_ns()
-    shared.run(db_jobs)
-    out["run_db of an empty job, inline on the caller's thread (per job)"] = (
-        (time.perf_counter_ns() - started) / repeat / 1e3
-    )
-    shared.close()
+    async def calls(executor: Any) -> None:
+        async with ThreadSensitiveContext(executor=executor):
+            for _ in range(repeat):
+                await sync_to_async(empty)()
 
-    threaded = LoopThreadRunner(plain_application())
-    out["reference: run_coroutine_threadsafe round trip to a loop thread"] = per_call_us(
-        lambda: asyncio.run_coroutine_threadsafe(nothing(), threaded.loop).result(), repeat
-    )
-    threaded.shutdown()
+    best = float("inf")
+    for _ in range(3):
+        executor = CurrentThreadExecutor(None)
+        started = time.perf_counter_ns()
+        future = asyncio.run_coroutine_threadsafe(calls(executor), plain.loop)
+        executor.run_until_future(future)
+        future.result()
+        best = min(best, (time.perf_counter_ns() - started) / repeat / 1e3)
+    out["sync_to_async of an empty function, run by the waiting thread (per call)"] = best
+    plain.shutdown()
 
     # The session SQL, called directly on this thread: no loop, no engine.
     storage = DatabaseStorage()
     chat = updates.chat_id(0)
     keys = [StorageKey(BOT_ID, "chat", f"chat:{chat}"), StorageKey(BOT_ID, "user", f"user:{chat}")]
-    timed, revision = storage_calls(storage, keys, ids, repeat, through_django=False)
-    out.update(timed)
-    timed, revision = storage_calls(storage, keys, ids, repeat, through_django=True)
+    timed, revision = storage_calls(storage, keys, ids, repeat)
     out.update(timed)
     connection.close()
     out.update(raw_sqlite(spec, keys, ids, revision))
@@ -135,50 +148,91 @@ def components(spec: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def storage_calls(
-    storage: Any, keys: list[Any], ids: Iterator[int], repeat: int, *, through_django: bool
-) -> tuple[dict[str, float], int]:
-    """``load_sync`` and ``commit_sync`` timed alone, and the user row's last revision.
+class UnitWork:
+    """One update's database work on this thread, without the loop or the engine.
 
-    ``through_django`` installs a pass-through execute_wrapper, which sends the storage's
-    statements through Django's cursor (and its commit through ``transaction.atomic``)
-    instead of the driver's: the price of being watched.
+    What ``process_as_unit`` has the waiting thread run for a text update: the unit of
+    work begins (``BEGIN IMMEDIATE`` on SQLite), the storage locks the keys and reads
+    them with the exactly-once check, commits the user row with the record, and the unit
+    ends (``COMMIT``).
     """
-    from django.db import connection
 
+    def __init__(self, storage: Any, keys: list[Any], ids: Iterator[int]) -> None:
+        from botsessions.storage.base import StoredSession, UpdateMark, Write
+
+        self.storage, self.keys, self.ids = storage, keys, ids
+        self._stored, self._mark, self._write = StoredSession, UpdateMark, Write
+
+    def __call__(self) -> None:
+        from botsessions import unit as units
+
+        unit = units.UnitOfWork(self.storage.using)
+        # The storage finds the update's unit in this context variable, which
+        # process_as_unit sets: without it, commit_sync would open a transaction of
+        # its own (a savepoint inside the unit's).
+        token = units._current.set(unit)
+        try:
+            unit.begin()
+            committed = False
+            try:
+                mark = self._mark(BOT_ID, next(self.ids))
+                records, _ = self.storage.load_sync(self.keys, mark, self.keys)
+                user = records[self.keys[1]]
+                assert user is not None
+                record = self._stored(data='{"messages":3}', revision=user.revision + 1)
+                self.storage.commit_sync([self._write(self.keys[1], record, user.revision)], mark)
+                committed = True
+            finally:
+                unit.end(committed)
+        finally:
+            units._current.reset(token)
+
+
+def storage_calls(
+    storage: Any, keys: list[Any], ids: Iterator[int], repeat: int
+) -> tuple[dict[str, float], int]:
+    """The unit of work and the storage's two calls timed alone; the user row's revision.
+
+    Outside an update, ``load_sync`` is one SELECT in autocommit and ``commit_sync`` a
+    transaction of its own; ``UnitWork`` is the real shape, all in the unit's transaction.
+    """
     from botsessions.storage.base import StoredSession, UpdateMark, Write
-    from botsessions.storage.db import _direct
+    from botsessions.unit import UnitOfWork
 
-    def pass_through(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        return execute(sql, params, many, context)
+    def empty_unit() -> None:
+        unit = UnitOfWork(storage.using)
+        unit.begin()
+        unit.end(True)
 
-    with ExitStack() as stack:
-        if through_django:
-            stack.enter_context(connection.execute_wrapper(pass_through))
-            how, commit_shape = "Django's cursor", "atomic: BEGIN, mark, 1 UPDATE, COMMIT"
-        else:
-            how, commit_shape = "driver's cursor", "BEGIN, mark, 1 UPDATE, COMMIT"
-        if _direct(connection) == through_django:
-            raise RuntimeError(f"the storage would not take the {how} path")
-        out = {
-            f"storage.load_sync, {how} (2 keys + mark)": per_call_us(
-                lambda: storage.load_sync(keys, UpdateMark(BOT_ID, next(ids))), repeat
-            )
-        }
-        records, _ = storage.load_sync(keys, None)
-        user = records[keys[1]]
-        assert user is not None
-        revision = [user.revision]
+    out = {
+        "UnitOfWork.begin + end, nothing in between (BEGIN IMMEDIATE, COMMIT)": per_call_us(
+            empty_unit, repeat
+        ),
+        "storage.load_sync, outside a unit (2 keys + mark: 1 SELECT)": per_call_us(
+            lambda: storage.load_sync(keys, UpdateMark(BOT_ID, next(ids))), repeat
+        ),
+    }
+    records, _ = storage.load_sync(keys, None)
+    user = records[keys[1]]
+    assert user is not None
+    revision = [user.revision]
 
-        def commit_one() -> None:
-            record = StoredSession(data='{"messages":1}', revision=revision[0] + 1)
-            storage.commit_sync(
-                [Write(keys[1], record, revision[0])], UpdateMark(BOT_ID, next(ids))
-            )
-            revision[0] += 1
+    def commit_one() -> None:
+        record = StoredSession(data='{"messages":1}', revision=revision[0] + 1)
+        storage.commit_sync([Write(keys[1], record, revision[0])], UpdateMark(BOT_ID, next(ids)))
+        revision[0] += 1
 
-        out[f"storage.commit_sync, {how} ({commit_shape})"] = per_call_us(commit_one, repeat)
-    return out, revision[0]
+    out["storage.commit_sync, outside a unit (atomic: BEGIN IMMEDIATE, mark, UPDATE, COMMIT)"] = (
+        per_call_us(commit_one, repeat)
+    )
+    out[
+        "a unit's database work: begin, load_sync (keys locked), commit_sync, end "
+        "(BEGIN IMMEDIATE, SELECT, mark, UPDATE, COMMIT)"
+    ] = per_call_us(UnitWork(storage, keys, ids), repeat)
+    records, _ = storage.load_sync(keys, None)
+    user = records[keys[1]]
+    assert user is not None
+    return out, user.revision
 
 
 def raw_sqlite(spec: dict[str, Any], keys: list[Any], ids: Any, revision: int) -> dict[str, float]:
@@ -204,8 +258,7 @@ def raw_sqlite(spec: dict[str, Any], keys: list[Any], ids: Any, revision: int) -
     }
     state = [revision]
 
-    def commit() -> None:
-        raw.execute("BEGIN IMMEDIATE")
+    def write() -> None:
         raw.execute(
             "INSERT INTO botsessions_processedupdate (bot_id, update_id, processed_at) "
             "VALUES (?, ?, ?)",
@@ -225,19 +278,29 @@ def raw_sqlite(spec: dict[str, Any], keys: list[Any], ids: Any, revision: int) -
                 state[0],
             ],
         )
-        raw.execute("COMMIT")
         state[0] += 1
 
-    out["raw sqlite3: BEGIN, mark, UPDATE, COMMIT"] = per_call_us(commit, repeat)
+    def commit() -> None:
+        raw.execute("BEGIN IMMEDIATE")
+        write()
+        raw.execute("COMMIT")
+
+    def whole() -> None:
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute(select, [*params, BOT_ID, next(ids)]).fetchall()
+        write()
+        raw.execute("COMMIT")
+
+    out["raw sqlite3: BEGIN IMMEDIATE, mark, UPDATE, COMMIT"] = per_call_us(commit, repeat)
+    out["raw sqlite3: BEGIN IMMEDIATE, SELECT, mark, UPDATE, COMMIT"] = per_call_us(whole, repeat)
     raw.close()
     return out
 
 
 # The variants, in report order: what each one is.
 VARIANTS = {
-    "plain, caller-driven": "the baseline: plain Application on a SharedLoop run by the caller",
-    "plain, loop thread": "plain Application on a loop thread, one hand-over per update",
-    "sessions off, BotRunner": "session-free handlers through BotRunner.process",
+    "plain, loop thread": "the baseline: plain Application, handed over as BotRunner does",
+    "sessions off, BotRunner": "session-free handlers through BotRunner.process (a unit of work)",
     "memory sessions, BotRunner": "the demo's sessions in a MemoryStorage, through BotRunner",
     "SQLite sessions, BotRunner": "the demo on SQLite through BotRunner (the webhook's path)",
 }
@@ -249,8 +312,7 @@ def variants(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     from botsessions.runner import BotRunner
 
     from .bots import (
-        CallerDrivenRunner,
-        LoopThreadRunner,
+        PlainRunner,
         memory_application,
         plain_application,
         sessions_off_application,
@@ -259,8 +321,7 @@ def variants(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     chats, count, rounds = spec["chats"], spec["updates"], spec.get("rounds", 3)
     ids = iter(range(spec["first_update_id"] + 400_000_000, 10**15, 1_000_000))
     runners: dict[str, Any] = {
-        "plain, caller-driven": CallerDrivenRunner(plain_application()),
-        "plain, loop thread": LoopThreadRunner(plain_application()),
+        "plain, loop thread": PlainRunner(plain_application()),
         "sessions off, BotRunner": BotRunner(sessions_off_application()),
         "memory sessions, BotRunner": BotRunner(memory_application()),
         SQLITE_VARIANT: Runner("sessions"),
@@ -286,11 +347,16 @@ def variants(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 CATEGORIES: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
+    # A thread of the two mostly waits for the other: the loop thread in epoll, the
+    # caller in the CurrentThreadExecutor's condition (a lock's acquire).
+    (
+        "waiting (epoll on the loop, lock.acquire in the caller)",
+        lambda f, n: "select.epoll" in n or n == "<method 'acquire' of '_thread.lock' objects>",
+    ),
     ("sqlite3 (C)", lambda f, n: "sqlite3." in n),
-    ("asyncio: polling the selector (epoll)", lambda f, n: "select.epoll" in n),
     ("django.db", lambda f, n: "/django/db/" in f),
     ("django (other)", lambda f, n: "/django/" in f),
-    ("asgiref (connections[...] Local)", lambda f, n: "/asgiref/" in f),
+    ("asgiref (sync_to_async, executor, Local)", lambda f, n: "/asgiref/" in f),
     ("botsessions", lambda f, n: "/botsessions/" in f),
     ("telegram (PTB)", lambda f, n: "/telegram/" in f),
     ("json", lambda f, n: "/json/" in f or "_json" in n or "json." in n),
@@ -334,119 +400,185 @@ def top(stats: pstats.Stats, count: int, limit: int) -> list[tuple[str, float, f
     return rows[:limit]
 
 
-def layer_functions() -> list[tuple[str, Any]]:
-    """The functions whose cumulative time splits an update into layers (nested).
+def layer_functions() -> list[tuple[str, str, Any]]:
+    """The functions whose cumulative time splits an update into layers, by thread.
 
-    Looked up by name: one the code no longer has is left out of the table.
+    Each is (thread, label, function). Looked up by name: one the code no longer has is
+    left out of the table. A coroutine's time counts only while it runs on the loop,
+    not while it awaits the waiting thread's database work.
     """
+    from asgiref.current_thread_executor import CurrentThreadExecutor
+    from asgiref.sync import SyncToAsync
     from telegram import Update
     from telegram.ext import Application
 
     from botproject import bot
     from botsessions import (
         chat_migration,
-        dbthread,
+        dblocks,
         locks,
         ptb,
         runner,
         serializers,
         session,
-        sharedloop,
+        unit,
     )
     from botsessions.storage import db
 
+    caller, loop, every = "caller", "loop", "all"
     wanted = [
-        ("Update.de_json", Update, "de_json"),
-        ("BotRunner.process", runner.BotRunner, "process"),
-        ("  SharedLoop.run (the caller drives the loop)", sharedloop.SharedLoop, "run"),
+        (caller, "Update.de_json", Update, "de_json"),
+        (caller, "BotRunner.process", runner.BotRunner, "process"),
         (
-            "    SessionApplication.process_update_with_sessions",
+            caller,
+            "  CurrentThreadExecutor.run_until_future (waits, runs the DB work)",
+            CurrentThreadExecutor,
+            "run_until_future",
+        ),
+        (caller, "    UnitOfWork.begin (BEGIN IMMEDIATE)", unit.UnitOfWork, "begin"),
+        (
+            caller,
+            "    DatabaseStorage.load_sync (locks, SQL read)",
+            db.DatabaseStorage,
+            "load_sync",
+        ),
+        (caller, "      UnitOfWork.lock", unit.UnitOfWork, "lock"),
+        (caller, "        dblocks.acquire", dblocks, "acquire"),
+        (
+            caller,
+            "    DatabaseStorage.commit_sync (SQL writes)",
+            db.DatabaseStorage,
+            "commit_sync",
+        ),
+        (caller, "    UnitOfWork.end (COMMIT)", unit.UnitOfWork, "end"),
+        (loop, "process_as_unit (the unit of work, on the loop)", unit, "process_as_unit"),
+        (
+            loop,
+            "  SessionApplication.process_update_with_sessions",
             ptb.SessionApplication,
             "process_update_with_sessions",
         ),
-        ("      migration_of (is it a migration?)", chat_migration, "migration_of"),
-        ("      Application.process_update (PTB dispatch)", Application, "process_update"),
-        ("        SessionContext.refresh_data", ptb.SessionContext, "refresh_data"),
-        ("          UpdateRun.begin", ptb.UpdateRun, "begin"),
-        ("            UpdateSessions.__init__ (keys)", session.UpdateSessions, "__init__"),
-        ("            UpdateSessions.begin (locks, read)", session.UpdateSessions, "begin"),
-        ("              KeyLocks.take_free", locks.KeyLocks, "take_free"),
-        ("              DatabaseStorage.load", db.DatabaseStorage, "load"),
-        ("                DatabaseStorage.load_sync (SQL read)", db.DatabaseStorage, "load_sync"),
-        ("              FragmentSession.take (decode, snapshot)", session.FragmentSession, "take"),
-        ("        count_message (the demo's handler)", bot, "count_message"),
-        ("      UpdateRun.finish", ptb.UpdateRun, "finish"),
-        ("        UpdateSessions.commit", session.UpdateSessions, "commit"),
+        (loop, "    migration_of (is it a migration?)", chat_migration, "migration_of"),
+        (loop, "    Application.process_update (PTB dispatch)", Application, "process_update"),
+        (loop, "      SessionContext.refresh_data", ptb.SessionContext, "refresh_data"),
+        (loop, "        UpdateRun.begin", ptb.UpdateRun, "begin"),
+        (loop, "          UpdateSessions.__init__ (keys)", session.UpdateSessions, "__init__"),
+        (loop, "          UpdateSessions.begin (locks, read)", session.UpdateSessions, "begin"),
+        (loop, "            KeyLocks.take_free", locks.KeyLocks, "take_free"),
+        (loop, "            DatabaseStorage.load", db.DatabaseStorage, "load"),
         (
-            "          FragmentSession.change (serialize, compare)",
+            loop,
+            "            FragmentSession.take (decode, snapshot)",
+            session.FragmentSession,
+            "take",
+        ),
+        (loop, "      count_message (the demo's handler)", bot, "count_message"),
+        (loop, "    UpdateRun.finish", ptb.UpdateRun, "finish"),
+        (loop, "      UpdateSessions.commit", session.UpdateSessions, "commit"),
+        (
+            loop,
+            "        FragmentSession.change (serialize, compare)",
             session.FragmentSession,
             "change",
         ),
-        ("          DatabaseStorage.commit", db.DatabaseStorage, "commit"),
-        ("            DatabaseStorage.commit_sync (SQL write)", db.DatabaseStorage, "commit_sync"),
-        ("      UpdateSessions.release (locks)", session.UpdateSessions, "release"),
-        ("run_db, all calls", dbthread, "run_db"),
-        ("serializers.json_encode, all calls", serializers, "json_encode"),
-        ("JSONSerializer.verify, all calls", serializers.JSONSerializer, "verify"),
-        ("JSONSerializer.loads, all calls", serializers.JSONSerializer, "loads"),
-        ("DatabaseStorage.using, all calls", db.DatabaseStorage, "using"),
-        ("storage.db._direct, all calls", db, "_direct"),
+        (loop, "        DatabaseStorage.commit", db.DatabaseStorage, "commit"),
+        (loop, "    UpdateSessions.release (locks)", session.UpdateSessions, "release"),
+        (loop, "SyncToAsync.__call__ (each DB call, loop side)", SyncToAsync, "__call__"),
+        (
+            caller,
+            "SyncToAsync.thread_handler (each DB call, caller side)",
+            SyncToAsync,
+            "thread_handler",
+        ),
+        (every, "serializers.json_encode, all calls", serializers, "json_encode"),
+        (every, "JSONSerializer.verify, all calls", serializers.JSONSerializer, "verify"),
+        (every, "JSONSerializer.loads, all calls", serializers.JSONSerializer, "loads"),
+        (every, "DatabaseStorage.using, all calls", db.DatabaseStorage, "using"),
     ]
     found = []
-    for label, owner, name in wanted:
+    for thread, label, owner, name in wanted:
         function = getattr(owner, name, None)
         if isinstance(function, property):
             function = function.fget
         function = getattr(function, "__func__", function)
         if getattr(function, "__code__", None) is not None:
-            found.append((label, function))
+            found.append((thread, label, function))
     return found
 
 
-def layers(stats: pstats.Stats, count: int) -> list[tuple[str, float]]:
+def layers(stats: pstats.Stats, count: int) -> list[tuple[str, str, float]]:
     """Cumulative profiled µs per update of each layer function (0 when never called)."""
     table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
     rows = []
-    for label, function in layer_functions():
+    for thread, label, function in layer_functions():
         code = function.__code__
         entry = table.get((code.co_filename, code.co_firstlineno, code.co_name))
-        rows.append((label, entry[3] * 1e6 / count if entry else 0.0))
+        rows.append((thread, label, entry[3] * 1e6 / count if entry else 0.0))
     return rows
 
 
-def profiled(spec: dict[str, Any]) -> dict[str, Any]:
-    """cProfile the SQLite session path through BotRunner.
+def on_thread_of(loop: asyncio.AbstractEventLoop, function: Timer) -> None:
+    """Call ``function`` on the thread running ``loop``, and wait for it."""
+    done = threading.Event()
+    failed: list[BaseException] = []
 
-    The caller's thread runs the loop, PTB, the engine and the SQL, and never waits for
-    another thread, so one profiler on it sees the whole update: own time per category
-    is what each layer costs.
+    def call() -> None:
+        try:
+            function()
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
+    loop.call_soon_threadsafe(call)
+    done.wait()
+    if failed:
+        raise failed[0]
+
+
+def profiled(spec: dict[str, Any]) -> dict[str, Any]:
+    """cProfile the SQLite session path through BotRunner, one profiler per thread.
+
+    The caller's thread decodes, hands the update over and runs its database work while
+    it waits; the bot's loop thread runs PTB and the session engine. cProfile follows one
+    thread, so each gets its own, both on for the same updates.
     """
     runner = Runner("sessions")
+    bot_loop = runner._runner.loop
     chats, count = spec["chats"], spec["updates"]
     first = spec["first_update_id"] + 200_000_000
     for data in updates.warmup(chats, first):
         runner.run(data)
     work = updates.workload(count, chats, 12, first + chats)
-    profiler = cProfile.Profile()
+    caller, loop = cProfile.Profile(), cProfile.Profile()
+    on_thread_of(bot_loop, loop.enable)
     started = time.perf_counter_ns()
-    profiler.enable()
+    caller.enable()
     for data in work:
         runner.run(data)
-    profiler.disable()
+    caller.disable()
     elapsed = time.perf_counter_ns() - started
+    on_thread_of(bot_loop, loop.disable)
     runner.shutdown()
-    stats = pstats.Stats(profiler, stream=io.StringIO())
+    caller_stats = pstats.Stats(caller, stream=io.StringIO())
+    loop_stats = pstats.Stats(loop, stream=io.StringIO())
+    both = pstats.Stats(caller, stream=io.StringIO())
+    both.add(loop)
+    limit = spec.get("top", 15)
     return {
         "profiled_us_per_update": elapsed / count / 1e3,
-        "categories": categorize(stats, count),
-        "layers": layers(stats, count),
-        "top": top(stats, count, spec.get("top", 25)),
+        "categories": {
+            "caller": categorize(caller_stats, count),
+            "loop": categorize(loop_stats, count),
+        },
+        "layers": layers(both, count),
+        "top": {"caller": top(caller_stats, count, limit), "loop": top(loop_stats, count, limit)},
     }
 
 
 def storage_profiled(spec: dict[str, Any]) -> dict[str, Any]:
-    """cProfile the storage's two calls alone, on the driver's cursor: the SQL's own cost."""
-    from botsessions.storage.base import StorageKey, StoredSession, UpdateMark, Write
+    """cProfile a unit's database work alone, on this thread: the SQL's own cost."""
+    from botsessions.storage.base import StorageKey
     from botsessions.storage.db import DatabaseStorage
 
     storage = DatabaseStorage()
@@ -454,16 +586,12 @@ def storage_profiled(spec: dict[str, Any]) -> dict[str, Any]:
     chat = updates.chat_id(1)
     keys = [StorageKey(BOT_ID, "chat", f"chat:{chat}"), StorageKey(BOT_ID, "user", f"user:{chat}")]
     ids = iter(range(spec["first_update_id"] + 300_000_000, spec["first_update_id"] + 400_000_000))
+    work = UnitWork(storage, keys, ids)
     profiler = cProfile.Profile()
     started = time.perf_counter_ns()
     profiler.enable()
     for _ in range(count):
-        mark = UpdateMark(BOT_ID, next(ids))
-        records, _ = storage.load_sync(keys, mark)
-        user = records[keys[1]]
-        assert user is not None
-        record = StoredSession(data='{"messages":2}', revision=user.revision + 1)
-        storage.commit_sync([Write(keys[1], record, user.revision)], mark)
+        work()
     profiler.disable()
     elapsed = time.perf_counter_ns() - started
     stats = pstats.Stats(profiler, stream=io.StringIO())

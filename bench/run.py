@@ -2,10 +2,12 @@
 
 It prints, side by side from one run, what sessions cost the demo bot:
 
-1. the in-process pipeline (``Update.de_json`` + the webhook's processing path) with
-   sessions on SQLite and PostgreSQL against the same handlers without sessions,
-   driven the same way (and, for reference, the conventional way, on a loop thread);
-2. the statements each kind of update sends to the database, counted by the driver;
+1. the in-process pipeline (``Update.de_json`` + the webhook's processing path,
+   ``BotRunner.process``) with sessions on SQLite and PostgreSQL against the same
+   handlers without sessions in a plain Application, driven the same way (a loop on a
+   thread of its own, each update handed over to it);
+2. the statements each kind of update sends to the database, as Django's cursor and the
+   driver see them;
 3. the webhook over HTTP (uvicorn, gunicorn sync workers) with and without sessions;
 4. the per-update cost with few and with a million stored sessions;
 
@@ -36,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from . import updates
-from .worker import PLAIN_BOTS, RESULT_PREFIX
+from .worker import PLAIN_BOT, RESULT_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PG_URL = "postgres://postgres@127.0.0.1:5432/botsessions_bench"
@@ -237,7 +239,7 @@ class Bench:
         if self.options.pin is not None and spec.get("mode") in ("pipeline", "profile"):
             spec = {**spec, "pin": self.options.pin}
         env = bench_env()
-        if bot not in PLAIN_BOTS:  # a plain application is not one the webhook could serve
+        if bot != PLAIN_BOT:  # a plain application is not one the webhook could serve
             env["BENCH_BOT"] = bot
         if database is not None:
             env["DATABASE_URL"] = database.url
@@ -377,8 +379,7 @@ class Bench:
 
     # -- 1. in-process --------------------------------------------------------------------
 
-    BASELINE = "baseline: plain Application, caller-driven"
-    LOOP_THREAD = "plain Application, on a loop thread"
+    BASELINE = "baseline: plain Application, loop thread"
     SQLITE = "sessions, SQLite (WAL file)"
     POSTGRES = "sessions, PostgreSQL"
 
@@ -386,19 +387,19 @@ class Bench:
         o = self.options
         out()
         out(f"1. In-process pipeline: {o.updates:,} updates per run, Update.de_json + process")
-        out("   sessions: BotRunner.process, the webhook's path (the caller's thread runs the")
-        out("   bot's loop through a SharedLoop; lock, load, handlers, save with the exactly-once")
-        out("   record, the SQL on that same thread).")
+        out("   sessions: BotRunner.process, the webhook's path: the bot's loop runs on a thread")
+        out("   of its own; the caller hands the update over and, while it waits, runs the")
+        out("   update's database work (asgiref's CurrentThreadExecutor) in one transaction:")
+        out("   key locks, one read with the exactly-once check, handlers, the writes and the")
+        out("   record, commit.")
         out("   baseline: the same handlers counting into dicts in a plain PTB Application,")
-        out("   driven the way BotRunner drives its application (the caller's thread runs the")
-        out("   loop through a SharedLoop, no thread hand-over): only the session layer differs.")
-        out("   loop thread: that plain Application on an event loop in a thread of its own,")
-        out("   each update handed over with run_coroutine_threadsafe(...).result(), the")
-        out("   conventional way (a reference; 'vs loop thread' is each row against it).")
-        out("   sessions off: the session-free handlers through BotRunner (the HTTP baseline).")
+        out("   driven the way BotRunner drives its application (a loop on its own thread, the")
+        out("   update handed over with run_coroutine_threadsafe, the caller waiting in a")
+        out("   CurrentThreadExecutor): the same thread hand-over, no unit of work, no sessions.")
+        out("   sessions off: the session-free handlers through BotRunner.process (the HTTP")
+        out("   baseline): the hand-over and the unit of work's transaction, no sessions.")
         variants: list[tuple[str, str, Database | None]] = [
-            (self.BASELINE, "plain", None),
-            (self.LOOP_THREAD, "plain-thread", None),
+            (self.BASELINE, PLAIN_BOT, None),
             ("sessions off, same BotRunner path", "off", None),
             (self.SQLITE, "sessions", self.databases["sqlite"]),
         ]
@@ -422,7 +423,7 @@ class Bench:
         def rate(name: str) -> float:
             return median([r["updates"] / r["seconds"] for r in results[name]])
 
-        baseline, loop_thread = rate(self.BASELINE), rate(self.LOOP_THREAD)
+        baseline = rate(self.BASELINE)
         rows = []
         for name, bot, _ in variants:
             runs = results[name]
@@ -435,29 +436,19 @@ class Bench:
                     number(median([r["p50_us"] for r in runs])),
                     number(median([r["p99_us"] for r in runs])),
                     f"{per_second / baseline:.2f}",
-                    f"{per_second / loop_thread:.2f}",
                     " ".join(number(r["updates"] / r["seconds"]) for r in runs),
                 ]
             )
             if bot == "sessions":
                 self._check_outcomes(name, runs)
         table(
-            [
-                "variant",
-                "updates/s",
-                "µs/update",
-                "p50 µs",
-                "p99 µs",
-                "ratio",
-                "vs loop thread",
-                "runs (updates/s)",
-            ],
+            ["variant", "updates/s", "µs/update", "p50 µs", "p99 µs", "ratio", "runs (updates/s)"],
             rows,
         )
         sqlite_ratio = rate(self.SQLITE) / baseline
         self.targets.append(
             Target(
-                "in-process ratio, SQLite (vs caller-driven plain)",
+                "in-process ratio, SQLite (vs plain Application)",
                 "≥ 0.60",
                 f"{sqlite_ratio:.2f}",
                 sqlite_ratio >= 0.6,
@@ -477,34 +468,40 @@ class Bench:
     # -- 2. statements --------------------------------------------------------------------
 
     CASES: tuple[tuple[str, str, str], ...] = (
-        ("unmatched", "no handler matched (edited message)", "0 statements"),
-        ("read_only", "session read, unchanged (/hunger)", "1 statement: the read"),
-        ("changed_1", "session changed, 1 fragment (text)", "1 read + 1 write + ≤1 mark"),
+        ("unmatched", "no handler matched (edited message)", "0 statements, 0 round trips"),
+        ("read_only", "session read, unchanged (/hunger)", "1 statement: the read (1 trip)"),
+        (
+            "changed_1",
+            "session changed, 1 fragment (text)",
+            "1 read, 1 write, ≤1 mark; no other but txn",
+        ),
         ("changed_2", "2 fragments changed (🍕 text)", "(informational)"),
         ("new_chat", "first message of a new chat", "(INSERT instead of UPDATE)"),
-        ("duplicate", "redelivered update (already committed)", "(1 read)"),
-        ("lazy_untouched", "lazy session never touched (/noop)", "(0 statements)"),
+        ("duplicate", "redelivered update (already committed)", "(informational)"),
+        ("lazy_untouched", "lazy session never touched (/noop)", "(informational)"),
         ("lazy_changed", "lazy session awaited and changed", "(informational)"),
+        ("off", "sessions off: BotRunner's unit of work alone", "(informational)"),
     )
 
     def statements(self) -> None:
         out()
-        out("2. Statements per update, counted exactly by the driver (SQLite's trace callback,")
-        out("   libpq's protocol trace) on the real path, with no execute_wrapper installed: a")
-        out("   wrapper makes the storage go through Django's cursor instead of the driver's.")
-        out("   r/w/mark: statements reading sessions, writing sessions, inserting the")
-        out("   exactly-once record (w*: one statement wrote and inserted the record, as the")
-        out("   PostgreSQL storage commits); txn: BEGIN and COMMIT, reported apart; (n): the")
-        out("   driver's round trips, everything included.")
-        out("   django: the same cases, on other chats, through Django's cursor (what a wrapper")
-        out("   sees; it forces the Django path): statements it saw (driver round trips).")
+        out("2. Statements per update, on the path BotRunner.process takes. Every statement goes")
+        out("   through Django's cursor: an execute_wrapper counts and sorts them. r/w/mark:")
+        out("   statements reading sessions (or the exactly-once record), writing sessions,")
+        out("   inserting the exactly-once record; lock: taking the session keys' locks")
+        out("   (botsessions.dblocks; none on SQLite, whose IMMEDIATE transaction takes the write")
+        out("   lock as it begins). txn: BEGIN and COMMIT/ROLLBACK, from the driver's own trace")
+        out("   (SQLite's trace callback, libpq's protocol trace), since Django's cursor does not")
+        out("   run COMMIT, nor PostgreSQL's BEGIN; (n): everything the driver ran (SQLite), or")
+        out("   its round trips to the server (PostgreSQL). django: what Django's cursor ran,")
+        out("   what a query logger sees (on SQLite, BEGIN IMMEDIATE included).")
         found: dict[str, dict[str, dict[str, Any]]] = {}
         for key in ("sqlite", "pg"):
             database = self.databases.get(key)
             if database is None:
                 continue
             cases: dict[str, dict[str, Any]] = {}
-            for bot in ("sessions", "lazy"):
+            for bot in ("sessions", "lazy", "off"):
                 spec = {"mode": "statements", "bot": bot, "chats": self.options.chats}
                 spec["first_update_id"] = self.update_ids()
                 for case in self.worker(spec, database, bot)["cases"]:
@@ -513,24 +510,23 @@ class Bench:
         labels = list(found)
         headers = ["case"]
         for label in labels:
-            headers += [f"{label}: r/w/mark txn (n)", "django"]
-        headers += ["target (driver)", ""]
+            headers += [f"{label}: r/w/mark lock txn (n)", "django"]
+        headers += ["target", ""]
         rows = []
         for key, title, goal in self.CASES:
             cells = []
             verdicts = []
             for label in labels:
-                driver, django = found[label][key]["driver"], found[label][key]["django"]
-                cell = f"{self._rwm(driver)} {driver['txn']} ({driver['round_trips']})"
-                if driver["other"]:
-                    cell += f" +{driver['other']} other"
-                if not driver["direct"]:
-                    cell += " (not direct!)"
-                for run in (driver, django):
-                    if run["outcome"] != run["expected_outcome"]:
-                        cell += f" ({run['outcome']}!)"
-                cells += [cell, f"{django['django']} ({django['round_trips']})"]
-                verdict = self._statement_verdict(key, driver)
+                run = found[label][key]
+                cell = f"{self._rwm(run)} {run['lock']} {run['txn']} ({run['round_trips']})"
+                if run["other"]:
+                    cell += f" +{run['other']} other"
+                if run["unseen"]:
+                    cell += f" ({run['unseen']} not seen by Django!)"
+                if run["outcome"] != run["expected_outcome"]:
+                    cell += f" ({run['outcome']}!)"
+                cells += [cell, str(run["django"])]
+                verdict = self._statement_verdict(key, run)
                 if verdict is not None:
                     verdicts.append(verdict)
             passed = all(verdicts) if verdicts else None
@@ -539,40 +535,39 @@ class Bench:
             )
             if passed is not None:
                 measured = "; ".join(
-                    f"{label} {self._rwm(found[label][key]['driver'])} "
-                    f"({found[label][key]['driver']['round_trips']})"
+                    f"{label} {self._rwm(found[label][key])}, lock {found[label][key]['lock']}, "
+                    f"txn {found[label][key]['txn']} ({found[label][key]['round_trips']})"
                     for label in labels
                 )
                 self.targets.append(Target(f"statements: {title}", goal, measured, passed))
         table(headers, rows)
         for label in labels:
-            case = found[label]["changed_1"]
             out(f"   {label}, session changed (1 fragment), as the driver ran it:")
-            for sql in case["driver"]["driver_sql"]:
+            for sql in found[label]["changed_1"]["sql"]:
                 out(f"     {sql[:150]}")
 
     @staticmethod
-    def _rwm(driver: dict[str, Any]) -> str:
-        """reads/writes/marks; ``*`` when a write statement also inserted the record."""
-        writes = driver["write"] + driver["combined"]
-        star = "*" if driver["combined"] else ""
-        return f"{driver['read']}/{writes}{star}/{driver['mark']}"
+    def _rwm(run: dict[str, Any]) -> str:
+        """reads/writes/marks."""
+        return f"{run['read']}/{run['write']}/{run['mark']}"
 
     @staticmethod
-    def _statement_verdict(key: str, driver: dict[str, Any]) -> bool | None:
-        """The targets, on the driver's count of the real path (BEGIN/COMMIT apart)."""
-        if not driver["direct"] or driver["outcome"] != driver["expected_outcome"]:
+    def _statement_verdict(key: str, run: dict[str, Any]) -> bool | None:
+        """The targets, on the complete counts: the round trips include BEGIN, COMMIT and
+        the key locks; for a change, the locks count as statements beyond the goal."""
+        if run["unseen"] or run["outcome"] != run["expected_outcome"]:
             return False
         if key == "unmatched":
-            return driver["round_trips"] == 0
+            return run["round_trips"] == 0
         if key == "read_only":
-            return driver["read"] == 1 and driver["round_trips"] == 1
+            return run["read"] == 1 and run["round_trips"] == 1
         if key == "changed_1":
             return (
-                driver["read"] == 1
-                and driver["write"] + driver["combined"] == 1
-                and driver["mark"] <= 1
-                and not driver["other"]
+                run["read"] == 1
+                and run["write"] == 1
+                and run["mark"] <= 1
+                and not run["lock"]
+                and not run["other"]
             )
         return None
 
@@ -595,13 +590,13 @@ class Bench:
             f"{o.http_updates:,} updates per run over {o.chats:,} chats"
         )
         out("   Both servers run the same code: 'off' serves the session-free handlers through")
-        out("   the same webhook view and BotRunner. uvicorn: one process (with --workers N it")
-        out("   loses TCP_NODELAY and each keep-alive request waits ~40 ms for a delayed ACK,")
-        out("   uvicorn issue #3149), a database connection per request as Django advises under")
-        out("   ASGI (CONN_MAX_AGE=0; no pool installed); the webhook view opens it before every")
-        out("   update, sessions or not, so 'off' pays for it too. gunicorn: sync workers, one")
-        out("   per core, keeping their connection (CONN_MAX_AGE=600); they close the HTTP")
-        out("   connection after each response.")
+        out("   the same webhook view and BotRunner, whose unit of work opens a transaction for")
+        out("   every update, sessions or not. uvicorn: one process (with --workers N it loses")
+        out("   TCP_NODELAY and each keep-alive request waits ~40 ms for a delayed ACK, uvicorn")
+        out("   issue #3149), a database connection per request as Django advises under ASGI")
+        out("   (CONN_MAX_AGE=0; no pool installed), which 'off' pays for too. gunicorn: sync")
+        out("   workers, one per core, keeping their connection (CONN_MAX_AGE=600); they close")
+        out("   the HTTP connection after each response.")
         api = self.stack.enter_context(FakeBotAPI())
         rows = []
         for kind in o.http_servers:
@@ -771,38 +766,46 @@ class Bench:
         profile = result["profile"]
         out(
             f"   cProfile, SQLite sessions through BotRunner, {self.options.profile_updates:,} "
-            f"updates, all on the caller's thread: {profile['profiled_us_per_update']:.0f} "
+            f"updates, one profiler on each thread: {profile['profiled_us_per_update']:.0f} "
             "µs/update while profiled"
         )
-        out("   own time by category (profiled µs/update):")
-        for name, value in profile["categories"].items():
-            if value >= 1:
-                out(f"     {value:8.1f}  {name}")
+        threads = (
+            ("caller", "the caller's thread (decoding, the database work while it waits)"),
+            ("loop", "the bot's loop thread (PTB, the session engine)"),
+        )
+        for thread, title in threads:
+            out(f"   own time by category, {title}, profiled µs/update:")
+            for name, value in profile["categories"][thread].items():
+                if value >= 1:
+                    out(f"     {value:8.1f}  {name}")
         unprofiled = measured[result["sqlite_variant"]]["per_update_us"]
         scale = unprofiled / profile["profiled_us_per_update"]
         out(
             "   by layer: cumulative profiled µs/update, and scaled to the unprofiled "
-            f"{unprofiled:.0f} µs/update (a profiler slows small calls most,"
+            f"{unprofiled:.0f} µs/update (a profiler slows small calls"
         )
-        out("   so the scaled figures are estimates)")
+        out("   most, so the scaled figures are estimates). A coroutine counts only while it runs")
+        out("   on the loop: its database work shows on the caller's thread.")
         table(
-            ["layer", "profiled µs", "≈ µs"],
+            ["layer", "thread", "profiled µs", "≈ µs"],
             [
-                [label, number(value, 1), number(value * scale)]
-                for label, value in profile["layers"]
+                [label, thread, number(value, 1), number(value * scale)]
+                for thread, label, value in profile["layers"]
             ],
             indent="     ",
         )
-        self._top("top functions", profile["top"])
+        for thread, title in threads:
+            self._top(f"top functions, {title}", profile["top"][thread])
         storage = result["storage"]
+        out("   a unit's database work alone on one thread (UnitOfWork.begin, load_sync with the")
         out(
-            "   storage.load_sync + commit_sync alone, driver's cursor, cProfile: "
-            f"{storage['profiled_us_per_update']:.0f} µs per pair while profiled"
+            "   keys locked, commit_sync, UnitOfWork.end), cProfile: "
+            f"{storage['profiled_us_per_update']:.0f} µs per update while profiled"
         )
         for name, value in storage["categories"].items():
             if value >= 1:
                 out(f"     {value:8.1f}  {name}")
-        self._top("storage calls: top functions", storage["top"])
+        self._top("database work: top functions", storage["top"])
 
     @staticmethod
     def _top(title: str, rows: list[list[Any]]) -> None:

@@ -22,7 +22,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +40,24 @@ def setup_django(api_base_url: str) -> None:
     warnings.filterwarnings("ignore", module="telegram")
 
 
-# The plain-Application variants (no sessions, not servable by the webhook): the runner
-# class in bench.bots that drives each.
-PLAIN_BOTS = {"plain": "CallerDrivenRunner", "plain-thread": "LoopThreadRunner"}
+# The plain-Application variant (no sessions, not servable by the webhook), driven by
+# bench.bots.PlainRunner.
+PLAIN_BOT = "plain"
 
 
 class Runner:
     """What a variant is driven through: ``process(decode(dict))``, as the webhook does.
 
-    ``plain`` is the plain Application driven on the caller's thread like ``BotRunner``
-    (the baseline), ``plain-thread`` the same on a loop thread of its own; any other
-    name is the ``BENCH_BOT`` application behind the demo's ``BotRunner``.
+    ``plain`` is the plain Application on a loop thread of its own, driven as
+    ``BotRunner`` drives its application (the baseline); any other name is the
+    ``BENCH_BOT`` application behind the demo's ``BotRunner``.
     """
 
     def __init__(self, bot: str) -> None:
-        if bot in PLAIN_BOTS:
-            from . import bots
+        if bot == PLAIN_BOT:
+            from .bots import PlainRunner, plain_application
 
-            driver = getattr(bots, PLAIN_BOTS[bot])
-            self._runner: Any = driver(bots.plain_application())
+            self._runner: Any = PlainRunner(plain_application())
         else:
             from botsessions.runner import runner_for
 
@@ -194,24 +193,27 @@ def fill(spec: dict[str, Any]) -> dict[str, Any]:
 # -- statements -------------------------------------------------------------------------
 
 
-_WRITES_SESSION = re.compile(r'(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?BOTSESSIONS_SESSION\b')
-_RECORDS_UPDATE = re.compile(r'INSERT\s+INTO\s+"?BOTSESSIONS_PROCESSEDUPDATE\b')
+_WRITES_SESSION = re.compile(r'(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+[`"]?BOTSESSIONS_SESSION\b')
+_RECORDS_UPDATE = re.compile(r'INSERT\s+INTO\s+[`"]?BOTSESSIONS_PROCESSEDUPDATE\b')
+# The statements of botsessions.dblocks: PostgreSQL's advisory locks, MariaDB's named
+# locks and lock wait, SQLite's write lock taken by a write that changes nothing.
+_LOCKS = re.compile(
+    r"PG_ADVISORY_XACT_LOCK|GET_LOCK|RELEASE_LOCK|INNODB_LOCK_WAIT_TIMEOUT|BUSY_TIMEOUT"
+    r"|WHERE\s+1\s*=\s*0"
+)
+KINDS = ("read", "write", "mark", "lock", "txn", "other")
 
 
 def classify(sql: str) -> str:
-    """Sort a statement into read, write, mark (exactly-once record), combined, txn or other.
-
-    ``combined`` is one statement that writes sessions and inserts the record too (the
-    PostgreSQL storage's ``WITH … INSERT … UPDATE …`` commit): a write that also carries
-    the bookkeeping.
-    """
+    """Sort a statement into read, write, mark (exactly-once record), lock, txn or other."""
     head = sql.lstrip().upper()
+    if _LOCKS.search(head):
+        return "lock"
     if head.startswith(("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "END")):
         return "txn"
-    writes, records = _WRITES_SESSION.search(head), _RECORDS_UPDATE.search(head)
-    if writes:
-        return "combined" if records else "write"
-    if records:
+    if _WRITES_SESSION.search(head):
+        return "write"
+    if _RECORDS_UPDATE.search(head):
         return "mark"
     if head.startswith("SELECT"):
         return "read"
@@ -219,7 +221,7 @@ def classify(sql: str) -> str:
 
 
 class DriverTrace:
-    """Everything the driver sent, including the BEGIN/COMMIT Django does not see.
+    """Everything the driver sent, including the BEGIN/COMMIT Django's cursor does not run.
 
     SQLite reports each statement it runs through a trace callback; for PostgreSQL,
     libpq's protocol trace is read: every ``ReadyForQuery`` ends one round trip.
@@ -266,16 +268,18 @@ class DriverTrace:
 
 
 @contextmanager
-def counting(through_django: bool) -> Iterator[dict[str, Any]]:
+def counting() -> Iterator[dict[str, Any]]:
     """Count what the update processed inside the block sent, on this thread's connection.
 
-    The driver's trace always counts; with ``through_django`` an execute_wrapper also
-    records what Django's cursor sent. A wrapper makes the storage use Django's cursor
-    (``botsessions.storage.db._direct``), so the real path is counted without one.
+    ``BotRunner.process`` runs the update's database work on the calling thread, and
+    every statement of the storage, of the key locks and of the handlers goes through
+    Django's cursor: an ``execute_wrapper`` on this thread's connection sees each one,
+    and sorts it. Django's cursor does not run COMMIT (nor PostgreSQL's BEGIN, which the
+    driver sends by itself), so the driver's trace counts the transaction statements
+    and the round trips, everything included; it also tells whether the driver ran any
+    statement that the wrapper did not see.
     """
     from django.db import connection
-
-    from botsessions.storage.db import _direct
 
     seen: list[str] = []
 
@@ -284,77 +288,65 @@ def counting(through_django: bool) -> Iterator[dict[str, Any]]:
         return execute(sql, params, many, context)
 
     result: dict[str, Any] = {}
-    with tempfile.TemporaryFile() as trace_file, ExitStack() as stack:
+    with tempfile.TemporaryFile() as trace_file:
         trace = DriverTrace(trace_file)
-        if through_django:
-            stack.enter_context(connection.execute_wrapper(wrapper))
-        result["direct"] = _direct(connection)
-        trace.start()
-        try:
-            yield result
-        finally:
-            trace.stop()
-    counts = Counter(classify(sql) for sql in trace.statements)
-    result.update(
-        {
-            kind: counts.get(kind, 0)
-            for kind in ("read", "write", "mark", "combined", "txn", "other")
-        }
-    )
+        with connection.execute_wrapper(wrapper):
+            trace.start()
+            try:
+                yield result
+            finally:
+                trace.stop()
+    counts = Counter(classify(sql) for sql in seen)
+    driver = Counter(classify(sql) for sql in trace.statements)
+    result.update({kind: counts.get(kind, 0) for kind in KINDS if kind != "txn"})
+    result["txn"] = driver.get("txn", 0)
+    result["django"] = len(seen)
     result["round_trips"] = trace.round_trips
-    result["driver_sql"] = [" ".join(sql.split())[:160] for sql in trace.statements]
-    if through_django:
-        result["django"] = len(seen)
-        result["django_sql"] = [" ".join(sql.split())[:160] for sql in seen]
+    # Statements the driver ran that Django's cursor did not (BEGIN/COMMIT apart).
+    result["unseen"] = sum(driver.values()) - driver["txn"] - len(seen) + counts["txn"]
+    result["sql"] = [" ".join(sql.split())[:160] for sql in trace.statements]
 
 
 def statements(spec: dict[str, Any]) -> dict[str, Any]:
-    """Process one update of each kind, counting what it sent; outcomes are checked.
-
-    The cases run twice, on chats of their own: first on the real path, counted by the
-    driver only; then with an execute_wrapper installed, which sends them through
-    Django's cursor (what a wrapper, or the Debug Toolbar, sees).
-    """
+    """Process one update of each kind, counting what it sent; outcomes are checked."""
     from . import updates
 
     first = spec["first_update_id"]
     ids = iter(range(first, first + 1000))
     bot = spec["bot"]
-    cases: dict[str, dict[str, Any]] = {}
+    cases: list[dict[str, Any]] = []
     runner = Runner(bot)
+    chat = updates.chat_id(spec["chats"] + 7)  # after the measured chats: new to the database
 
-    def run_cases(path: str, chat: int, fresh_chat: int) -> None:
-        def text(kind: str, target: int = chat) -> dict[str, Any]:
-            return updates.message(target, next(ids), updates.TEXTS[kind])
+    def text(kind: str, target: int = chat) -> dict[str, Any]:
+        return updates.message(target, next(ids), updates.TEXTS[kind])
 
-        def case(name: str, data: dict[str, Any], expected: str) -> None:
-            update = runner.decode(data)
-            with counting(through_django=path == "django") as counted:
-                outcome = runner.process(update)
-            counted.update(outcome=outcome, expected_outcome=expected)
-            cases.setdefault(name, {"name": name})[path] = counted
+    def case(name: str, data: dict[str, Any], expected: str) -> None:
+        update = runner.decode(data)
+        with counting() as counted:
+            outcome = runner.process(update)
+        counted.update(name=name, outcome=outcome, expected_outcome=expected)
+        cases.append(counted)
 
+    try:
         runner.run(text("pizza"))  # the chat's rows exist from here on
         if bot == "sessions":
             case("unmatched", updates.message(chat, next(ids), "edited", edited=True), "skipped")
             case("read_only", updates.message(chat, next(ids), "/hunger"), "unchanged")
             case("changed_1", text("text"), "committed")
             case("changed_2", text("pizza"), "committed")
-            case("new_chat", text("text", fresh_chat), "committed")
+            case("new_chat", text("text", updates.chat_id(spec["chats"] + 8)), "committed")
             again = text("text")
             runner.run(again)
             case("duplicate", again, "duplicate")
-        else:
+        elif bot == "lazy":
             case("lazy_untouched", updates.message(chat, next(ids), "/noop"), "unchanged")
             case("lazy_changed", text("text"), "committed")
-
-    try:
-        past = spec["chats"]  # chats after the measured ones, new to this database
-        run_cases("driver", updates.chat_id(past + 7), updates.chat_id(past + 8))
-        run_cases("django", updates.chat_id(past + 9), updates.chat_id(past + 10))
+        else:
+            case("off", text("text"), "unchanged")
     finally:
         runner.shutdown()
-    return {"cases": list(cases.values())}
+    return {"cases": cases}
 
 
 # -- entry point -------------------------------------------------------------------------
