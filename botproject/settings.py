@@ -79,6 +79,10 @@ def database_from_url(url: str) -> dict[str, object]:
         # How long an update waits for the one writer: at most BOTSESSIONS_LOCK_TIMEOUT.
         options.setdefault("timeout", 10)
         options.setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+    elif engine.endswith("postgresql"):
+        # A pool of connections per process instead of a new one per request (the async
+        # webhook's database threads take one per update): needs CONN_MAX_AGE = 0.
+        options.setdefault("pool", {"min_size": 2, "max_size": 16})
     elif engine.endswith("mysql"):
         import pymysql
 

@@ -4,7 +4,8 @@ Django's ASGI handler reads a request's whole body (spooling it to disk) before 
 runs, so the webhook view's size check would come after a 1 GiB upload was received.
 This wrapper answers 413 from the declared ``Content-Length``, or after at most
 ``BOTSESSIONS_MAX_BODY_SIZE + 1`` bytes of a body without one, for the URLs served by a
-:class:`~botsessions.webhook.TelegramWebhookView`; every other request passes untouched::
+:class:`~botsessions.webhook.AsyncTelegramWebhookView` (or the WSGI view, when an ASGI
+server serves that); every other request passes untouched::
 
     application = WebhookBodyLimit(get_asgi_application())
 """
@@ -17,7 +18,7 @@ from typing import Any
 from django.urls import Resolver404, resolve
 
 from .conf import settings
-from .webhook import TelegramWebhookView, refusal
+from .webhook import WebhookView, refusal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -75,7 +76,7 @@ def _is_webhook(scope: Scope) -> bool:
     except Resolver404:
         return False
     view_class = getattr(match.func, "view_class", None)
-    return isinstance(view_class, type) and issubclass(view_class, TelegramWebhookView)
+    return isinstance(view_class, type) and issubclass(view_class, WebhookView)
 
 
 def _content_length(scope: Scope) -> str | None:

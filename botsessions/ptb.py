@@ -43,6 +43,9 @@ from .unit import AfterCommit, DatabaseThreads, current_unit, process_as_unit
 
 logger = logging.getLogger("botsessions")
 
+#: How many updates one process runs at once on the application's database threads.
+DATABASE_THREADS = 8
+
 _current: contextvars.ContextVar[UpdateRun | None] = contextvars.ContextVar(
     "botsessions_update_run", default=None
 )
@@ -265,7 +268,11 @@ class SessionApplication(Application):  # type: ignore[type-arg]
             )
         self.sessions = sessions
         self.key_locks = KeyLocks()
-        self.database_threads = DatabaseThreads(self.update_processor.max_concurrent_updates)
+        # Updates in flight at once on the application's own threads: the async webhook's
+        # (as many as DATABASE_THREADS) or PTB's fetcher's (its concurrent updates).
+        self.database_threads = DatabaseThreads(
+            max(DATABASE_THREADS, self.update_processor.max_concurrent_updates)
+        )
         self._bot_id_of: tuple[str, int] | None = None  # (token, the id it starts with)
 
     @property
@@ -301,9 +308,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         :class:`~botsessions.errors.StorageError` when it must be delivered again.
         """
         async with self.database_threads.thread() as executor:
-            await process_as_unit(
-                self, update, executor, fresh_connections=True
-            )
+            await process_as_unit(self, update, executor, fresh_connections=True)
 
     async def process_update_with_sessions(self, update: object) -> str:
         """Run the handlers with sessions and write them; return the :class:`Outcome`.

@@ -64,6 +64,15 @@ class BotRunner:
         if not self.application._initialized:
             await self.application.initialize()
 
+    async def ainitialize(self) -> None:
+        """:meth:`initialize` for a caller on another event loop (an ASGI server's)."""
+        if not self.application._initialized:
+            await self.run_from_loop(self._initialize())
+
+    async def run_from_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the bot's loop and await it from another loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+
     def decode(self, data: dict[str, Any]) -> Update:
         """Turn a JSON object into an ``Update`` bound to the application's bot."""
         bot = self.application.bot
@@ -95,6 +104,22 @@ class BotRunner:
         )
         executor.run_until_future(future)
         return future.result()
+
+    async def aprocess(self, update: Update) -> str:
+        """:meth:`process` for a caller on another event loop (the async webhook view).
+
+        The update's database work runs on one of the application's database threads
+        (:class:`~botsessions.unit.DatabaseThreads`), which returns its connection (to
+        the pool, if there is one) after each update, as Django does after a request.
+        """
+        await self.ainitialize()
+        return await self.run_from_loop(self._process_on_a_database_thread(update))
+
+    async def _process_on_a_database_thread(self, update: Update) -> str:
+        async with self.application.database_threads.thread() as executor:
+            return await process_as_unit(
+                self.application, update, executor, fresh_connections=True
+            )
 
     def shutdown(self) -> None:
         """Shut the application down and stop the loop (tests, process exit)."""

@@ -228,13 +228,13 @@ class DatabaseThreads:
 
     def __init__(self, size: int) -> None:
         self._size = max(1, size)
-        self._free: asyncio.Queue[ThreadPoolExecutor] | None = None
+        self._free: asyncio.LifoQueue[ThreadPoolExecutor] | None = None
 
     @contextlib.asynccontextmanager
     async def thread(self) -> AsyncIterator[ThreadPoolExecutor]:
         """Borrow a thread for one update."""
         if self._free is None:
-            self._free = asyncio.Queue()
+            self._free = asyncio.LifoQueue()  # the warmest thread (and connection) first
             for index in range(self._size):
                 self._free.put_nowait(
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"botsessions-db{index}")

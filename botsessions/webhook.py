@@ -32,12 +32,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
+from telegram import Update
 from telegram.error import NetworkError
 
 from .bots import bot_settings
 from .conf import settings
 from .errors import StorageError
-from .runner import runner_for
+from .runner import BotRunner, runner_for
 
 logger = logging.getLogger("botsessions.webhook")
 
@@ -49,14 +50,18 @@ class BadUpdate(ValueError):
     """The request body is not an update we can process."""
 
 
-@method_decorator(csrf_exempt, name="dispatch")
-class TelegramWebhookView(View):
-    """Serves one bot (``bot`` is its alias in ``BOTSESSIONS_BOTS``)."""
+class WebhookView(View):
+    """What both webhook views share: the checks that come before processing.
+
+    Mount :class:`TelegramWebhookView` under WSGI and :class:`AsyncTelegramWebhookView`
+    under ASGI.
+    """
 
     bot: str = "default"
     http_method_names = ["post"]
 
-    def post(self, request: HttpRequest) -> HttpResponse:
+    def accept(self, request: HttpRequest) -> HttpResponse | tuple[BotRunner, Update]:
+        """The refusal for a request we must not process, or the update to process."""
         config = bot_settings(self.bot)
         if not _secret_matches(request, config.get("WEBHOOK_SECRET") or ""):
             return refusal(403, "secret token missing or wrong")
@@ -79,18 +84,63 @@ class TelegramWebhookView(View):
                 raise BadUpdate(f"not a Telegram update: {exc.__class__.__name__}") from exc
         except BadUpdate as exc:
             return refusal(400, str(exc))
+        return runner, update
+
+    def not_initialized(self, exc: Exception) -> HttpResponse:
+        logger.warning("bot %r not initialized, asking Telegram to retry: %s", self.bot, exc)
+        return _retry_later("bot not initialized, retry later")
+
+    def not_stored(self, update: Update, exc: Exception) -> HttpResponse:
+        logger.warning("update %s not stored, asking Telegram to retry: %s", update.update_id, exc)
+        return _retry_later("session storage unavailable, retry later")
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class TelegramWebhookView(WebhookView):
+    """Serves one bot (``bot`` is its alias in ``BOTSESSIONS_BOTS``) under WSGI.
+
+    The request thread waits for the update and runs its database work meanwhile.
+    """
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        accepted = self.accept(request)
+        if isinstance(accepted, HttpResponse):
+            return accepted
+        runner, update = accepted
         try:
             runner.initialize()
         except NetworkError as exc:
-            logger.warning("bot %r not initialized, asking Telegram to retry: %s", self.bot, exc)
-            return _retry_later("bot not initialized, retry later")
+            return self.not_initialized(exc)
         try:
             outcome = runner.process(update)
         except (StorageError, DatabaseError) as exc:
-            logger.warning(
-                "update %s not stored, asking Telegram to retry: %s", update.update_id, exc
-            )
-            return _retry_later("session storage unavailable, retry later")
+            return self.not_stored(update, exc)
+        return JsonResponse({"ok": True, "outcome": outcome})
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class AsyncTelegramWebhookView(WebhookView):
+    """The same webhook as an async view, for ASGI servers (uvicorn, daphne, hypercorn).
+
+    The server's loop only waits: the update runs on the bot's loop, and its database
+    work on one of the application's database threads, with a connection of its own for
+    the whole unit of work. No thread is tied up while an update waits for a lock or for
+    the Bot API.
+    """
+
+    async def post(self, request: HttpRequest) -> HttpResponse:
+        accepted = self.accept(request)
+        if isinstance(accepted, HttpResponse):
+            return accepted
+        runner, update = accepted
+        try:
+            await runner.ainitialize()
+        except NetworkError as exc:
+            return self.not_initialized(exc)
+        try:
+            outcome = await runner.aprocess(update)
+        except (StorageError, DatabaseError) as exc:
+            return self.not_stored(update, exc)
         return JsonResponse({"ok": True, "outcome": outcome})
 
 

@@ -13,7 +13,8 @@ from botproject.settings import DATABASES
 
 # Persistent connections, as a production server keeps them: a new connection per request
 # costs 50 ms on some MariaDB servers, which would dominate these runs.
-DATABASES["default"]["CONN_MAX_AGE"] = 60
+if "pool" not in DATABASES["default"]["OPTIONS"]:  # a pool keeps its connections itself
+    DATABASES["default"]["CONN_MAX_AGE"] = 60
 
 BOTSESSIONS_BOTS = {
     "default": {**_DEMO_BOTS["default"], "APPLICATION": "tests.reliabilitybot.build_application"}

@@ -18,8 +18,11 @@ import os
 import time
 from typing import Any
 
+from telegram import Update
+from telegram.ext import CommandHandler
+
 from botproject import bot
-from botsessions import Fragment, Sessions, per_chat
+from botsessions import Fragment, SessionContext, Sessions, per_chat
 from botsessions.ptb import SessionApplication
 from botsessions.runner import BotRunner
 from botsessions.storage.db import DatabaseStorage
@@ -41,7 +44,14 @@ def build_application() -> SessionApplication:
         )
     if os.environ.get(HOLD_ENV) == "1":
         _install_holds(application)
+    application.add_handler(CommandHandler("buyfail", buy_then_fail))
     return application
+
+
+async def buy_then_fail(update: Update, context: SessionContext) -> None:
+    """The demo's /buy, then a failure: nothing of it may be kept, nothing sent."""
+    await bot.buy(update, context)
+    raise RuntimeError("the card was declined")
 
 
 def _to_v2(data: Any) -> Any:

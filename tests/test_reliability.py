@@ -53,10 +53,11 @@ WEBHOOK_URL = "/telegram/webhook/"
 def pooled_db(transactional_db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Real commits, seen by every connection: updates run on database threads.
 
-    Those threads keep their connection between updates (``CONN_MAX_AGE``): reconnecting
-    for every update costs 50 ms a time on some MariaDB servers.
+    Without a pool, those threads keep their connection between updates (``CONN_MAX_AGE``):
+    reconnecting for every update costs 50 ms a time on some MariaDB servers.
     """
-    monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", 60)
+    if "pool" not in connections["default"].settings_dict["OPTIONS"]:
+        monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", 60)
     yield
 
 
@@ -73,7 +74,7 @@ def run_concurrently(bot: BotHarness, updates: list[dict[str, Any]]) -> list[Any
 
     async def one(update: Any) -> str:
         async with threads.thread() as executor:
-            return await process_as_unit(bot.application, update, executor)
+            return await process_as_unit(bot.application, update, executor, fresh_connections=True)
 
     async def all_at_once() -> list[Any]:
         return await asyncio.gather(*(one(u) for u in decoded), return_exceptions=True)

@@ -1,0 +1,11 @@
+"""The demo's URLs with the async webhook view, as an ASGI server would mount them."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from botsessions.webhook import AsyncTelegramWebhookView
+
+urlpatterns = [
+    path("telegram/webhook/", AsyncTelegramWebhookView.as_view(bot="default")),
+]
