@@ -151,10 +151,10 @@ def components(spec: dict[str, Any]) -> dict[str, float]:
 class UnitWork:
     """One update's database work on this thread, without the loop or the engine.
 
-    What ``process_as_unit`` has the waiting thread run for a text update: the unit of
-    work begins (``BEGIN IMMEDIATE`` on SQLite), the storage locks the keys and reads
-    them with the exactly-once check, commits the user row with the record, and the unit
-    ends (``COMMIT``).
+    What an update's database thread runs for a text update: the unit of work begins
+    (``BEGIN IMMEDIATE`` on SQLite), the storage locks the keys and reads them with the
+    exactly-once check, commits the user row with the record, and the unit ends
+    (``COMMIT``).
     """
 
     def __init__(self, storage: Any, keys: list[Any], ids: Iterator[int]) -> None:
@@ -167,9 +167,9 @@ class UnitWork:
         from botsessions import unit as units
 
         unit = units.UnitOfWork(self.storage.using)
-        # The storage finds the update's unit in this context variable, which
-        # process_as_unit sets: without it, commit_sync would open a transaction of
-        # its own (a savepoint inside the unit's).
+        # The storage finds the update's unit in this context variable, which the
+        # unit's runner sets: without it, commit_sync would open a transaction of its
+        # own (a savepoint inside the unit's).
         token = units._current.set(unit)
         try:
             unit.begin()
@@ -429,29 +429,30 @@ def layer_functions() -> list[tuple[str, str, Any]]:
     wanted = [
         (caller, "Update.de_json", Update, "de_json"),
         (caller, "BotRunner.process", runner.BotRunner, "process"),
+        (caller, "  UnitOfWork.begin (BEGIN IMMEDIATE)", unit.UnitOfWork, "begin"),
         (
             caller,
             "  CurrentThreadExecutor.run_until_future (waits, runs the DB work)",
             CurrentThreadExecutor,
             "run_until_future",
         ),
-        (caller, "    UnitOfWork.begin (BEGIN IMMEDIATE)", unit.UnitOfWork, "begin"),
         (
             caller,
-            "    DatabaseStorage.load_sync (locks, SQL read)",
+            "  DatabaseStorage.load_sync (locks, SQL read)",
             db.DatabaseStorage,
             "load_sync",
         ),
-        (caller, "      UnitOfWork.lock", unit.UnitOfWork, "lock"),
-        (caller, "        dblocks.acquire", dblocks, "acquire"),
+        (caller, "    UnitOfWork.lock", unit.UnitOfWork, "lock"),
+        (caller, "      dblocks.acquire", dblocks, "acquire"),
         (
             caller,
-            "    DatabaseStorage.commit_sync (SQL writes)",
+            "  DatabaseStorage.commit_sync (SQL writes)",
             db.DatabaseStorage,
             "commit_sync",
         ),
-        (caller, "    UnitOfWork.end (COMMIT)", unit.UnitOfWork, "end"),
-        (loop, "process_as_unit (the unit of work, on the loop)", unit, "process_as_unit"),
+        (caller, "  UnitOfWork.end (COMMIT)", unit.UnitOfWork, "end"),
+        (loop, "process_as_unit (begin, run_in_unit, end, on the loop)", unit, "process_as_unit"),
+        (loop, "run_in_unit (the handlers with sessions, in the unit)", unit, "run_in_unit"),
         (
             loop,
             "  SessionApplication.process_update_with_sessions",
@@ -506,14 +507,14 @@ def layer_functions() -> list[tuple[str, str, Any]]:
     return found
 
 
-def layers(stats: pstats.Stats, count: int) -> list[tuple[str, str, float]]:
-    """Cumulative profiled µs per update of each layer function (0 when never called)."""
+def layers(stats: pstats.Stats, count: int) -> list[tuple[str, str, float | None]]:
+    """Cumulative profiled µs per update of each layer function (``None``: never called)."""
     table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
     rows = []
     for thread, label, function in layer_functions():
         code = function.__code__
         entry = table.get((code.co_filename, code.co_firstlineno, code.co_name))
-        rows.append((thread, label, entry[3] * 1e6 / count if entry else 0.0))
+        rows.append((thread, label, entry[3] * 1e6 / count if entry else None))
     return rows
 
 

@@ -80,6 +80,8 @@ class Database:
     label: str
     vendor: str
     url: str
+    #: Django's connection pool options, when the demo's settings give it one.
+    pool: Any = None
 
 
 @dataclass
@@ -288,7 +290,7 @@ class Bench:
             return
         pg = Database("PostgreSQL", "postgresql", self.options.pg_url)
         self._create_pg(pg.url)
-        self.worker({"mode": "migrate"}, pg)
+        pg.pool = self.worker({"mode": "migrate"}, pg).get("pool")
         self.databases["pg"] = pg
         if needs_growth:
             large_url = self._renamed(pg.url, "_growth")
@@ -589,14 +591,21 @@ class Bench:
             f"3. HTTP webhook on PostgreSQL: {o.http_clients} concurrent clients, "
             f"{o.http_updates:,} updates per run over {o.chats:,} chats"
         )
-        out("   Both servers run the same code: 'off' serves the session-free handlers through")
-        out("   the same webhook view and BotRunner, whose unit of work opens a transaction for")
-        out("   every update, sessions or not. uvicorn: one process (with --workers N it loses")
-        out("   TCP_NODELAY and each keep-alive request waits ~40 ms for a delayed ACK, uvicorn")
-        out("   issue #3149), a database connection per request as Django advises under ASGI")
-        out("   (CONN_MAX_AGE=0; no pool installed), which 'off' pays for too. gunicorn: sync")
-        out("   workers, one per core, keeping their connection (CONN_MAX_AGE=600); they close")
-        out("   the HTTP connection after each response.")
+        out("   Both servers run the demo's code: 'off' serves the session-free handlers behind")
+        out("   the same webhook views and runner, where each update is still a unit of work with")
+        out("   a transaction, sessions or not. uvicorn: one process serving botproject.asgi and")
+        out("   the webhook view the demo mounts there (with --workers N it loses TCP_NODELAY and")
+        out("   each keep-alive request waits ~40 ms for a delayed ACK, uvicorn issue #3149).")
+        out("   gunicorn: sync workers serving botproject.wsgi, one per core; they close the")
+        out("   HTTP connection after each response.")
+        if database.pool:
+            out("   Database connections: Django's pool in every server process, as the demo's")
+            out(f"   settings configure it ({database.pool}; CONN_MAX_AGE=0: a request")
+            out("   borrows a connection and gives it back).")
+        else:
+            out("   Database connections: uvicorn opens one per request as Django advises under")
+            out("   ASGI (CONN_MAX_AGE=0; no pool configured), which 'off' pays for too;")
+            out("   gunicorn's workers keep theirs (CONN_MAX_AGE=600).")
         api = self.stack.enter_context(FakeBotAPI())
         rows = []
         for kind in o.http_servers:
@@ -791,9 +800,13 @@ class Bench:
             [
                 [label, thread, number(value, 1), number(value * scale)]
                 for thread, label, value in profile["layers"]
+                if value is not None
             ],
             indent="     ",
         )
+        unused = [label.strip() for _, label, value in profile["layers"] if value is None]
+        if unused:
+            out(f"   not called on this path: {'; '.join(unused)}")
         for thread, title in threads:
             self._top(f"top functions, {title}", profile["top"][thread])
         storage = result["storage"]

@@ -3,9 +3,11 @@
 Differences from the demo, and why: DEBUG is off (with it on Django keeps every query
 and wraps every cursor); database connections persist between requests
 (``BENCH_CONN_MAX_AGE`` seconds, 600 by default; 0 reconnects per request as the demo's
-settings do); the bot token and Bot API address are the benchmark's own (the fake Bot
-API it starts); and ``BENCH_BOT`` chooses the application behind the webhook, so one
-server can be started with sessions and an identical one without.
+settings do), unless the demo's settings give the database Django's connection pool,
+which does that job and requires 0; the bot token and Bot API address are the
+benchmark's own (the fake Bot API it starts); and ``BENCH_BOT`` chooses the application
+behind the webhook, so one server can be started with sessions and an identical one
+without.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ DATABASES = {
     )
 }
 DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("BENCH_CONN_MAX_AGE", "600"))
+if DATABASES["default"].get("OPTIONS", {}).get("pool"):  # type: ignore[union-attr]
+    # Django refuses persistent connections with a pool: each request borrows one from it.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 TELEGRAM_BOT_TOKEN = "123456:BENCH"
 TELEGRAM_API_BASE_URL = os.environ.get("TELEGRAM_API_BASE_URL", "")

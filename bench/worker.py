@@ -123,9 +123,11 @@ def pipeline(spec: dict[str, Any]) -> dict[str, Any]:
 
 def migrate(spec: dict[str, Any]) -> dict[str, Any]:
     from django.core.management import call_command
+    from django.db import connection
 
     call_command("migrate", verbosity=0, interactive=False)
-    return {"ok": True}
+    # Django's connection pool, when the demo's settings give the database one.
+    return {"ok": True, "pool": connection.settings_dict.get("OPTIONS", {}).get("pool")}
 
 
 def session_rows() -> int:
