@@ -20,7 +20,7 @@ from telegram import Update
 from telegram.ext import ExtBot
 
 from .ptb import SessionApplication
-from .unit import process_as_unit
+from .unit import UnitOfWork, commits, process_as_unit, run_in_unit
 
 T = TypeVar("T")
 
@@ -96,14 +96,23 @@ class BotRunner:
         rolled back and must be delivered again.
         """
         self.initialize()
-        # This thread runs the update's database work while it waits: its connection
-        # holds the transaction, inside any transaction the caller has open.
+        # This thread holds the transaction (inside any the caller has open), and runs
+        # the update's database work while it waits for the loop.
+        unit = UnitOfWork(self.application.unit_database)
         executor = CurrentThreadExecutor(None)
-        future = asyncio.run_coroutine_threadsafe(
-            process_as_unit(self.application, update, executor), self.loop
-        )
-        executor.run_until_future(future)
-        return future.result()
+        unit.begin()
+        try:
+            future = asyncio.run_coroutine_threadsafe(
+                run_in_unit(self.application, update, unit, executor), self.loop
+            )
+            executor.run_until_future(future)
+            outcome = future.result()
+        except BaseException:
+            unit.end(False)
+            raise
+        if unit.end(commits(outcome)):
+            self.run(unit.send_after_commit())
+        return outcome
 
     async def aprocess(self, update: Update) -> str:
         """:meth:`process` for a caller on another event loop (the async webhook view).

@@ -3,29 +3,31 @@
 The path of one update, as the webhook view runs it under WSGI:
 
 1. The request thread decodes the update and calls :meth:`BotRunner.process
-   <botsessions.runner.BotRunner.process>`. It hands :func:`process_as_unit` to the
-   bot's event loop, which runs on a thread of its own for the life of the process
-   (the PTB application and its HTTP client live there), and then waits, running
-   whatever synchronous work the update sends back to it: asgiref's
-   ``CurrentThreadExecutor``.
-2. On the loop, the update runs inside ``ThreadSensitiveContext(executor=...)``: every
+   <botsessions.runner.BotRunner.process>`, which opens the update's transaction on
+   the thread's connection (:meth:`UnitOfWork.begin`: ``transaction.atomic`` on the
+   sessions' database).
+2. It hands :func:`run_in_unit` to the bot's event loop, which runs on a thread of its
+   own for the life of the process (the PTB application and its HTTP client live
+   there), and waits, running whatever synchronous work the update sends back to it:
+   asgiref's ``CurrentThreadExecutor``.
+3. On the loop, the update runs inside ``ThreadSensitiveContext(executor=...)``: every
    thread-sensitive ``sync_to_async`` call it makes (Django's async ORM, ``acreate``,
    ``aget``, ..., and the session storage) runs on the request thread, on its
-   connection.
-3. The first such call opens ``transaction.atomic`` there (:meth:`UnitOfWork.begin`).
-   The session engine locks the update's keys in the database (:mod:`botsessions.dblocks`)
-   and reads its sessions and exactly-once record; PTB runs the handlers; the engine
-   writes what changed and records the update if anything was written.
-4. The last call commits, or rolls back when a handler raised, the update was already
-   processed, or stored data was bad (:meth:`UnitOfWork.end`). Then the sends a
-   handler asked for with ``context.on_commit`` go out, and the view answers.
+   connection, in its transaction. The session engine locks the update's keys in the
+   database (:mod:`botsessions.dblocks`) and reads its sessions and exactly-once record;
+   PTB runs the handlers; the engine writes what changed and records the update if
+   anything was written.
+4. Back on the request thread, :meth:`UnitOfWork.end` commits, or rolls back when a
+   handler raised, the update was already processed, or stored data was bad. Then the
+   sends a handler asked for with ``context.on_commit`` go out, and the view answers.
 
 So the session rows, the exactly-once record and every row the handlers wrote through
-the ORM to that database commit together, or none of them does. Bot API calls made by
+the ORM to that database commit together, or none of it does. Bot API calls made by
 handlers, other databases and caches are outside the unit.
 
-Long polling (``runbot``) runs the same :func:`process_as_unit` with a worker thread of
-the application's own as the executor, one per update in flight.
+The async webhook view (ASGI) and long polling (``runbot``) run the same steps with
+:func:`process_as_unit`: a database thread of the application's
+(:class:`DatabaseThreads`) plays the request thread's part, one per update in flight.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from asgiref.sync import ThreadSensitiveContext
 from django.db import close_old_connections, connections, transaction
 
 from . import dblocks
@@ -185,6 +187,30 @@ class UnitOfWork:
         self._after_commit = []
 
 
+def commits(outcome: str) -> bool:
+    """Whether an update that ended with ``outcome`` keeps what it wrote."""
+    return outcome in _COMMITTING
+
+
+async def run_in_unit(
+    application: SessionApplication, update: object, unit: UnitOfWork, executor: Executor
+) -> str:
+    """Run the update's handlers with sessions inside ``unit``, already begun.
+
+    ``executor`` runs the update's database work: one call at a time, on the thread that
+    began ``unit`` (its connection holds the transaction), which nothing else uses
+    meanwhile. Returns the :class:`~botsessions.ptb.Outcome`; raises
+    :class:`~botsessions.errors.StorageError` when the update must be delivered again.
+    """
+    unit.loop = asyncio.get_running_loop()
+    token = _current.set(unit)
+    try:
+        async with ThreadSensitiveContext(executor=executor):
+            return await application.process_update_with_sessions(update)
+    finally:
+        _current.reset(token)
+
+
 async def process_as_unit(
     application: SessionApplication,
     update: object,
@@ -192,28 +218,20 @@ async def process_as_unit(
     *,
     fresh_connections: bool = False,
 ) -> str:
-    """Process ``update`` as one unit of work; return its :class:`~botsessions.ptb.Outcome`.
+    """Process ``update`` as one unit of work on ``executor``'s thread, from the loop.
 
-    ``executor`` runs the update's database work, one call at a time on one thread that
-    nothing else uses meanwhile (the transaction lives on that thread's connection).
-    Raises :class:`~botsessions.errors.StorageError` (or a database error) when the
-    update must be delivered again; nothing of it is then committed.
+    Begins and ends the transaction there, around :func:`run_in_unit`, then sends what
+    handlers asked to send after the commit. Nothing is committed when this raises.
     """
     unit = UnitOfWork(application.unit_database, fresh_connections=fresh_connections)
-    unit.loop = asyncio.get_running_loop()
-    token = _current.set(unit)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(executor, unit.begin)
     try:
-        async with ThreadSensitiveContext(executor=executor):
-            await sync_to_async(unit.begin)()
-            try:
-                outcome = await application.process_update_with_sessions(update)
-            except BaseException:
-                await sync_to_async(unit.end)(False)
-                raise
-            due = await sync_to_async(unit.end)(outcome in _COMMITTING)
-    finally:
-        _current.reset(token)
-    if due:
+        outcome = await run_in_unit(application, update, unit, executor)
+    except BaseException:
+        await loop.run_in_executor(executor, unit.end, False)
+        raise
+    if await loop.run_in_executor(executor, unit.end, commits(outcome)):
         await unit.send_after_commit()
     return outcome
 
