@@ -416,26 +416,35 @@ class UpdateSessions:
         """
         return self._unlocked.pop(id(storage), [])
 
+    async def hold_keys(self) -> None:
+        """Take this process's locks of every key, before any lock in the database.
+
+        Same-key updates of one process wait for each other here, on the loop, rather
+        than each holding a database connection while it waits.
+        """
+        locks = self._locks
+        if locks is None or self._held:
+            return
+        keys: list[StorageKey] = []
+        for index in self._plan.lock_order:
+            key = self._states[index].key
+            if key is not None:
+                keys.append(key)
+        taken = locks.take_free(keys)
+        if taken == len(keys):
+            self._held = keys
+            return
+        timeout = settings.LOCK_TIMEOUT
+        try:
+            async with asyncio.timeout(timeout):
+                self._held = await locks.acquire_rest(keys, taken)
+        except TimeoutError:
+            raise LockTimeout(f"session locks not granted within {timeout:g} s") from None
+
     async def begin(self) -> None:
         """Lock every key, then read the strict fragments and the exactly-once record."""
         states = self._states
-        locks = self._locks
-        if locks is not None:
-            keys: list[StorageKey] = []
-            for index in self._plan.lock_order:
-                key = states[index].key
-                if key is not None:
-                    keys.append(key)
-            taken = locks.take_free(keys)
-            if taken == len(keys):
-                self._held = keys
-            else:
-                timeout = settings.LOCK_TIMEOUT
-                try:
-                    async with asyncio.timeout(timeout):
-                        self._held = await locks.acquire_rest(keys, taken)
-                except TimeoutError:
-                    raise LockTimeout(f"session locks not granted within {timeout:g} s") from None
+        await self.hold_keys()
         strict = [f for f in states if f.key is not None and not f._plan.lazy]
         primary = self._primary
         if self.mark is not None and not any(f.storage is primary for f in strict):
@@ -489,8 +498,9 @@ class UpdateSessions:
         """Move every fragment's per-chat sessions of a group to its supergroup.
 
         The rows are moved under the locks of both chats' keys, taken together with
-        this update's own keys.
+        this update's own keys (after this process's locks of those, as :meth:`begin`).
         """
+        await self.hold_keys()
         by_storage: dict[int, tuple[SessionStorage, list[str]]] = {}
         for fragment in self._plan.fragments:
             storage = fragment.storage or fragment.fragment.resolve_storage()
