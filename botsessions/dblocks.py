@@ -50,6 +50,14 @@ def lock_ids(keys: Iterable[StorageKey]) -> list[int]:
     return sorted({lock_id(key) for key in keys})
 
 
+def needed(connection: Any) -> bool:
+    """Whether locks must be taken on this connection's database (see the module's doc)."""
+    vendor = connection.vendor
+    if vendor == "sqlite":
+        return connection.transaction_mode not in ("IMMEDIATE", "EXCLUSIVE")
+    return vendor in ("postgresql", "mysql")
+
+
 def acquire(connection: Any, ids: list[int], timeout: float) -> None:
     """Take the locks ``ids`` (sorted) in the connection's open transaction.
 
@@ -80,8 +88,7 @@ def acquire(connection: Any, ids: list[int], timeout: float) -> None:
                 # The others may have been granted: give them back before refusing.
                 release(connection, ids)
                 raise LockTimeout(f"session locks not granted within {timeout:g} s")
-        elif vendor == "sqlite" and connection.transaction_mode not in ("IMMEDIATE", "EXCLUSIVE"):
-            # (In those modes the transaction took the write lock when it began.)
+        elif vendor == "sqlite" and needed(connection):
             from .models import ProcessedUpdate
 
             table = connection.ops.quote_name(ProcessedUpdate._meta.db_table)

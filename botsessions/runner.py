@@ -20,7 +20,7 @@ from telegram import Update
 from telegram.ext import ExtBot
 
 from .ptb import SessionApplication
-from .unit import UnitOfWork, commits, process_as_unit, run_in_unit
+from .unit import DUPLICATE, UnitOfWork, commits, process_as_unit, run_in_unit
 
 T = TypeVar("T")
 
@@ -112,7 +112,7 @@ class BotRunner:
             raise
         if unit.end(commits(outcome)):
             self.run(unit.send_after_commit())
-        return outcome
+        return DUPLICATE if unit.duplicate else outcome
 
     async def aprocess(self, update: Update) -> str:
         """:meth:`process` for a caller on another event loop (the async webhook view).

@@ -59,8 +59,9 @@ _current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
     "botsessions_unit", default=None
 )
 
-#: How an update may end and still commit what it wrote.
+#: How an update may end and still commit what it wrote (see :class:`~botsessions.ptb.Outcome`).
 _COMMITTING = frozenset(("committed", "unchanged", "skipped"))
+DUPLICATE = "duplicate"
 
 
 def current_unit() -> UnitOfWork | None:
@@ -87,6 +88,9 @@ class UnitOfWork:
         self._after_commit: list[AfterCommit] = []
         self._waiting_for_commit = False
         self._committed = False
+        self._pending_writes: list[Callable[[], bool]] = []
+        #: Set by :meth:`end` when a pending write found the update already recorded.
+        self.duplicate = False
 
     # -- on the database thread ------------------------------------------------------
 
@@ -118,28 +122,50 @@ class UnitOfWork:
 
     def lock(self, keys: list[StorageKey]) -> None:
         """Lock session keys in the database until the transaction ends."""
+        connection = connections[self.using]
+        if not dblocks.needed(connection):
+            return  # SQLite in IMMEDIATE mode: the transaction holds the write lock already
         ids = [i for i in dblocks.lock_ids(keys) if i not in self.locked]
         if not ids:
             return
         with self.internal():
-            dblocks.acquire(connections[self.using], ids, settings.LOCK_TIMEOUT)
+            dblocks.acquire(connection, ids, settings.LOCK_TIMEOUT)
         self.locked += ids
 
+    def write_at_end(self, write: Callable[[], bool]) -> None:
+        """Run a storage's writes at the end, just before the commit, on this thread.
+
+        The session rows and the exactly-once record are the last statements of the
+        update anyway; written by :meth:`end`, they cost no extra trip between the loop
+        and this thread. ``write`` returns ``False`` when the update was already recorded.
+        """
+        self._pending_writes.append(write)
+
     def end(self, commit: bool) -> bool:
-        """Commit (or roll back) the transaction and give back the locks.
+        """Write what is pending, commit (or roll back), and give back the locks.
 
         Returns whether the sends registered with :meth:`after_commit` are due now; when
         the unit is nested in an outer transaction of the caller's, they go out once
-        that one commits instead.
+        that one commits instead. Raises when the writes or the commit fail: nothing of
+        the update is kept then.
         """
         connection = connections[self.using]
         try:
-            if commit and self._after_commit:
-                self._waiting_for_commit = True
-                transaction.on_commit(self._on_commit, using=self.using)
-            if not commit:
+            try:
+                if commit and not all(write() for write in self._pending_writes):
+                    self.duplicate = True  # recorded meanwhile by another delivery
+                    commit = False
+                if commit and self._after_commit:
+                    self._waiting_for_commit = True
+                    transaction.on_commit(self._on_commit, using=self.using)
+                if not commit:
+                    transaction.set_rollback(True, using=self.using)
+            except BaseException:
                 transaction.set_rollback(True, using=self.using)
-            self._stack.close()
+                raise
+            finally:
+                self._pending_writes = []
+                self._stack.close()
         except BaseException:
             self.discard_after_commit()
             raise
@@ -233,7 +259,7 @@ async def process_as_unit(
         raise
     if await loop.run_in_executor(executor, unit.end, commits(outcome)):
         await unit.send_after_commit()
-    return outcome
+    return DUPLICATE if unit.duplicate else outcome
 
 
 class DatabaseThreads:

@@ -12,6 +12,7 @@ in its transaction (see :mod:`botsessions.unit`).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -93,6 +94,11 @@ class DatabaseStorage(SessionStorage):
                 return
 
     async def commit(self, changes: Sequence[Change], mark: UpdateMark | None = None) -> bool:
+        unit = self._unit()
+        if unit is not None:
+            # Written by the unit's end, on its thread, right before the COMMIT.
+            unit.write_at_end(functools.partial(self.commit_sync, list(changes), mark))
+            return True
         return await sync_to_async(self.commit_sync)(changes, mark)
 
     async def was_processed(self, mark: UpdateMark) -> bool:
@@ -141,10 +147,12 @@ class DatabaseStorage(SessionStorage):
 
     # -- the blocking halves, run on the update's database thread ----------------
 
-    def _unit(self) -> UnitOfWork | None:
+    def _unit(self, using: str | None = None) -> UnitOfWork | None:
         """The update's unit of work, when its transaction is on this storage's database."""
         unit = current_unit()
-        return unit if unit is not None and unit.using == self.using else None
+        if unit is None or unit.using != (using or self.using):
+            return None
+        return unit
 
     def load_sync(
         self,
@@ -153,9 +161,10 @@ class DatabaseStorage(SessionStorage):
         lock: Sequence[StorageKey] = (),
     ) -> tuple[dict[StorageKey, StoredSession | None], bool]:
         records: dict[StorageKey, StoredSession | None] = dict.fromkeys(keys)
-        connection = connections[self.using]
+        using = self.using
+        connection = connections[using]
         try:
-            unit = self._unit()
+            unit = self._unit(using)
             if lock and unit is not None:
                 unit.lock(list(lock))
             if not keys and mark is None:
@@ -191,14 +200,15 @@ class DatabaseStorage(SessionStorage):
         their own outside an update); ``False`` when the mark was already recorded."""
         if not changes and mark is None:
             return True
-        connection = connections[self.using]
+        using = self.using
+        connection = connections[using]
         now = timezone.now()
         # Outside an update (the admin, a script) the commit is a transaction of its own.
         # Inside one, a duplicate record may spoil the transaction (PostgreSQL): the
         # update is then rolled back whole, which is what a duplicate needs anyway.
         own_transaction = (
-            transaction.atomic(using=self.using)
-            if self._unit() is None
+            transaction.atomic(using=using)
+            if self._unit(using) is None
             else contextlib.nullcontext()
         )
         stage = "mark"
