@@ -450,7 +450,7 @@ def layer_functions() -> list[tuple[str, str, Any]]:
             db.DatabaseStorage,
             "commit_sync",
         ),
-        (caller, "  UnitOfWork.end (COMMIT)", unit.UnitOfWork, "end"),
+        (caller, "  UnitOfWork.end (COMMIT, and writes deferred to it)", unit.UnitOfWork, "end"),
         (loop, "process_as_unit (begin, run_in_unit, end, on the loop)", unit, "process_as_unit"),
         (loop, "run_in_unit (the handlers with sessions, in the unit)", unit, "run_in_unit"),
         (

@@ -266,7 +266,9 @@ class DriverTrace:
                     text = fields[3].strip() if len(fields) > 3 else ""
                     if fields[2] == "Parse":
                         text = text.removeprefix('"" ')
-                    self.statements.append(text.strip('"'))
+                    if len(text) > 1 and text[0] == text[-1] == '"':
+                        text = text[1:-1]  # the trace quotes the statement
+                    self.statements.append(text)
 
 
 @contextmanager
