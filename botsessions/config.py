@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from .errors import ConfigurationError
-from .keys import KeyResolver, per_chat
+from .keys import KeyResolver, per_chat, storable_key
 from .serializers import Serializer, default_serializer
 from .storage.base import SessionStorage
 from .versioning import DataMigrations, Migration
@@ -61,8 +61,13 @@ class Fragment:
             not isinstance(self.ttl, timedelta) or self.ttl <= timedelta(0)
         ):
             raise ConfigurationError("ttl must be a positive datetime.timedelta")
-        if not isinstance(self.prefix, str):
-            raise ConfigurationError("prefix must be a string")
+        if not isinstance(self.prefix, str) or not storable_key(self.prefix):
+            raise ConfigurationError("prefix must be a string without NUL or lone surrogates")
+        embed = getattr(self.key, "chat_key", None)
+        if embed is not None and not callable(embed):
+            raise ConfigurationError(
+                "key.chat_key must be a function from a chat id to that chat's key, or None"
+            )
         for method in ("dumps", "loads"):
             if not callable(getattr(self.serializer, method, None)):
                 raise ConfigurationError(f"serializer has no {method}() method")

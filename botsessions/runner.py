@@ -19,6 +19,7 @@ from asgiref.current_thread_executor import CurrentThreadExecutor
 from telegram import Update
 from telegram.ext import ExtBot
 
+from .key_parts import check_key_parts
 from .ptb import SessionApplication
 from .unit import DUPLICATE, UnitOfWork, commits, process_as_unit, run_in_unit
 
@@ -77,13 +78,9 @@ class BotRunner:
         """Turn a JSON object into an ``Update`` bound to the application's bot."""
         bot = self.application.bot
         update = Update.de_json(data, bot)
-        # PTB does not check types: a list as chat id would crash it after the handlers
-        # ran (a 500), and an id too long for a session key would fail the write (a 503).
-        for party in (update.effective_chat, update.effective_user):
-            ident = getattr(party, "id", 0)
-            valid = isinstance(ident, int) and not isinstance(ident, bool)
-            if not valid or not -(2**63) <= ident < 2**63:
-                raise ValueError("chat and user ids must be 64-bit integers")
+        # PTB does not check types: every field a session key can be built from is
+        # checked before anything runs (InvalidKeyPart is a ValueError: a 400).
+        check_key_parts(update)
         if isinstance(bot, ExtBot) and bot.callback_data_cache is not None:
             bot.insert_callback_data(update)
         return update

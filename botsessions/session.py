@@ -30,7 +30,7 @@ from .errors import (
     SessionKeyError,
     StoredDataError,
 )
-from .keys import update_kind
+from .keys import chat_key, chat_key_of, rekey, storable_key, update_kind
 from .locks import KeyLocks
 from .serializers import JSONSerializer, json_encode
 from .storage.base import (
@@ -362,7 +362,11 @@ class UpdateSessions:
                 state = FragmentSession(fragment_plan, None, update)
             else:
                 text = f"{fragment_plan.fragment.prefix}{raw}"
-                if isinstance(raw, str) and len(text) <= MAX_KEY_LENGTH:
+                if (
+                    isinstance(raw, str)
+                    and len(text) <= MAX_KEY_LENGTH
+                    and (text in fragment_plan.keys or storable_key(text))
+                ):
                     key = fragment_plan.key(bot_id, text)
                     state = FragmentSession(
                         fragment_plan, key, update, fragment_plan.storage, self
@@ -370,11 +374,12 @@ class UpdateSessions:
                     if self._primary is None:
                         self._primary = state.storage
                 else:
-                    # The key column holds 255 characters; refuse here rather than fail
-                    # the write.
+                    # The key column holds 255 characters, and no database stores a NUL
+                    # or a lone surrogate: refuse here rather than fail the write.
                     state = FragmentSession(fragment_plan, None, update)
                     state.bad_key = (
-                        f"{raw!r:.80} is not a string of at most {MAX_KEY_LENGTH} characters"
+                        f"{raw!r:.80} is not a string of at most {MAX_KEY_LENGTH} characters "
+                        "without NUL or lone surrogates"
                     )
             states.append(state)
             self.fragments[name] = state
@@ -497,19 +502,47 @@ class UpdateSessions:
     async def move_chat(self, old_chat_id: int, new_chat_id: int) -> list[StorageKey]:
         """Move every fragment's per-chat sessions of a group to its supergroup.
 
-        The rows are moved under the locks of both chats' keys, taken together with
-        this update's own keys (after this process's locks of those, as :meth:`begin`).
+        A fragment's rows of a chat are its keys under the key its resolver gives the
+        whole chat, prefix included (:func:`~botsessions.keys.chat_key_of`). The rows
+        are moved under the locks of both chats' keys, taken together with this
+        update's own keys (after this process's locks of those, as :meth:`begin`).
         """
         await self.hold_keys()
-        by_storage: dict[int, tuple[SessionStorage, list[str]]] = {}
+        plain = (chat_key(old_chat_id), chat_key(new_chat_id))
+        by_storage: dict[int, tuple[SessionStorage, dict[str, tuple[str, str]]]] = {}
         for fragment in self._plan.fragments:
+            embed = chat_key_of(fragment.fragment.key)
+            if embed is None:
+                continue
+            prefix = fragment.fragment.prefix
+            heads = (prefix + embed(old_chat_id), prefix + embed(new_chat_id))
             storage = fragment.storage or fragment.fragment.resolve_storage()
-            by_storage.setdefault(id(storage), (storage, []))[1].append(fragment.name)
+            by_storage.setdefault(id(storage), (storage, {}))[1][fragment.name] = heads
         moved: list[StorageKey] = []
-        for storage, names in by_storage.values():
-            moved += await storage.rename_chat(
-                self.bot_id, names, old_chat_id, new_chat_id, lock=self.first_read(storage)
-            )
+        for storage, heads in by_storage.values():
+            # Built-in keys without a prefix: the storage's own search (one query in the
+            # database). Others: found by their heads, then locked with the rest.
+            names = [name for name, pair in heads.items() if pair == plain]
+            others = {name: pair for name, pair in heads.items() if pair != plain}
+            pairs: list[tuple[StorageKey, StorageKey]] = []
+            if others:
+                found = await storage.keys_under(
+                    self.bot_id, {name: old for name, (old, _) in others.items()}
+                )
+                for key in found:
+                    old_head, new_head = others[key.fragment]
+                    new = rekey(key.key, old_head, new_head)
+                    if new is not None:
+                        pairs.append((key, StorageKey(key.bot_id, key.fragment, new)))
+            lock = [*self.first_read(storage), *(key for pair in pairs for key in pair)]
+            if names:
+                moved += await storage.rename_chat(
+                    self.bot_id, names, old_chat_id, new_chat_id, lock=lock
+                )
+            elif lock:
+                await storage.load([], None, lock=lock)
+            if pairs:
+                moved += await storage.rename(pairs)
         return moved
 
     def assign_all(self, value: Any) -> None:

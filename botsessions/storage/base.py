@@ -15,7 +15,7 @@ raised, never reported as "no session": that would let initial data replace real
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -161,6 +161,23 @@ class SessionStorage(ABC):
             if new_key is not None:
                 pairs.append((key, StorageKey(bot_id, key.fragment, new_key)))
         return await self.rename(pairs)
+
+    async def keys_under(self, bot_id: int, heads: Mapping[str, str]) -> list[StorageKey]:
+        """The stored keys of each fragment ``f`` that are ``heads[f]`` or continue it
+        after a colon.
+
+        Chat migrations find a chat's rows this way in fragments with a prefix or a
+        resolver of their own. The default walks :meth:`keys`; a storage that can look
+        keys up by their beginning overrides it.
+        """
+        from ..keys import is_under
+
+        found = []
+        async for key in self.keys(bot_id):
+            head = heads.get(key.fragment)
+            if head is not None and is_under(key.key, head):
+                found.append(key)
+        return found
 
     async def rename(self, pairs: Iterable[tuple[StorageKey, StorageKey]]) -> list[StorageKey]:
         """Move fragments to new keys, never overwriting a key that exists; return the moved.
