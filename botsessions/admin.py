@@ -25,7 +25,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import F, Q, QuerySet, TextField
-from django.db.models.functions import Cast
+from django.db.models.functions import Cast, Collate
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.templatetags.static import static
@@ -37,7 +37,7 @@ from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from .bots import session_configs
+from .bots import session_configs, sessions_for_bot_id
 from .errors import SessionDataError
 from .keys import describe_key
 from .maintenance import (
@@ -255,6 +255,13 @@ class ExpiryFilter(admin.SimpleListFilter):
         return queryset
 
 
+def _prefix_of(obj: Session) -> str:
+    """The configured prefix of a row's fragment, so prefixed built-in keys read as such."""
+    sessions = sessions_for_bot_id(obj.bot_id)
+    fragment = None if sessions is None else sessions.fragments.get(obj.fragment)
+    return "" if fragment is None else fragment.prefix
+
+
 def _plain(version: Decimal) -> str:
     """``2.000000`` as ``2``, for labels and URLs."""
     return format(version.normalize(), "f")
@@ -263,6 +270,7 @@ def _plain(version: Decimal) -> str:
 # -- search ----------------------------------------------------------------------------
 
 _TELEGRAM_ID = re.compile(r"-?\d+")
+SEARCH_COLLATION = "utf8mb4_unicode_ci"  # MySQL/MariaDB: ignores case (and accents)
 _KEY_PAIRS = re.compile(r"[a-z]+:-?\d+(?::[a-z]+:-?\d+)*")
 
 
@@ -270,10 +278,10 @@ def _key_segment(segment: str) -> Q:
     """Keys containing ``segment`` as whole ``kind:id`` parts (``chat:-1`` ≠ ``chat:-12``)."""
     # Case-insensitive lookups all compare UPPER(key), so one trigram index serves them.
     return (
-        Q(key__iexact=segment)
-        | Q(key__istartswith=f"{segment}:")
-        | Q(key__iendswith=f":{segment}")
-        | Q(key__icontains=f":{segment}:")
+        Q(key_text__iexact=segment)
+        | Q(key_text__istartswith=f"{segment}:")
+        | Q(key_text__iendswith=f":{segment}")
+        | Q(key_text__icontains=f":{segment}:")
     )
 
 
@@ -286,10 +294,23 @@ def _key_condition(term: str) -> Q:
     """
     if _TELEGRAM_ID.fullmatch(term):
         parts = _key_segment(f"chat:{term}") | _key_segment(f"user:{term}")
-        return Q(key__icontains=f":{term}") & parts
+        return Q(key_text__icontains=f":{term}") & parts
     if _KEY_PAIRS.fullmatch(term):
-        return Q(key__icontains=term) & _key_segment(term)
-    return Q(key__icontains=term)
+        return Q(key_text__icontains=term) & _key_segment(term)
+    return Q(key_text__icontains=term)
+
+
+def _searchable_key(using: str) -> Any:
+    """The key column as searches compare it: case-insensitively on every database.
+
+    Keys themselves compare exactly (migration 0002). Django's case-insensitive lookups
+    say ``UPPER(...)`` on PostgreSQL and SQLite, but on MySQL/MariaDB a plain ``LIKE``,
+    which the key column's binary collation would make case-sensitive; there the search
+    compares the key in a case-insensitive collation instead.
+    """
+    if connections[using].vendor == "mysql":
+        return Collate(F("key"), SEARCH_COLLATION)
+    return F("key")
 
 
 def search_condition(term: str) -> Q:
@@ -297,7 +318,8 @@ def search_condition(term: str) -> Q:
 
     A bare number is a Telegram id: it finds the chat's key, that chat's per-user and
     per-topic keys, and the user's keys. Data is searched as its JSON text, also in the
-    escaped forms JSON may store (``\\u00fc`` for ``ü``, ``\\"`` for a quote).
+    escaped forms JSON may store (``\\u00fc`` for ``ü``, ``\\"`` for a quote). It refers
+    to the ``key_text`` and ``data_text`` aliases that :func:`search_sessions` adds.
     """
     condition = Q()
     variants = {term, json.dumps(term)[1:-1], json.dumps(term, ensure_ascii=False)[1:-1]}
@@ -317,7 +339,10 @@ def search_sessions(queryset: QuerySet[Session], search_term: str) -> QuerySet[S
     if not words:
         return queryset
     # Cast, not data__icontains: on PostgreSQL that would be a jsonb lookup, not text.
-    queryset = queryset.alias(data_text=Cast("data", output_field=TextField()))
+    queryset = queryset.alias(
+        key_text=_searchable_key(queryset.db),
+        data_text=Cast("data", output_field=TextField()),
+    )
     for word in words:
         queryset = queryset.filter(search_condition(word))
     return queryset
@@ -499,7 +524,7 @@ class SessionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("key"))
     def key_meaning(self, obj: Session) -> SafeString:
-        meaning = describe_key(obj.key)
+        meaning = describe_key(obj.key, _prefix_of(obj))
         if meaning == obj.key:
             return format_html("<code>{}</code>", obj.key)
         return format_html('<code>{}</code><br><span class="quiet">{}</span>', obj.key, meaning)
