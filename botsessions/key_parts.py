@@ -88,7 +88,7 @@ def check_key_parts(update: Update) -> None:
     connection = getattr(update, "business_connection", None)
     if connection is not None:
         check_token(connection.id, "business_connection.id")
-        _check_optional_id(connection.user_chat_id, "business_connection.user_chat_id")
+        check_id(connection.user_chat_id, "business_connection.user_chat_id")
     deleted = getattr(update, "deleted_business_messages", None)
     if deleted is not None:
         check_token(deleted.business_connection_id, "deleted_business_messages.connection")
