@@ -93,11 +93,10 @@ class BotRunner:
         rolled back and must be delivered again.
         """
         self.initialize()
-        # This thread holds the transaction (inside any the caller has open), and runs
-        # the update's database work while it waits for the loop.
+        # This thread runs the update's database work while it waits for the loop, so
+        # its connection holds the transaction (inside any the caller has open).
         unit = UnitOfWork(self.application.unit_database)
         executor = CurrentThreadExecutor(None)
-        unit.begin()
         try:
             future = asyncio.run_coroutine_threadsafe(
                 run_in_unit(self.application, update, unit, executor), self.loop

@@ -38,7 +38,7 @@ import contextvars
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import ThreadSensitiveContext
@@ -89,10 +89,21 @@ class UnitOfWork:
         self._waiting_for_commit = False
         self._committed = False
         self._pending_writes: list[Callable[[], bool]] = []
+        self.begun = False
         #: Set by :meth:`end` when a pending write found the update already recorded.
         self.duplicate = False
 
     # -- on the database thread ------------------------------------------------------
+
+    def run(self, job: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run a piece of the update's database work, in its transaction.
+
+        The transaction opens with the first of them, so an update that needs none (no
+        handler wanted it, or its handlers only talk to the Bot API) costs no statement.
+        """
+        if not self.begun:
+            self.begin()
+        return job(*args, **kwargs)
 
     def begin(self) -> None:
         """Open the transaction and start watching its statements for writes."""
@@ -101,6 +112,7 @@ class UnitOfWork:
         connection = connections[self.using]
         self._stack.enter_context(transaction.atomic(using=self.using))
         self._stack.enter_context(connection.execute_wrapper(self._watch))
+        self.begun = True
 
     def _watch(
         self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
@@ -149,10 +161,16 @@ class UnitOfWork:
         that one commits instead. Raises when the writes or the commit fail: nothing of
         the update is kept then.
         """
+        if not self.begun and not (commit and self._pending_writes):
+            # Nothing reached the database: nothing to commit, the sends are due at once.
+            if not commit:
+                self.discard_after_commit()
+            return commit and bool(self._after_commit)
         connection = connections[self.using]
+        token = _current.set(self)  # for the pending writes, which look the unit up
         try:
             try:
-                if commit and not all(write() for write in self._pending_writes):
+                if commit and not all(self.run(write) for write in self._pending_writes):
                     self.duplicate = True  # recorded meanwhile by another delivery
                     commit = False
                 if commit and self._after_commit:
@@ -170,6 +188,7 @@ class UnitOfWork:
             self.discard_after_commit()
             raise
         finally:
+            _current.reset(token)
             self._waiting_for_commit = False
             try:
                 if self.locked and connection.connection is not None:
@@ -213,6 +232,24 @@ class UnitOfWork:
         self._after_commit = []
 
 
+class UnitExecutor(Executor):
+    """The executor of an update's database work: ``inner``'s thread, inside ``unit``.
+
+    Every call the update sends to its database thread (the storage's, and each
+    thread-sensitive ``sync_to_async`` of its handlers) goes through
+    :meth:`UnitOfWork.run`, so the first one opens the transaction.
+    """
+
+    def __init__(self, inner: Executor, unit: UnitOfWork) -> None:
+        self._inner = inner
+        self._unit = unit
+
+    def submit(  # type: ignore[override]
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Future[Any]:
+        return self._inner.submit(self._unit.run, fn, *args, **kwargs)
+
+
 def commits(outcome: str) -> bool:
     """Whether an update that ended with ``outcome`` keeps what it wrote."""
     return outcome in _COMMITTING
@@ -231,7 +268,7 @@ async def run_in_unit(
     unit.loop = asyncio.get_running_loop()
     token = _current.set(unit)
     try:
-        async with ThreadSensitiveContext(executor=executor):
+        async with ThreadSensitiveContext(executor=UnitExecutor(executor, unit)):
             return await application.process_update_with_sessions(update)
     finally:
         _current.reset(token)
@@ -251,7 +288,6 @@ async def process_as_unit(
     """
     unit = UnitOfWork(application.unit_database, fresh_connections=fresh_connections)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(executor, unit.begin)
     try:
         outcome = await run_in_unit(application, update, unit, executor)
     except BaseException:

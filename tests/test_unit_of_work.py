@@ -295,3 +295,18 @@ def test_a_lock_wait_past_the_timeout_answers_503_and_leaves_nothing(
     assert Purchase.objects.count() == 1  # the first one's only
     assert ProcessedUpdate.objects.count() == 1
     assert not Session.objects.filter(key=f"chat:{GROUP - 1}").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_database_work_no_transaction_and_the_writes_need_no_savepoint(make_bot: Any) -> None:
+    """An update no handler wants opens no transaction (on SQLite it would take the
+    write lock); a changed one writes in its transaction directly, with no savepoint."""
+    bot = make_bot(shop(), [CommandHandler("buy", buy)])
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("not a command")) == "skipped"
+    assert captured.captured_queries == []
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("/buy")) == "committed"
+    words = [q["sql"].split()[0].upper() for q in captured.captured_queries]
+    assert "SAVEPOINT" not in words
+    assert words.count("INSERT") == 3  # the purchase, the record, the session
