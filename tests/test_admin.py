@@ -1117,3 +1117,58 @@ def test_changing_the_settings_forgets_the_bots(settings: Any) -> None:
     assert bots.sessions_for_bot_id(BOT_ID) is not None
     settings.BOTSESSIONS_BOTS = {}
     assert bots.sessions_for_bot_id(BOT_ID) is None
+
+
+# -- keys: exact in the table, found whatever their case, described with their prefix ---
+
+PREFIXED_ID = 888888
+
+
+def build_prefixed_application() -> Application:  # type: ignore[type-arg]
+    sessions = Sessions(prefix="pizza:")
+    return use_sessions(
+        ApplicationBuilder().token(f"{PREFIXED_ID}:prefixed-token"), sessions
+    ).build()
+
+
+def test_keys_differing_only_by_case_or_trailing_spaces_are_different_rows() -> None:
+    """Migration 0002 gives MySQL/MariaDB an exact collation; the others are exact."""
+    for key in ("pizza:Margherita", "pizza:margherita", "pizza:margherita "):
+        make(key)
+    assert Session.objects.count() == 3
+    assert Session.objects.get(key="pizza:margherita").key == "pizza:margherita"
+    assert Session.objects.filter(key="pizza:margherita ").count() == 1
+
+
+def test_search_ignores_case_even_where_keys_compare_exactly(admin_client: Client) -> None:
+    for key in ("pizza:Margherita", "pizza:margherita", "pizza:margherita "):
+        make(key)
+    every = sorted(["pizza:Margherita", "pizza:margherita", "pizza:margherita "])
+    assert search(admin_client, "PIZZA:MARGHERITA") == every
+    assert search(admin_client, "margherita") == every
+
+
+def test_search_by_chat_id_finds_business_and_guest_keys_of_it(admin_client: Client) -> None:
+    make(f"business:wLq9Tr2V:chat:{CHAT}")
+    make(f"guest:chat:{CHAT}:user:111")
+    make(f"guest:chat:{CHAT}9")
+    assert search(admin_client, str(CHAT)) == sorted(
+        [f"business:wLq9Tr2V:chat:{CHAT}", f"guest:chat:{CHAT}:user:111"]
+    )
+    assert search(admin_client, "WLQ9TR2V") == [f"business:wLq9Tr2V:chat:{CHAT}"]
+
+
+def test_the_list_describes_business_guest_and_prefixed_keys(
+    admin_client: Client, settings: Any
+) -> None:
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "prefixed": {"APPLICATION": "tests.test_admin.build_prefixed_application"},
+    }
+    make(f"business:wLq9Tr2V:chat:{CHAT}")
+    make(f"guest:chat:{CHAT}:user:111")
+    make(f"pizza:chat:{CHAT}:topic:7", bot_id=PREFIXED_ID, fragment="")
+    page = admin_client.get(reverse(CHANGELIST)).text
+    assert f"business chat {CHAT} via connection wLq9Tr2V" in page
+    assert f"user 111 in guest chat {CHAT}" in page
+    assert f"topic 7 of chat {CHAT}" in page

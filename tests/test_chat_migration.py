@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from telegram.ext import MessageHandler, filters
 
-from botsessions import Fragment, Sessions, per_chat, per_user, per_user_in_chat
+from botsessions import Fragment, Sessions, per_chat, per_topic, per_user, per_user_in_chat
 
 from .probes import RecordingStorage
 from .updates import BOB, GROUP, SUPERGROUP, message, service_message
@@ -128,3 +128,145 @@ def test_the_move_is_part_of_the_update_under_the_locks_of_both_chats(make_bot, 
     assert moved < set(locked[0])
     assert Session.objects.filter(key__contains=str(SUPERGROUP)).count() == 0  # rolled back
     assert Session.objects.filter(key__contains=str(GROUP)).count() == 2
+
+
+# -- prefixes, resolvers of your own, and what never moves ---------------------------------
+
+
+def per_room(update: Any) -> str | None:
+    """A resolver of someone's own: one session per user in a "room" (a chat)."""
+    chat, user = update.effective_chat, update.effective_user
+    if chat is None or user is None:
+        return None
+    return f"room:{chat.id}:{user.id}"
+
+
+per_room.chat_key = lambda chat_id: f"room:{chat_id}"  # type: ignore[attr-defined]
+
+
+def per_chat_unmoved(update: Any) -> str | None:
+    """Built-in keys, but this fragment asks to stay where it is."""
+    return per_chat(update)
+
+
+per_chat_unmoved.chat_key = None  # type: ignore[attr-defined]
+
+
+def prefixed(storage: Any) -> Sessions:
+    return Sessions.multi(
+        chat=Fragment(initial=lambda: {"n": 0}, key=per_chat, prefix="pizza:", storage=storage),
+        member=Fragment(
+            initial=lambda: {"n": 0}, key=per_user_in_chat, prefix="m/", storage=storage
+        ),
+        topic=Fragment(initial=lambda: {"n": 0}, key=per_topic, prefix="t-", storage=storage),
+        user=Fragment(initial=lambda: {"n": 0}, key=per_user, prefix="pizza:", storage=storage),
+        room=Fragment(initial=lambda: {"n": 0}, key=per_room, prefix="r:", storage=storage),
+        stay=Fragment(initial=lambda: {"n": 0}, key=per_chat_unmoved, storage=storage),
+        plain=Fragment(initial=lambda: {"n": 0}, key=per_chat, storage=storage),
+        migrate_chats=True,
+    )
+
+
+async def count_all(update: Any, context: Any) -> None:
+    for name in ("chat", "member", "topic", "user", "room", "stay", "plain"):
+        getattr(context.session, name)["n"] += 1
+
+
+@pytest.mark.parametrize("announcement", ["migrate_to", "migrate_from"])
+def test_fragments_with_a_prefix_or_a_resolver_of_your_own_move_too(make_bot, probe, announcement):
+    bot = make_bot(prefixed(probe.storage), [MessageHandler(filters.TEXT, count_all)])
+    bot.process(message("🍕", chat_id=GROUP, user_id=BOB))
+    if announcement == "migrate_to":
+        bot.process(service_message(GROUP, migrate_to_chat_id=SUPERGROUP))
+    else:
+        bot.process(service_message(SUPERGROUP, migrate_from_chat_id=GROUP))
+    moved = {
+        "chat": "pizza:chat:{}",
+        "member": f"m/chat:{{}}:user:{BOB}",
+        "topic": "t-chat:{}",
+        "room": f"r:room:{{}}:{BOB}",
+        "plain": "chat:{}",
+    }
+    for fragment, key in moved.items():
+        assert probe.stored_text(BOT, fragment, key.format(GROUP)) is None, fragment
+        assert probe.stored_text(BOT, fragment, key.format(SUPERGROUP)) == '{"n":1}', fragment
+    assert probe.stored_text(BOT, "user", f"pizza:user:{BOB}") == '{"n":1}'  # not per chat
+    assert probe.stored_text(BOT, "stay", f"chat:{GROUP}") == '{"n":1}'  # chat_key = None
+    assert probe.stored_text(BOT, "stay", f"chat:{SUPERGROUP}") is None
+
+
+def test_prefixed_rows_never_overwrite_what_the_supergroup_has(make_bot, probe):
+    bot = make_bot(prefixed(probe.storage), [MessageHandler(filters.TEXT, count_all)])
+    bot.process(message("🍕", chat_id=GROUP, user_id=BOB))
+    bot.process(message("🍕", chat_id=SUPERGROUP, user_id=BOB))
+    bot.process(message("🍕", chat_id=SUPERGROUP, user_id=BOB))
+    bot.process(service_message(SUPERGROUP, migrate_from_chat_id=GROUP))
+    assert probe.stored_text(BOT, "chat", f"pizza:chat:{SUPERGROUP}") == '{"n":2}'
+    assert probe.stored_text(BOT, "chat", f"pizza:chat:{GROUP}") == '{"n":1}'
+    assert probe.stored_text(BOT, "room", f"r:room:{SUPERGROUP}:{BOB}") == '{"n":2}'
+
+
+def test_keys_of_a_chat_are_the_chats_key_or_continue_it_after_a_colon(make_bot, probe):
+    """Chat -40's keys never include chat -401's, with a prefix as without."""
+    bot = make_bot(prefixed(probe.storage), [MessageHandler(filters.TEXT, count_all)])
+    bot.process(message("🍕", chat_id=-40, user_id=BOB))
+    bot.process(message("🍕", chat_id=-401, user_id=BOB))
+    bot.process(service_message(-40, migrate_to_chat_id=SUPERGROUP))
+    assert probe.stored_text(BOT, "chat", "pizza:chat:-401") == '{"n":1}'
+    assert probe.stored_text(BOT, "room", f"r:room:-401:{BOB}") == '{"n":1}'
+    assert probe.stored_text(BOT, "chat", f"pizza:chat:{SUPERGROUP}") == '{"n":1}'
+
+
+def test_guest_sessions_of_the_group_stay(make_bot, probe):
+    """A guest chat is not the bot's chat, even when Telegram migrates a group it shares
+    an id with; and an edit never announces a migration."""
+    from telegram import Update
+    from telegram.ext import TypeHandler
+
+    from .updates import edited_message, guest_message
+
+    async def count(update: Any, context: Any) -> None:
+        context.session["n"] += 1
+
+    sessions = Sessions(initial=lambda: {"n": 0}, storage=probe.storage, migrate_chats=True)
+    bot = make_bot(sessions, [TypeHandler(Update, count)])
+    bot.process(guest_message(chat_id=GROUP, user_id=BOB))
+    bot.process(message("🍕", chat_id=GROUP, user_id=BOB))
+    edit = edited_message(chat_id=GROUP, user_id=BOB)
+    edit["edited_message"]["migrate_to_chat_id"] = SUPERGROUP
+    bot.process(edit)
+    assert probe.stored_text(BOT, "", f"chat:{GROUP}") == '{"n":2}'  # not moved by the edit
+    bot.process(service_message(GROUP, migrate_to_chat_id=SUPERGROUP))
+    assert probe.stored_text(BOT, "", f"guest:chat:{GROUP}") == '{"n":1}'
+    assert probe.stored_text(BOT, "", f"chat:{SUPERGROUP}") == '{"n":2}'
+
+
+def test_prefixed_keys_are_locked_with_the_rest_in_one_go(make_bot, monkeypatch):
+    """The moved keys of every fragment, found by the storage's own search or by their
+    heads, are locked in the first acquisition, with the update's own keys."""
+    from botsessions.unit import UnitOfWork
+
+    calls: list[set[str]] = []
+    real_lock = UnitOfWork.lock
+
+    def lock(unit: UnitOfWork, keys: Any) -> None:
+        calls.append({f"{key.fragment}/{key.key}" for key in keys})
+        real_lock(unit, keys)
+
+    bot = make_bot(prefixed(None), [MessageHandler(filters.TEXT, count_all)])
+    bot.process(message("🍕", chat_id=GROUP, user_id=BOB))
+    monkeypatch.setattr(UnitOfWork, "lock", lock)
+    bot.process(service_message(GROUP, migrate_to_chat_id=SUPERGROUP))
+    expected = {
+        f"{fragment}/{key.format(chat)}"
+        for fragment, key in {
+            "chat": "pizza:chat:{}",
+            "member": f"m/chat:{{}}:user:{BOB}",
+            "topic": "t-chat:{}",
+            "room": f"r:room:{{}}:{BOB}",
+            "plain": "chat:{}",
+        }.items()
+        for chat in (GROUP, SUPERGROUP)
+    }
+    assert expected <= calls[0]
+    assert all(later <= calls[0] for later in calls[1:])

@@ -9,10 +9,15 @@ from typing import Any
 
 import pytest
 from telegram import Update
+from telegram.ext import TypeHandler
 
 from botsessions import (
+    ConfigurationError,
+    Fragment,
     JSONSerializer,
     SessionDataError,
+    SessionKeyError,
+    Sessions,
     per_chat,
     per_topic,
     per_user,
@@ -146,3 +151,81 @@ def test_a_serializer_with_its_own_encoder_still_gets_the_round_trip_check():
     with pytest.raises(SessionDataError):
         Rounding().dumps({"x": 0.1234})
     assert JSONSerializer().dumps({"x": 0.1234}) == '{"x":0.1234}'
+
+
+# -- business, guest and the bot's own chats -----------------------------------------------
+
+
+def test_business_and_guest_keys_explain_themselves():
+    assert describe_key("business:AbC:chat:42") == "business chat 42 via connection AbC"
+    assert describe_key("business:AbC:user:7") == "user 7 via business connection AbC"
+    assert describe_key("business:AbC:chat:42:user:7") == (
+        "user 7 in business chat 42 via connection AbC"
+    )
+    assert describe_key("guest:chat:-100") == "guest chat -100"
+    assert describe_key("guest:chat:42:user:7") == "user 7 in guest chat 42"
+    assert describe_key("guest:chat:-100:topic:3") == "topic 3 of guest chat -100"
+    assert describe_key("p:chat:-1:topic:7", prefix="p:") == "topic 7 of chat -1"
+    assert describe_key("p:chat:-1:topic:7") == "p:chat:-1:topic:7"
+    assert describe_key("chat:abc") == "chat:abc"  # not an id: a key of someone's own
+
+
+@pytest.mark.django_db
+def test_business_guest_and_own_chats_with_one_id_keep_separate_sessions(make_bot, probe):
+    """Chat 111111111 is Alice's chat with the bot, her chat with a business the bot
+    serves, and (reported under her id) a chat Bob summoned the bot into as a guest."""
+
+    async def count(update, context):
+        context.session["n"] += 1
+
+    sessions = Sessions(initial=lambda: {"n": 0}, storage=probe.storage)
+    bot = make_bot(sessions, [TypeHandler(Update, count)])
+    alice = updates.ALICE
+    bot.process(updates.message("hi", chat_id=alice))
+    for _ in range(2):
+        bot.process(updates.business_message(chat_id=alice))
+    bot.process(updates.business_message(chat_id=alice, connection="OtherShop1"))
+    for _ in range(3):
+        bot.process(updates.guest_message(chat_id=alice, user_id=updates.BOB))
+    bot.process(updates.message("hi", chat_id=updates.SUPERGROUP, user_id=updates.BOB))
+    bot.process(updates.guest_message(chat_id=updates.SUPERGROUP))
+    assert bot.errors == []
+    stored = {
+        f"chat:{alice}": '{"n":1}',
+        f"business:{updates.CONNECTION}:chat:{alice}": '{"n":2}',
+        f"business:OtherShop1:chat:{alice}": '{"n":1}',
+        f"guest:chat:{alice}:user:{updates.BOB}": '{"n":3}',
+        f"chat:{updates.SUPERGROUP}": '{"n":1}',
+        f"guest:chat:{updates.SUPERGROUP}": '{"n":1}',
+    }
+    for key, text in stored.items():
+        assert probe.stored_text(123456, "", key) == text, key
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("bad_key", ["chat:\x00", "chat:\ud800", "x" * 250 + "\x00"])
+def test_keys_no_database_can_store_are_refused_before_any_storage_call(make_bot, probe, bad_key):
+    """PostgreSQL refuses a NUL in text and no driver encodes a lone surrogate: either
+    would fail at the write, after the handlers ran, on every redelivery."""
+
+    async def handler(update, context):
+        context.session["n"] = 1
+
+    sessions = Sessions(storage=probe.storage, initial=dict, key=lambda update: bad_key)
+    bot = make_bot(sessions, [TypeHandler(Update, handler)])
+    assert bot.process(updates.message("x")) == "handler_failed"
+    assert isinstance(bot.errors[0], SessionKeyError)
+    assert "lone surrogates" in str(bot.errors[0])
+    assert probe.counts() == type(probe.counts())()
+
+
+def test_prefixes_and_chat_keys_are_checked_when_configured():
+    with pytest.raises(ConfigurationError, match="prefix"):
+        Fragment(prefix="a\x00")
+
+    def per_room(update):
+        return None
+
+    per_room.chat_key = "room:{}"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match="chat_key"):
+        Fragment(key=per_room)

@@ -47,6 +47,7 @@ json_scalars = (
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats()
     | st.text(max_size=30)
+    | st.sampled_from(["\ud800", "a\udfffb", "chat:1", "x" * 300])  # lone surrogates
 )
 json_values = st.recursive(
     json_scalars,
@@ -100,7 +101,25 @@ def telegram_shaped(draw: st.DrawFn) -> dict[str, Any]:
         message["entities"] = draw(
             _mostly([{"type": "bot_command", "offset": 0, "length": command}])
         )
-    kind = draw(st.sampled_from(["message", "message", "edited_message", "channel_post"]))
+    if draw(st.integers(0, 4)) == 0:  # a topic (forum or private chat)
+        message["message_thread_id"] = draw(_mostly(draw(st.integers(1, 2**31))))
+        message["is_topic_message"] = draw(_mostly(True))
+    kind = draw(
+        st.sampled_from(
+            [
+                "message",
+                "message",
+                "edited_message",
+                "channel_post",
+                "business_message",
+                "guest_message",
+            ]
+        )
+    )
+    if kind == "business_message":
+        message["business_connection_id"] = draw(_mostly("wLq9Tr2VxkGyAQAAm0cnGkVbp5E"))
+    elif kind == "guest_message":
+        message["guest_query_id"] = draw(_mostly("4372847126387462134"))
     # Small ids repeat: the same update_id comes back with other content (a redelivery).
     update_id = draw(
         st.integers(0, 19).flatmap(
