@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from telegram import Update
 
@@ -65,8 +64,7 @@ def chat_key(chat_id: int) -> str:
 # -- where an update happened ----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Place:
+class Place(NamedTuple):
     """What the built-in resolvers build keys from.
 
     ``space`` goes in front of every key of the chat (empty for the bot's own chats);
@@ -82,64 +80,13 @@ class Place:
     chat_names_user: bool = False
 
 
-def sent_message(update: Update) -> Any:
-    """The message an update brings (not a callback query's), or ``None``."""
+def sent_message(update: Update) -> tuple[str, Any]:
+    """The field and message of an update that brings one (not a callback query's)."""
     for field in MESSAGE_FIELDS:
         message = getattr(update, field, None)
         if message is not None:
-            return message
-    return None
-
-
-def message_of(update: Update) -> Any:
-    """The message an update is about: the one it brings, or the one a button was on."""
-    message = sent_message(update)
-    if message is None and update.callback_query is not None:
-        message = update.callback_query.message  # may be an inaccessible message
-    return message
-
-
-def sender_of(update: Update) -> Any:
-    """The user who sent the update, or ``None`` when no real user did.
-
-    A message sent on behalf of a chat (an anonymous group admin, a channel's post
-    forwarded to its discussion group) carries a placeholder user shared by every such
-    message in every chat; keying on it would give all of them one session.
-    """
-    message = sent_message(update)
-    if message is None:
-        return update.effective_user
-    if message.sender_chat is not None and message.chat.type != "channel":
-        return None
-    return message.from_user
-
-
-def business_connection_of(update: Update) -> str | None:
-    """The business connection an update came through, or ``None``."""
-    connection = getattr(update, "business_connection", None)
-    if connection is not None:
-        return connection.id  # type: ignore[no-any-return]
-    deleted = getattr(update, "deleted_business_messages", None)
-    if deleted is not None:
-        return deleted.business_connection_id  # type: ignore[no-any-return]
-    return getattr(message_of(update), "business_connection_id", None) or None
-
-
-def is_guest(update: Update) -> bool:
-    """Whether the update comes from a chat the bot was summoned into as a guest."""
-    if getattr(update, "guest_message", None) is not None:
-        return True
-    return bool(getattr(message_of(update), "guest_query_id", None))
-
-
-def is_business(update: Update) -> bool:
-    """Whether the update belongs to a business account (whatever its connection id)."""
-    return (
-        any(getattr(update, field, None) is not None for field in BUSINESS_MESSAGE_FIELDS)
-        or getattr(update, "deleted_business_messages", None) is not None
-        or getattr(update, "business_connection", None) is not None
-        or bool(getattr(message_of(update), "business_connection_id", None))
-    )
+            return field, message
+    return "", None
 
 
 def topic_of(message: Any) -> int | None:
@@ -153,28 +100,57 @@ def topic_of(message: Any) -> int | None:
 
 
 def place_of(update: object) -> Place | None:
-    """Where an update happened, as the built-in resolvers see it; ``None`` for non-updates."""
+    """Where an update happened, as the built-in resolvers see it; ``None`` for non-updates.
+
+    The sender is ``None`` for a message sent on behalf of a chat (an anonymous group
+    admin, a channel's post forwarded to its discussion group): its ``from`` is a
+    placeholder user shared by every such message in every chat.
+    """
     if not isinstance(update, Update):
         return None
-    chat = update.effective_chat
+    field, message = sent_message(update)
+    if message is not None:
+        chat = message.chat
+        on_behalf = message.sender_chat is not None and chat.type != "channel"
+        user = None if on_behalf else message.from_user
+        connection = message.business_connection_id or None
+        business = connection is not None or field in BUSINESS_MESSAGE_FIELDS
+        guest = field == "guest_message" or bool(getattr(message, "guest_query_id", None))
+    else:
+        # The message a button was on (perhaps an inaccessible one), if any.
+        chat, user = update.effective_chat, update.effective_user
+        message = None if update.callback_query is None else update.callback_query.message
+        connection, business = _business_of(update, message)
+        guest = bool(getattr(message, "guest_query_id", None))
     chat_part = None if chat is None else chat_key(chat.id)
-    user = sender_of(update)
     user_id = None if user is None else user.id
-    topic = topic_of(message_of(update))
-    if is_business(update):
-        connection = business_connection_of(update)
+    topic = None if message is None else topic_of(message)
+    if business:
         if connection is None:
             # Never the plain keys: that is the bot's own chat with the same id.
             return Place("", None, None, None, "")
         space = f"{BUSINESS}:{connection}:"
         return Place(space, chat_part, user_id, topic, space)
-    if is_guest(update):
+    if guest:
         space = f"{GUEST}:"
         if chat is not None and chat.type == "private":
             part = None if user_id is None else f"{chat_part}:user:{user_id}"
             return Place(space, part, user_id, topic, "", chat_names_user=True)
         return Place(space, chat_part, user_id, topic, "")
     return Place("", chat_part, user_id, topic, "")
+
+
+def _business_of(update: Update, message: Any) -> tuple[str | None, bool]:
+    """The business connection of an update that brings no message itself, and whether
+    the update belongs to a business account at all."""
+    connection = getattr(update, "business_connection", None)
+    if connection is not None:
+        return connection.id or None, True
+    deleted = getattr(update, "deleted_business_messages", None)
+    if deleted is not None:
+        return deleted.business_connection_id or None, True
+    connection_id = getattr(message, "business_connection_id", None) or None
+    return connection_id, connection_id is not None
 
 
 # -- the built-in resolvers ---------------------------------------------------------------
