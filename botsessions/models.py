@@ -13,7 +13,9 @@ class Session(models.Model):
     """One session fragment of one bot, as the session engine stores it.
 
     ``revision`` grows by one on every write; writers compare it to detect a concurrent
-    change instead of overwriting it.
+    change instead of overwriting it. ``fragment`` and ``key`` compare byte for byte on
+    every database, case and trailing spaces included (migration 0002 sees to MySQL and
+    MariaDB, whose default collations would make ``Pizza`` and ``pizza `` one session).
     """
 
     bot_id = models.BigIntegerField(_("bot id"))
