@@ -61,16 +61,18 @@ def needed(connection: Any) -> bool:
 def acquire(connection: Any, ids: list[int], timeout: float) -> None:
     """Take the locks ``ids`` (sorted) in the connection's open transaction.
 
-    Raises :class:`~botsessions.errors.LockTimeout` when they are not granted within
-    ``timeout`` seconds; database errors (a deadlock, a lost connection) propagate.
+    Raises :class:`~botsessions.errors.LockTimeout` when they are not all granted within
+    ``timeout`` seconds in all (each lock waits its share); database errors (a deadlock,
+    a lost connection) propagate, with nothing left held.
     """
+    share = timeout / len(ids)
     vendor = connection.vendor
     with connection.cursor() as cursor:
         if vendor == "postgresql":
             parts = ", ".join(["pg_advisory_xact_lock(%s)"] * len(ids))
             cursor.execute(
                 f"SELECT set_config('lock_timeout', %s, true), {parts}",
-                [f"{max(1, round(timeout * 1000))}ms", *ids],
+                [f"{max(1, round(share * 1000))}ms", *ids],
             )
         elif vendor == "mysql":
             cursor.execute(
@@ -78,15 +80,19 @@ def acquire(connection: Any, ids: list[int], timeout: float) -> None:
                 "SESSION innodb_lock_wait_timeout = %s",
                 [max(1, math.ceil(timeout))],
             )
-            parts = ", ".join(["GET_LOCK(%s, %s)"] * len(ids))
+            # AND stops at the first lock not granted: the rest are not waited for.
+            parts = " AND ".join(["GET_LOCK(%s, %s) = 1"] * len(ids))
             params: list[Any] = []
             for ident in ids:
-                params += [_mysql_name(ident), timeout]
-            cursor.execute(f"SELECT {parts}", params)
-            granted = cursor.fetchone()
-            if not all(value == 1 for value in granted):
-                # The others may have been granted: give them back before refusing.
-                release(connection, ids)
+                params += [_mysql_name(ident), share]
+            try:
+                cursor.execute(f"SELECT {parts}", params)
+                granted = cursor.fetchone()[0]
+            except BaseException:
+                release(connection, ids)  # some may have been granted before the error
+                raise
+            if granted != 1:
+                release(connection, ids)  # give back those granted before the refusal
                 raise LockTimeout(f"session locks not granted within {timeout:g} s")
         elif vendor == "sqlite" and needed(connection):
             from .models import ProcessedUpdate

@@ -38,28 +38,18 @@ from .errors import (
     StoredDataError,
 )
 from .locks import KeyLocks
+from .outcome import Outcome
 from .session import UpdateSessions
 from .unit import AfterCommit, DatabaseThreads, current_unit, process_as_unit
 
 logger = logging.getLogger("botsessions")
 
-#: How many updates one process runs at once on the application's database threads.
-DATABASE_THREADS = 8
+#: Idle database threads (each with its connection) an application keeps for next time.
+IDLE_DATABASE_THREADS = 8
 
 _current: contextvars.ContextVar[UpdateRun | None] = contextvars.ContextVar(
     "botsessions_update_run", default=None
 )
-
-
-class Outcome:
-    """How an update ended, for the webhook's answer and for tests."""
-
-    COMMITTED = "committed"  # handlers ran; changes (if any) are stored
-    UNCHANGED = "unchanged"  # handlers ran; there was nothing to store
-    SKIPPED = "skipped"  # no handler wanted the update
-    DUPLICATE = "duplicate"  # it was committed before; handlers did not run again
-    HANDLER_FAILED = "handler_failed"  # a handler raised; changes discarded
-    BAD_STORED_DATA = "bad_stored_data"  # a stored row could not be read; row untouched
 
 
 class UpdateRun:
@@ -268,11 +258,8 @@ class SessionApplication(Application):  # type: ignore[type-arg]
             )
         self.sessions = sessions
         self.key_locks = KeyLocks()
-        # Updates in flight at once on the application's own threads: the async webhook's
-        # (as many as DATABASE_THREADS) or PTB's fetcher's (its concurrent updates).
-        self.database_threads = DatabaseThreads(
-            max(DATABASE_THREADS, self.update_processor.max_concurrent_updates)
-        )
+        # The threads of updates that no waiting thread brings (ASGI, long polling).
+        self.database_threads = DatabaseThreads(keep=IDLE_DATABASE_THREADS)
         self._bot_id_of: tuple[str, int] | None = None  # (token, the id it starts with)
 
     @property
@@ -307,8 +294,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         :class:`~botsessions.unit.DatabaseThreads`). Raises
         :class:`~botsessions.errors.StorageError` when it must be delivered again.
         """
-        async with self.database_threads.thread() as executor:
-            await process_as_unit(self, update, executor, fresh_connections=True)
+        await process_as_unit(self, update, fresh_connections=True)
 
     async def process_update_with_sessions(self, update: object) -> str:
         """Run the handlers with sessions and write them; return the :class:`Outcome`.

@@ -21,7 +21,7 @@ from telegram.ext import ExtBot
 
 from .key_parts import check_key_parts
 from .ptb import SessionApplication
-from .unit import DUPLICATE, UnitOfWork, commits, process_as_unit, run_in_unit
+from .unit import UnitExecutor, UnitOfWork, process_as_unit, run_in_unit
 
 T = TypeVar("T")
 
@@ -81,14 +81,12 @@ class BotRunner:
         # PTB does not check types: every field a session key can be built from is
         # checked before anything runs (InvalidKeyPart is a ValueError: a 400).
         check_key_parts(update)
-        if isinstance(bot, ExtBot) and bot.callback_data_cache is not None:
-            bot.insert_callback_data(update)
         return update
 
     def process(self, update: Update) -> str:
         """Process one update as a unit of work on this thread's connection.
 
-        Returns its :class:`~botsessions.ptb.Outcome` once it is committed; raises
+        Returns its :class:`~botsessions.outcome.Outcome` once it is committed; raises
         :class:`~botsessions.errors.StorageError` (or a database error) when it was
         rolled back and must be delivered again.
         """
@@ -99,16 +97,17 @@ class BotRunner:
         executor = CurrentThreadExecutor(None)
         try:
             future = asyncio.run_coroutine_threadsafe(
-                run_in_unit(self.application, update, unit, executor), self.loop
+                self._run(update, UnitExecutor(unit, thread=executor)), self.loop
             )
             executor.run_until_future(future)
-            outcome = future.result()
+            handled = future.result()
         except BaseException:
-            unit.end(False)
+            unit.end(None)
             raise
-        if unit.end(commits(outcome)):
+        outcome = unit.end(handled)
+        if unit.sends_due:
             self.run(unit.send_after_commit())
-        return DUPLICATE if unit.duplicate else outcome
+        return outcome
 
     async def aprocess(self, update: Update) -> str:
         """:meth:`process` for a caller on another event loop (the async webhook view).
@@ -116,15 +115,25 @@ class BotRunner:
         The update's database work runs on one of the application's database threads
         (:class:`~botsessions.unit.DatabaseThreads`), which returns its connection (to
         the pool, if there is one) after each update, as Django does after a request.
+        The update runs to its end even when the caller is cancelled (the client went
+        away): what is committed is then also sent.
         """
         await self.ainitialize()
-        return await self.run_from_loop(self._process_on_a_database_thread(update))
+        return await asyncio.shield(self.run_from_loop(self._process_as_unit(update)))
 
-    async def _process_on_a_database_thread(self, update: Update) -> str:
-        async with self.application.database_threads.thread() as executor:
-            return await process_as_unit(
-                self.application, update, executor, fresh_connections=True
-            )
+    async def _run(self, update: Update, executor: UnitExecutor) -> str:
+        self._resolve_callback_data(update)
+        return await run_in_unit(self.application, update, executor)
+
+    async def _process_as_unit(self, update: Update) -> str:
+        self._resolve_callback_data(update)
+        return await process_as_unit(self.application, update, fresh_connections=True)
+
+    def _resolve_callback_data(self, update: Update) -> None:
+        """Swap arbitrary callback data in, on the loop that owns the bot's cache."""
+        bot = self.application.bot
+        if isinstance(bot, ExtBot) and bot.callback_data_cache is not None:
+            bot.insert_callback_data(update)
 
     def shutdown(self) -> None:
         """Shut the application down and stop the loop (tests, process exit)."""

@@ -417,7 +417,7 @@ class UpdateSessions:
         Taking every key of the update at once, in one order, means two updates never
         wait for each other in a cycle. The price: an update locks a lazy fragment's
         key even when it never awaits it (unless every fragment in that storage is
-        lazy and untouched: then nothing is locked or read).
+        lazy and untouched: then no key is locked or read, only the exactly-once record).
         """
         return self._unlocked.pop(id(storage), [])
 
@@ -439,7 +439,8 @@ class UpdateSessions:
         if taken == len(keys):
             self._held = keys
             return
-        timeout = settings.LOCK_TIMEOUT
+        unit = current_unit()
+        timeout = unit.remaining() if unit is not None else settings.LOCK_TIMEOUT
         try:
             async with asyncio.timeout(timeout):
                 self._held = await locks.acquire_rest(keys, taken)
@@ -583,8 +584,8 @@ class UpdateSessions:
             else:
                 others.setdefault(id(storage), (storage, []))[1].append(change)
         unit = current_unit()
-        handlers_wrote = unit is not None and unit.wrote
-        if not own and not others and not handlers_wrote:
+        must_record = unit is not None and unit.needs_record
+        if not own and not others and not must_record:
             return 0
         assert primary is not None
         # The primary storage commits first, with the record, even with nothing of its own:

@@ -3,23 +3,22 @@
 The path of one update, as the webhook view runs it under WSGI:
 
 1. The request thread decodes the update and calls :meth:`BotRunner.process
-   <botsessions.runner.BotRunner.process>`, which opens the update's transaction on
-   the thread's connection (:meth:`UnitOfWork.begin`: ``transaction.atomic`` on the
-   sessions' database).
-2. It hands :func:`run_in_unit` to the bot's event loop, which runs on a thread of its
-   own for the life of the process (the PTB application and its HTTP client live
-   there), and waits, running whatever synchronous work the update sends back to it:
-   asgiref's ``CurrentThreadExecutor``.
-3. On the loop, the update runs inside ``ThreadSensitiveContext(executor=...)``: every
+   <botsessions.runner.BotRunner.process>`. It hands :func:`run_in_unit` to the bot's
+   event loop, which runs on a thread of its own for the life of the process (the PTB
+   application and its HTTP client live there), and waits, running whatever
+   synchronous work the update sends back to it: asgiref's ``CurrentThreadExecutor``.
+2. On the loop, the update runs inside ``ThreadSensitiveContext(executor=...)``: every
    thread-sensitive ``sync_to_async`` call it makes (Django's async ORM, ``acreate``,
    ``aget``, ..., and the session storage) runs on the request thread, on its
-   connection, in its transaction. The session engine locks the update's keys in the
-   database (:mod:`botsessions.dblocks`) and reads its sessions and exactly-once record;
-   PTB runs the handlers; the engine writes what changed and records the update if
-   anything was written.
-4. Back on the request thread, :meth:`UnitOfWork.end` commits, or rolls back when a
-   handler raised, the update was already processed, or stored data was bad. Then the
-   sends a handler asked for with ``context.on_commit`` go out, and the view answers.
+   connection. The first of them opens the transaction (:meth:`UnitOfWork.run`), so an
+   update that needs no database work costs no statement.
+3. The session engine locks the update's keys in the database (:mod:`botsessions.dblocks`)
+   and reads its sessions and exactly-once record; PTB runs the handlers; the engine
+   works out what changed and leaves the writes to the unit.
+4. Back on the request thread, :meth:`UnitOfWork.end` writes the sessions and the
+   record, and commits; or rolls back when a handler raised, the update was already
+   processed, or stored data was bad. Then the sends a handler asked for with
+   ``context.on_commit`` go out, and the view answers.
 
 So the session rows, the exactly-once record and every row the handlers wrote through
 the ORM to that database commit together, or none of it does. Bot API calls made by
@@ -27,7 +26,8 @@ handlers, other databases and caches are outside the unit.
 
 The async webhook view (ASGI) and long polling (``runbot``) run the same steps with
 :func:`process_as_unit`: a database thread of the application's
-(:class:`DatabaseThreads`) plays the request thread's part, one per update in flight.
+(:class:`DatabaseThreads`), borrowed at the update's first database work, plays the
+request thread's part.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ import contextlib
 import contextvars
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,7 @@ from django.db import close_old_connections, connections, transaction
 
 from . import dblocks
 from .conf import settings
+from .outcome import Outcome
 from .storage.base import StorageKey
 
 if TYPE_CHECKING:
@@ -58,10 +61,6 @@ AfterCommit = Awaitable[Any] | Callable[[], Awaitable[Any]]
 _current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
     "botsessions_unit", default=None
 )
-
-#: How an update may end and still commit what it wrote (see :class:`~botsessions.ptb.Outcome`).
-_COMMITTING = frozenset(("committed", "unchanged", "skipped"))
-DUPLICATE = "duplicate"
 
 
 def current_unit() -> UnitOfWork | None:
@@ -78,6 +77,8 @@ class UnitOfWork:
 
     def __init__(self, using: str, *, fresh_connections: bool = False) -> None:
         self.using = using
+        #: When the update's lock waits must be over (one budget for all of them).
+        self.deadline = time.monotonic() + settings.LOCK_TIMEOUT
         #: Whether anything but a read ran in the transaction (session writes included).
         self.wrote = False
         self.locked: list[int] = []
@@ -90,8 +91,8 @@ class UnitOfWork:
         self._committed = False
         self._pending_writes: list[Callable[[], bool]] = []
         self.begun = False
-        #: Set by :meth:`end` when a pending write found the update already recorded.
-        self.duplicate = False
+        #: Whether :meth:`end` left sends registered with :meth:`after_commit` to send now.
+        self.sends_due = False
 
     # -- on the database thread ------------------------------------------------------
 
@@ -132,6 +133,23 @@ class UnitOfWork:
         finally:
             self._internal = False
 
+    @property
+    def needs_record(self) -> bool:
+        """Whether the update must be recorded even if no session changed.
+
+        It must when its handlers wrote anything, and when they asked for sends after
+        the commit: a redelivery must neither write nor send again.
+        """
+        return self.wrote or bool(self._after_commit)
+
+    @property
+    def has_pending_writes(self) -> bool:
+        return bool(self._pending_writes)
+
+    def remaining(self) -> float:
+        """Seconds left of the update's lock-wait budget (``BOTSESSIONS_LOCK_TIMEOUT``)."""
+        return max(0.001, self.deadline - time.monotonic())
+
     def lock(self, keys: list[StorageKey]) -> None:
         """Lock session keys in the database until the transaction ends."""
         connection = connections[self.using]
@@ -141,7 +159,7 @@ class UnitOfWork:
         if not ids:
             return
         with self.internal():
-            dblocks.acquire(connection, ids, settings.LOCK_TIMEOUT)
+            dblocks.acquire(connection, ids, self.remaining())
         self.locked += ids
 
     def write_at_end(self, write: Callable[[], bool]) -> None:
@@ -153,26 +171,35 @@ class UnitOfWork:
         """
         self._pending_writes.append(write)
 
-    def end(self, commit: bool) -> bool:
-        """Write what is pending, commit (or roll back), and give back the locks.
+    def end(self, outcome: str | None) -> str:
+        """Write what is pending, commit or roll back, and give back the locks.
 
-        Returns whether the sends registered with :meth:`after_commit` are due now; when
-        the unit is nested in an outer transaction of the caller's, they go out once
-        that one commits instead. Raises when the writes or the commit fail: nothing of
-        the update is kept then.
+        ``outcome`` is how the handlers ended (``None``: with an exception); the returned
+        one is how the update ended. :attr:`sends_due` then says whether the sends
+        registered with :meth:`after_commit` go out now; in an outer transaction of the
+        caller's, they go out once that one commits instead. Raises when the writes or
+        the commit fail: nothing of the update is kept then.
         """
+        commit = outcome is not None and outcome in Outcome.COMMITTING
         if not self.begun and not (commit and self._pending_writes):
             # Nothing reached the database: nothing to commit, the sends are due at once.
+            self.sends_due = commit and bool(self._after_commit)
             if not commit:
                 self.discard_after_commit()
-            return commit and bool(self._after_commit)
+            return outcome or Outcome.HANDLER_FAILED
         connection = connections[self.using]
         token = _current.set(self)  # for the pending writes, which look the unit up
         try:
             try:
+                if commit and _spoiled(connection, self.using):
+                    logger.error(
+                        "botsessions: a handler caught a database error outside a savepoint "
+                        "(transaction.atomic); the update is rolled back"
+                    )
+                    outcome, commit = Outcome.HANDLER_FAILED, False
                 if commit and not all(self.run(write) for write in self._pending_writes):
-                    self.duplicate = True  # recorded meanwhile by another delivery
-                    commit = False
+                    # Recorded meanwhile by another delivery of the same update.
+                    outcome, commit = Outcome.DUPLICATE, False
                 if commit and self._after_commit:
                     self._waiting_for_commit = True
                     transaction.on_commit(self._on_commit, using=self.using)
@@ -197,10 +224,10 @@ class UnitOfWork:
             finally:
                 if self._fresh_connections:
                     close_old_connections()
-        due, self._committed = self._committed, False
-        if not commit or (not due and not connection.in_atomic_block):
+        self.sends_due, self._committed = self._committed, False
+        if not commit or (not self.sends_due and not connection.in_atomic_block):
             self.discard_after_commit()  # rolled back: nothing may be sent
-        return due
+        return outcome or Outcome.HANDLER_FAILED
 
     def _on_commit(self) -> None:
         if self._waiting_for_commit:
@@ -233,104 +260,135 @@ class UnitOfWork:
 
 
 class UnitExecutor(Executor):
-    """The executor of an update's database work: ``inner``'s thread, inside ``unit``.
+    """The executor of an update's database work: one thread, inside the unit.
 
     Every call the update sends to its database thread (the storage's, and each
     thread-sensitive ``sync_to_async`` of its handlers) goes through
-    :meth:`UnitOfWork.run`, so the first one opens the transaction.
+    :meth:`UnitOfWork.run`, so the first one opens the transaction. The thread is
+    ``thread`` (the waiting request thread's executor), or one borrowed from
+    ``threads`` at the first call and given back by :meth:`end`: an update waiting for a
+    key held in this process ties up no thread.
     """
 
-    def __init__(self, inner: Executor, unit: UnitOfWork) -> None:
-        self._inner = inner
-        self._unit = unit
+    def __init__(
+        self,
+        unit: UnitOfWork,
+        *,
+        thread: Executor | None = None,
+        threads: DatabaseThreads | None = None,
+    ) -> None:
+        self.unit = unit
+        self._thread = thread
+        self._threads = threads
 
     def submit(  # type: ignore[override]
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> Future[Any]:
-        return self._inner.submit(self._unit.run, fn, *args, **kwargs)
+        return self._borrow().submit(self.unit.run, fn, *args, **kwargs)
 
+    def _borrow(self) -> Executor:
+        if self._thread is None:
+            assert self._threads is not None
+            self._thread = self._threads.take()
+        return self._thread
 
-def commits(outcome: str) -> bool:
-    """Whether an update that ended with ``outcome`` keeps what it wrote."""
-    return outcome in _COMMITTING
+    async def end(self, outcome: str | None) -> str:
+        """:meth:`UnitOfWork.end` on the unit's thread; a borrowed thread goes back."""
+        try:
+            if self._thread is None and not self.unit.has_pending_writes:
+                return self.unit.end(outcome)  # no database work: nothing to do there
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._borrow(), self.unit.end, outcome)
+        finally:
+            if self._threads is not None and self._thread is not None:
+                self._threads.give_back(self._thread)  # type: ignore[arg-type]
+                self._thread = None
 
 
 async def run_in_unit(
-    application: SessionApplication, update: object, unit: UnitOfWork, executor: Executor
+    application: SessionApplication, update: object, executor: UnitExecutor
 ) -> str:
-    """Run the update's handlers with sessions inside ``unit``, already begun.
+    """Run the update's handlers with sessions inside the executor's unit of work.
 
-    ``executor`` runs the update's database work: one call at a time, on the thread that
-    began ``unit`` (its connection holds the transaction), which nothing else uses
-    meanwhile. Returns the :class:`~botsessions.ptb.Outcome`; raises
+    Returns the handlers' :class:`~botsessions.outcome.Outcome`; raises
     :class:`~botsessions.errors.StorageError` when the update must be delivered again.
+    The caller ends the unit (:meth:`UnitOfWork.end`) either way.
     """
+    unit = executor.unit
     unit.loop = asyncio.get_running_loop()
     token = _current.set(unit)
     try:
-        async with ThreadSensitiveContext(executor=UnitExecutor(executor, unit)):
+        async with ThreadSensitiveContext(executor=executor):
             return await application.process_update_with_sessions(update)
     finally:
         _current.reset(token)
 
 
 async def process_as_unit(
-    application: SessionApplication,
-    update: object,
-    executor: Executor,
-    *,
-    fresh_connections: bool = False,
+    application: SessionApplication, update: object, *, fresh_connections: bool = False
 ) -> str:
-    """Process ``update`` as one unit of work on ``executor``'s thread, from the loop.
+    """Process ``update`` as one unit of work on a database thread of the application's.
 
-    Begins and ends the transaction there, around :func:`run_in_unit`, then sends what
-    handlers asked to send after the commit. Nothing is committed when this raises.
+    Returns how it ended; nothing of it is committed when this raises. The sends that
+    handlers asked for after the commit have gone out when this returns.
     """
     unit = UnitOfWork(application.unit_database, fresh_connections=fresh_connections)
-    loop = asyncio.get_running_loop()
+    executor = UnitExecutor(unit, threads=application.database_threads)
     try:
-        outcome = await run_in_unit(application, update, unit, executor)
+        outcome = await run_in_unit(application, update, executor)
     except BaseException:
-        await loop.run_in_executor(executor, unit.end, False)
+        await executor.end(None)
         raise
-    if await loop.run_in_executor(executor, unit.end, commits(outcome)):
+    outcome = await executor.end(outcome)
+    if unit.sends_due:
         await unit.send_after_commit()
-    return DUPLICATE if unit.duplicate else outcome
+    return outcome
 
 
 class DatabaseThreads:
-    """Threads for updates that no waiting thread brings (long polling, a direct call).
+    """Threads for updates that no waiting thread brings (ASGI, long polling).
 
-    Each update in flight takes one thread, with its own database connection, for its
-    whole unit of work, and gives it back after; there are as many as the application
-    processes updates at once.
+    An update borrows one, with its database connection, from its first database work
+    to its end. Threads are made as needed; up to ``keep`` idle ones are kept.
     """
 
-    def __init__(self, size: int) -> None:
-        self._size = max(1, size)
-        self._free: asyncio.LifoQueue[ThreadPoolExecutor] | None = None
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._idle: list[ThreadPoolExecutor] = []
+        self._lock = threading.Lock()
 
-    @contextlib.asynccontextmanager
-    async def thread(self) -> AsyncIterator[ThreadPoolExecutor]:
-        """Borrow a thread for one update."""
-        if self._free is None:
-            self._free = asyncio.LifoQueue()  # the warmest thread (and connection) first
-            for index in range(self._size):
-                self._free.put_nowait(
-                    ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"botsessions-db{index}")
-                )
-        executor = await self._free.get()
-        try:
-            yield executor
-        finally:
-            self._free.put_nowait(executor)
+    def take(self) -> ThreadPoolExecutor:
+        """A thread for one update: the last one given back (its connection is warm)."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="botsessions-db")
+
+    def give_back(self, thread: ThreadPoolExecutor) -> None:
+        with self._lock:
+            if len(self._idle) < self._keep:
+                self._idle.append(thread)
+                return
+        _stop(thread)
 
     def shutdown(self) -> None:
-        """Stop the threads (their connections close with them)."""
-        if self._free is None:
-            return
-        while not self._free.empty():
-            executor = self._free.get_nowait()
-            executor.submit(connections.close_all)
-            executor.shutdown(wait=True)
-        self._free = None
+        """Stop the idle threads, closing their connections."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for thread in idle:
+            _stop(thread)
+
+
+def _stop(thread: ThreadPoolExecutor) -> None:
+    thread.submit(connections.close_all)
+    thread.shutdown(wait=False)
+
+
+def _spoiled(connection: Any, using: str) -> bool:
+    """Whether the transaction can only be rolled back: a handler caught a database
+    error itself, without the savepoint Django asks for (``transaction.atomic``)."""
+    if transaction.get_rollback(using=using):
+        return True
+    # PostgreSQL refuses every statement after an error, which Django does not track.
+    info = getattr(connection.connection, "info", None)
+    return connection.vendor == "postgresql" and getattr(info, "transaction_status", 0) == 3

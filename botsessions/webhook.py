@@ -27,7 +27,7 @@ import json
 import logging
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -50,11 +50,14 @@ class BadUpdate(ValueError):
     """The request body is not an update we can process."""
 
 
+@method_decorator(transaction.non_atomic_requests, name="dispatch")
 class WebhookView(View):
     """What both webhook views share: the checks that come before processing.
 
     Mount :class:`TelegramWebhookView` under WSGI and :class:`AsyncTelegramWebhookView`
-    under ASGI.
+    under ASGI. Each update is its own unit of work, so ``ATOMIC_REQUESTS`` does not
+    wrap them (it would hold MariaDB's key locks past their release, and Django refuses
+    it for async views).
     """
 
     bot: str = "default"

@@ -32,7 +32,7 @@ from botsessions.models import ProcessedUpdate, Session
 from botsessions.purge import prune_processed_updates
 from botsessions.storage.base import StorageKey, StoredSession, UpdateMark, Write
 from botsessions.storage.db import DatabaseStorage
-from botsessions.unit import DatabaseThreads, UnitOfWork, process_as_unit
+from botsessions.unit import UnitOfWork, process_as_unit
 
 from .fakebotapi import FakeBotAPI
 from .harness import BotHarness
@@ -70,19 +70,14 @@ def run_concurrently(bot: BotHarness, updates: list[dict[str, Any]]) -> list[Any
     runner = bot.runner
     runner.initialize()
     decoded = [runner.decode(update) for update in updates]
-    threads = DatabaseThreads(len(decoded))
-
-    async def one(update: Any) -> str:
-        async with threads.thread() as executor:
-            return await process_as_unit(bot.application, update, executor, fresh_connections=True)
 
     async def all_at_once() -> list[Any]:
-        return await asyncio.gather(*(one(u) for u in decoded), return_exceptions=True)
+        return await asyncio.gather(
+            *(process_as_unit(bot.application, u, fresh_connections=True) for u in decoded),
+            return_exceptions=True,
+        )
 
-    try:
-        return runner.run(all_at_once())
-    finally:
-        threads.shutdown()
+    return runner.run(all_at_once())
 
 
 def stored(fragment: str, key: str) -> tuple[Any, int] | None:
@@ -444,8 +439,8 @@ def test_commit_that_succeeded_but_was_not_confirmed_is_not_applied_twice(
     Telegram's redelivery finds the record, so a 5xx never doubles a write."""
     real_end = UnitOfWork.end
 
-    def commit_then_drop(self: UnitOfWork, commit: bool) -> bool:
-        real_end(self, commit)
+    def commit_then_drop(self: UnitOfWork, outcome: str | None) -> str:
+        real_end(self, outcome)
         raise OperationalError("connection lost before the COMMIT was confirmed (simulated)")
 
     monkeypatch.setattr(UnitOfWork, "end", commit_then_drop)

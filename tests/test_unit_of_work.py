@@ -3,12 +3,14 @@ rows commit together or not at all, and replies can wait for the commit."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 from typing import Any
 
 import pytest
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from telegram.ext import CommandHandler
@@ -184,10 +186,10 @@ def test_on_commit_sends_after_the_commit_and_never_after_a_rollback(
     events: list[str] = []
     real_end = UnitOfWork.end
 
-    def end(unit: UnitOfWork, commit: bool) -> bool:
-        due = real_end(unit, commit)
-        events.append("committed" if commit else "rolled back")
-        return due
+    def end(unit: UnitOfWork, outcome: str | None) -> str:
+        outcome = real_end(unit, outcome)
+        events.append("committed" if outcome == "committed" else "rolled back")
+        return outcome
 
     monkeypatch.setattr(UnitOfWork, "end", end)
 
@@ -282,7 +284,14 @@ def test_a_lock_wait_past_the_timeout_answers_503_and_leaves_nothing(
                 await asyncio.sleep(0.01)
 
     monkeypatch.setattr(demo, "buy", slow_buy)
-    first = threading.Thread(target=post, args=(message("/buy", chat_id=GROUP, user_id=ALICE),))
+
+    def hold() -> None:
+        try:
+            post(message("/buy", chat_id=GROUP, user_id=ALICE))
+        finally:
+            connections.close_all()  # the test client leaves this thread's connection open
+
+    first = threading.Thread(target=hold)
     first.start()
     try:
         assert entered.wait(10)
@@ -310,3 +319,125 @@ def test_no_database_work_no_transaction_and_the_writes_need_no_savepoint(make_b
     words = [q["sql"].split()[0].upper() for q in captured.captured_queries]
     assert "SAVEPOINT" not in words
     assert words.count("INSERT") == 3  # the purchase, the record, the session
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("urls", ["botproject.urls", "tests.async_urls"], ids=["wsgi", "asgi"])
+def test_atomic_requests_do_not_wrap_the_webhook(
+    fresh_bots: FakeBotAPI, monkeypatch: pytest.MonkeyPatch, settings: Any, urls: str
+) -> None:
+    """With ATOMIC_REQUESTS on, each update is still its own unit of work (Django would
+    refuse an atomic async view, and MariaDB's key locks would be given back early)."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    settings.ROOT_URLCONF = urls
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    update = message("/buy tea", chat_id=GROUP, user_id=ALICE)
+    if urls == "tests.async_urls":
+
+        async def send() -> Any:
+            return await AsyncClient().post(
+                "/telegram/webhook/",
+                data=json.dumps(update),
+                content_type="application/json",
+                headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
+            )
+
+        response = async_to_sync(send)()
+    else:
+        response = post(update)
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "committed"
+    assert Purchase.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reply_after_commit_alone_is_recorded_and_not_sent_twice(
+    make_bot: Any, api: FakeBotAPI
+) -> None:
+    """A handler that writes nothing but asks for a send after the commit: the update is
+    recorded, so its redelivery sends nothing."""
+
+    async def hello(update: Any, context: Any) -> None:
+        _ = context.session["bought"]
+        context.on_commit(update.effective_message.reply_text("hi"))
+
+    bot = make_bot(shop(), [CommandHandler("hello", hello)])
+    update = message("/hello")
+    api.reset()
+    assert bot.process(update) == "unchanged"
+    assert bot.process(update) == "duplicate"
+    assert api.sent_texts() == ["hi"]
+
+
+def test_a_handler_that_swallows_a_database_error_fails_the_update_without_a_503(
+    make_bot: Any,
+) -> None:
+    """Caught without a savepoint, a database error leaves a transaction that can only be
+    rolled back: the update ends as a failed handler's would (200, nothing kept), not as
+    a 503 that Telegram would redeliver forever."""
+    from django.db import IntegrityError
+
+    async def careless(update: Any, context: Any) -> None:
+        await Purchase.objects.acreate(pk=77, chat_id=ALICE, user_id=1, item="tea")
+        with contextlib.suppress(IntegrityError):
+            await Purchase.objects.acreate(pk=77, chat_id=ALICE, user_id=1, item="tea")
+        context.session["bought"] += 1
+
+    bot = make_bot(shop(), [CommandHandler("buy", careless)])
+    assert bot.process(message("/buy")) == "handler_failed"
+    assert Purchase.objects.count() == Session.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_lock_wait_past_the_timeout_fails_the_update(
+    make_bot: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two applications (as two processes would be) share the database only: the second
+    one waits for the key's lock in the database, not in memory, and gives up after
+    BOTSESSIONS_LOCK_TIMEOUT with nothing written."""
+    import time
+
+    settings.BOTSESSIONS_LOCK_TIMEOUT = 0.5
+    if connection.vendor == "sqlite":
+        monkeypatch.setitem(connection.settings_dict["OPTIONS"], "timeout", 0.5)
+    entered, release = threading.Event(), threading.Event()
+
+    async def slow(update: Any, context: Any) -> None:
+        await buy(update, context)
+        entered.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+
+    first = make_bot(shop(), [CommandHandler("buy", slow)])
+    second = make_bot(shop(), [CommandHandler("buy", buy)])
+
+    def hold() -> None:
+        try:
+            first.process(message("/buy"))
+        finally:
+            connections.close_all()  # this thread's connection
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert entered.wait(10)
+        started = time.monotonic()
+        with pytest.raises(Exception) as refused:
+            second.process(message("/buy"))
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join(10)
+    assert "lock" in str(refused.value).lower() or "timeout" in str(refused.value).lower()
+    assert waited < 5
+    assert Purchase.objects.count() == 1  # the first update's only
+
+
+def test_the_private_ptb_attribute_we_read_is_still_there(make_bot: Any) -> None:
+    """BotRunner reads Application._initialized to initialize once: pinned here."""
+    bot = make_bot(shop(), [])
+    assert bot.application._initialized is False
+    bot.runner.initialize()
+    assert bot.application._initialized is True
