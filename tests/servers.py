@@ -134,7 +134,9 @@ def _default_sigint() -> None:
 class Process:
     """A child process in its own process group, its output in a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str], *, show_log: bool = True
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         handle, path = tempfile.mkstemp(prefix=f"botsessions-{name}-", suffix=".log")
@@ -150,7 +152,8 @@ class Process:
                 start_new_session=True,
                 preexec_fn=_default_sigint,
             )
-        self._log_shown = False
+        # show_log=False: never print the log (a benchmark's servers, whose output is read).
+        self._log_shown = not show_log
 
     @property
     def pid(self) -> int:
@@ -238,8 +241,10 @@ class Server(Process):
         env: Mapping[str, str],
         port: int,
         workers: int,
+        *,
+        show_log: bool = True,
     ) -> None:
-        super().__init__(kind, argv, env)
+        super().__init__(kind, argv, env, show_log=show_log)
         self.kind = kind
         self.port = port
         self.workers = workers
@@ -308,21 +313,39 @@ class Server(Process):
         return self
 
 
-def server_argv(kind: Kind, port: int, workers: int) -> list[str]:
-    """The command line starting ``kind`` on ``port``."""
+def server_argv(
+    kind: Kind,
+    port: int,
+    workers: int,
+    *,
+    worker_class: str = "sync",
+    threads: int = 1,
+    quiet: bool = False,
+) -> list[str]:
+    """The command line starting ``kind`` on ``port``.
+
+    For gunicorn, ``worker_class`` and ``threads`` choose the worker (``sync``,
+    ``gthread`` with ``threads``, or an ASGI worker such as
+    ``uvicorn.workers.UvicornWorker``, which serves ``botproject.asgi``). ``quiet`` leaves
+    the access log out, for a benchmark: writing a line per request would be measured too.
+    """
     python = sys.executable
     address = f"127.0.0.1:{port}"
     if kind == "uvicorn":
         argv = [python, "-m", "uvicorn", "botproject.asgi:application"]
         argv += ["--host", "127.0.0.1", "--port", str(port), "--lifespan", "off"]
+        argv += ["--no-access-log"] if quiet else []
         return argv + (["--workers", str(workers)] if workers > 1 else [])
     if kind == "gunicorn":
-        return [
-            python, "-m", "gunicorn", "botproject.wsgi:application",
-            "--bind", address, "--workers", str(workers), "--worker-class", "sync",
+        asgi = "uvicorn" in worker_class.lower()
+        argv = [
+            python, "-m", "gunicorn", f"botproject.{'asgi' if asgi else 'wsgi'}:application",
+            "--bind", address, "--workers", str(workers), "--worker-class", worker_class,
             "--timeout", "60", "--graceful-timeout", "5",
-            "--access-logfile", "-", "--error-logfile", "-", "--log-level", "info",
+            "--error-logfile", "-", "--log-level", "info",
         ]  # fmt: skip
+        argv += ["--threads", str(threads)] if threads > 1 else []
+        return argv + ([] if quiet else ["--access-logfile", "-"])
     if kind == "runserver":
         return [python, "manage.py", "runserver", "--noreload", address]
     raise ValueError(f"unknown server kind {kind!r}")
@@ -334,15 +357,23 @@ def start_server(
     *,
     workers: int = 1,
     timeout: float = 30.0,
+    worker_class: str = "sync",
+    threads: int = 1,
+    quiet: bool = False,
 ) -> Server:
     """Start the demo project under ``kind`` on a free port and wait until it answers.
 
     ``workers`` is the number of worker processes (ignored by runserver, which uses
-    threads). A port taken between choosing and binding it is retried with another.
+    threads); ``worker_class``, ``threads`` and ``quiet`` are :func:`server_argv`'s (a
+    quiet server never prints its log either). A port taken between choosing and
+    binding it is retried with another.
     """
     for _ in range(3):
         port = free_port()
-        server = Server(kind, server_argv(kind, port, workers), env, port, workers)
+        argv = server_argv(
+            kind, port, workers, worker_class=worker_class, threads=threads, quiet=quiet
+        )
+        server = Server(kind, argv, env, port, workers, show_log=not quiet)
         try:
             server.wait_until_ready(timeout)
             return server
