@@ -316,6 +316,15 @@ class FragmentSession:
             text = plan.verify(value, text)
         else:
             text = self.fragment.serializer.dumps(value)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                # A lone surrogate ("\ud800") is valid in Python and in JSON input, but
+                # no database can store it as text.
+                raise SessionDataError(
+                    f"session data holds text no database can store: {exc}"
+                ) from exc
         fragment = self.fragment
         migrations = fragment.data_migrations
         ttl = fragment.ttl

@@ -22,6 +22,7 @@ from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 from .bots import bot_settings, build_application, session_application
 from .errors import StorageError
 from .ptb import SessionApplication
+from .redaction import redact
 
 logger = logging.getLogger("botsessions.polling")
 
@@ -154,25 +155,46 @@ def keep_polling_through_storage_errors(application: SessionApplication) -> None
 
 @contextlib.contextmanager
 def bot_api_errors(alias: str) -> Iterator[None]:
-    """Turn the failures a person can fix into :class:`BotAPIError` naming the fix."""
+    """Turn the failures a person can fix into :class:`BotAPIError` naming the fix.
+
+    The messages never show the bot's token (PTB's can: ``InvalidToken`` names it).
+    """
     try:
         yield
     except ImproperlyConfigured as exc:
-        raise BotAPIError(f"Bot {alias!r} is not configured: {exc}") from exc
+        raise BotAPIError(f"Bot {alias!r} is not configured: {exc}") from None
     except InvalidToken as exc:
         raise BotAPIError(
-            f"Telegram refused the token of bot {alias!r} ({exc.message}); check "
-            "TELEGRAM_BOT_TOKEN (or the token your application is built with)."
-        ) from exc
+            _redacted(
+                alias,
+                f"Telegram refused the token of bot {alias!r} ({exc.message}); check "
+                "TELEGRAM_BOT_TOKEN (or the token your application is built with).",
+            )
+        ) from None
     except BadRequest as exc:  # a subclass of NetworkError, but the server did answer
-        raise BotAPIError(f"The Bot API refused the request of bot {alias!r}: {exc}") from exc
+        raise BotAPIError(
+            _redacted(alias, f"The Bot API refused the request of bot {alias!r}: {exc}")
+        ) from None
     except (TimedOut, NetworkError) as exc:
         raise BotAPIError(
-            f"Could not reach the Bot API for bot {alias!r}: {exc.message}. Check the "
-            "network, or TELEGRAM_API_BASE_URL when using a local Bot API server."
-        ) from exc
+            _redacted(
+                alias,
+                f"Could not reach the Bot API for bot {alias!r}: {exc.message}. Check the "
+                "network, or TELEGRAM_API_BASE_URL when using a local Bot API server.",
+            )
+        ) from None
     except TelegramError as exc:
-        raise BotAPIError(f"The Bot API refused the request of bot {alias!r}: {exc}") from exc
+        raise BotAPIError(
+            _redacted(alias, f"The Bot API refused the request of bot {alias!r}: {exc}")
+        ) from None
+
+
+def _redacted(alias: str, text: str) -> str:
+    try:
+        token = build_application(alias).bot.token
+    except Exception:  # unbuildable here: nothing of it can be in the text either
+        return text
+    return redact(text, token)
 
 
 def _call_bot(alias: str, call: Callable[[Bot], Awaitable[T]]) -> T:

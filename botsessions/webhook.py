@@ -27,17 +27,19 @@ import json
 import logging
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.db import DatabaseError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from telegram import Update
-from telegram.error import NetworkError
+from telegram.error import TelegramError
 
 from .bots import bot_settings
 from .conf import settings
 from .errors import StorageError
+from .redaction import redact
 from .runner import BotRunner, runner_for
 
 logger = logging.getLogger("botsessions.webhook")
@@ -66,11 +68,22 @@ class WebhookView(View):
     def accept(self, request: HttpRequest) -> HttpResponse | tuple[BotRunner, Update]:
         """The refusal for a request we must not process, or the update to process."""
         config = bot_settings(self.bot)
-        if not _secret_matches(request, config.get("WEBHOOK_SECRET") or ""):
+        secret = config.get("WEBHOOK_SECRET") or ""
+        if not secret and not _open_without_secret(self.bot):
+            return refusal(403, "no webhook secret is configured for this bot")
+        if secret and not _secret_matches(request, secret):
             return refusal(403, "secret token missing or wrong")
         limit = settings.MAX_BODY_SIZE
+        length = request.META.get("CONTENT_LENGTH")
+        if not length:
+            # A body without Content-Length (chunked) is read as empty by Django's WSGI
+            # handler; refuse it everywhere, and make sure the server does not read what
+            # follows as another request.
+            response = refusal(411, "Content-Length required")
+            response["Connection"] = "close"
+            return response
         try:
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+            declared = int(length)
         except ValueError:
             return refusal(400, "invalid Content-Length")
         if declared > limit:
@@ -89,8 +102,10 @@ class WebhookView(View):
             return refusal(400, str(exc))
         return runner, update
 
-    def not_initialized(self, exc: Exception) -> HttpResponse:
-        logger.warning("bot %r not initialized, asking Telegram to retry: %s", self.bot, exc)
+    def not_initialized(self, runner: BotRunner, exc: Exception) -> HttpResponse:
+        # PTB's messages can hold the token (InvalidToken says which one was refused).
+        reason = redact(f"{type(exc).__name__}: {exc}", runner.application.bot.token)
+        logger.warning("bot %r not initialized, asking Telegram to retry: %s", self.bot, reason)
         return _retry_later("bot not initialized, retry later")
 
     def not_stored(self, update: Update, exc: Exception) -> HttpResponse:
@@ -112,8 +127,8 @@ class TelegramWebhookView(WebhookView):
         runner, update = accepted
         try:
             runner.initialize()
-        except NetworkError as exc:
-            return self.not_initialized(exc)
+        except TelegramError as exc:  # unreachable, or the token refused (InvalidToken)
+            return self.not_initialized(runner, exc)
         try:
             outcome = runner.process(update)
         except (StorageError, DatabaseError) as exc:
@@ -138,8 +153,8 @@ class AsyncTelegramWebhookView(WebhookView):
         runner, update = accepted
         try:
             await runner.ainitialize()
-        except NetworkError as exc:
-            return self.not_initialized(exc)
+        except TelegramError as exc:  # unreachable, or the token refused (InvalidToken)
+            return self.not_initialized(runner, exc)
         try:
             outcome = await runner.aprocess(update)
         except (StorageError, DatabaseError) as exc:
@@ -147,9 +162,28 @@ class AsyncTelegramWebhookView(WebhookView):
         return JsonResponse({"ok": True, "outcome": outcome})
 
 
+_warned_open: set[str] = set()
+
+
+def _open_without_secret(alias: str) -> bool:
+    """Whether a bot without a webhook secret may take updates: only with DEBUG on.
+
+    Without a secret anyone can post updates (and move any chat's sessions with a forged
+    migration), so with DEBUG off every update is refused, as an empty ALLOWED_HOSTS
+    refuses every request. Said once per process in the log; the system check
+    (botsessions.E008 / W001) says it at start-up.
+    """
+    allowed = bool(django_settings.DEBUG)
+    if alias not in _warned_open:
+        _warned_open.add(alias)
+        if allowed:
+            logger.warning("bot %r has no WEBHOOK_SECRET: accepting updates (DEBUG on)", alias)
+        else:
+            logger.error("bot %r has no WEBHOOK_SECRET: refusing every update", alias)
+    return allowed
+
+
 def _secret_matches(request: HttpRequest, secret: str) -> bool:
-    if not secret:
-        return True  # reported by the system check botsessions.W001 / E008
     given = request.headers.get(SECRET_HEADER)
     if given is None:
         return False

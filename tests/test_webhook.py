@@ -192,7 +192,7 @@ def test_only_post_is_allowed(client: Client, demo: FakeBotAPI, method: str) -> 
     ],
 )
 def test_bad_body_is_400(client: Client, demo: FakeBotAPI, body: bytes, reason: str) -> None:
-    response = post(client, body)
+    response = post(client, body, CONTENT_LENGTH=str(len(body)))
     assert response.status_code == 400
     assert response.json()["ok"] is False
     assert response.json()["error"].startswith(reason)
@@ -371,3 +371,81 @@ def test_update_decodes_with_the_bot(client: Client, demo: FakeBotAPI) -> None:
     update = runner.decode(message("🍕", chat_id=GROUP))
     assert isinstance(update, Update)
     assert update.get_bot() is runner.application.bot
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["debug-off", "debug-on"])
+def test_a_bot_without_a_secret_takes_no_update_unless_debug_is_on(
+    client: Client, demo: FakeBotAPI, settings: Any, debug: bool
+) -> None:
+    """No secret means anyone could post updates: refused with DEBUG off, in any server."""
+    from botsessions import webhook
+
+    settings.DEBUG = debug
+    settings.BOTSESSIONS_BOTS = {
+        **webhook_bots.BOTS,
+        "default": {**webhook_bots.BOTS["default"], "WEBHOOK_SECRET": ""},
+    }
+    webhook._warned_open.clear()
+    response = post(client, message("🍕"), secret=None)
+    if debug:
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 403
+        assert "no webhook secret" in response.json()["error"]
+        assert Session.objects.count() == 0
+
+
+def test_a_body_without_content_length_is_411_and_closes_the_connection(demo: FakeBotAPI) -> None:
+    """A chunked body: Django's WSGI handler would read it as empty, and a server that
+    keeps the connection would read it as another request."""
+    from django.test import RequestFactory
+
+    from botsessions.webhook import TelegramWebhookView
+
+    request = RequestFactory().post(
+        URL,
+        data=json.dumps(message("🍕")),
+        content_type="application/json",
+        headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
+    )
+    del request.META["CONTENT_LENGTH"]
+    response = TelegramWebhookView.as_view(bot="default")(request)
+    assert response.status_code == 411
+    assert response["Connection"] == "close"
+    assert Session.objects.count() == 0
+
+
+def test_a_refused_token_is_503_and_never_shown(
+    client: Client, demo: FakeBotAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Bot API refuses the token (a revoked bot): Telegram is asked to retry, and
+    neither the answer nor the log shows the token."""
+    demo.fail_next("getMe", 401, "Unauthorized")
+    response = post(client, message("🍕"))
+    assert response.status_code == 503
+    assert response["Retry-After"]
+    token = settings_token()
+    secret_half = token.split(":", 1)[1]
+    assert secret_half not in response.content.decode()
+    assert secret_half not in caplog.text
+    assert "not initialized" in caplog.text
+
+
+def settings_token() -> str:
+    from django.conf import settings as django_settings
+
+    return str(django_settings.TELEGRAM_BOT_TOKEN)
+
+
+@pytest.mark.urls("tests.webhook_bots")
+def test_session_text_no_database_can_store_fails_the_handler(
+    client: Client, demo: FakeBotAPI
+) -> None:
+    """A lone surrogate is valid JSON input and a valid Python string, but no database
+    stores it as text: the handler fails (200, its error handlers told), nothing is kept."""
+    body = json.dumps(message("\ud83c remember me")).encode()
+    response = post(client, body, url="/bots/notes/")
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "handler_failed"
+    assert Session.objects.count() == 0
+    assert "no database can store" in str(webhook_bots.errors[-1])

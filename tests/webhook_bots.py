@@ -55,6 +55,22 @@ def failing_bot() -> Application:  # type: ignore[type-arg]
     return application
 
 
+def notes_bot() -> Application:  # type: ignore[type-arg]
+    """Keeps the last text it was sent: text from the update goes into the session."""
+
+    async def note(update: Update, context: SessionContext) -> None:
+        assert update.effective_message is not None
+        context.session["note"] = update.effective_message.text
+
+    async def record(update: object, context: Any) -> None:
+        errors.append(context.error)
+
+    application = use_sessions(_builder(), Sessions(initial=dict)).build()
+    application.add_handler(MessageHandler(filters.TEXT, note))
+    application.add_error_handler(record)
+    return application
+
+
 @dataclass(frozen=True)
 class Pizza:
     """Callback data that is an object, not a string: what arbitrary callback data allows."""
@@ -106,6 +122,7 @@ BOTS: dict[str, dict[str, Any]] = {
         "WEBHOOK_SECRET": "second-secret",
     },
     "failing": {"APPLICATION": "tests.webhook_bots.failing_bot", "WEBHOOK_SECRET": "test-secret"},
+    "notes": {"APPLICATION": "tests.webhook_bots.notes_bot", "WEBHOOK_SECRET": "test-secret"},
     "callbacks": {
         "APPLICATION": "tests.webhook_bots.callback_bot",
         "WEBHOOK_SECRET": "test-secret",
