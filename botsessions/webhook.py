@@ -39,6 +39,7 @@ from telegram.error import TelegramError
 from .bots import bot_settings
 from .conf import settings
 from .errors import StorageError
+from .key_parts import InvalidKeyPart
 from .redaction import redact
 from .runner import BotRunner, runner_for
 
@@ -96,6 +97,8 @@ class WebhookView(View):
             data = _parse(body)
             try:
                 update = runner.decode(data)
+            except InvalidKeyPart as exc:  # names the field, never echoes the value
+                raise BadUpdate(f"not a Telegram update: {exc}") from exc
             except Exception as exc:  # PTB raises many kinds for a malformed update
                 raise BadUpdate(f"not a Telegram update: {exc.__class__.__name__}") from exc
         except BadUpdate as exc:

@@ -204,3 +204,22 @@ def test_a_custom_storage_needs_only_four_methods():
     assert asyncio.run(storage.rename_chat(123456, [""], -1001987654321, -1002)) == [
         StorageKey(123456, "", "chat:-1002")
     ]
+
+
+def test_keys_under_a_head_are_found_exactly(storage: Any, monkeypatch: pytest.MonkeyPatch):
+    """What a chat migration of prefixed fragments looks for: the head itself, or the head
+    and a colon; never a longer id, and case counts. The database asks its index once
+    instead of walking every key."""
+    names = ["pizza:chat:-1", "pizza:chat:-1:user:5", "pizza:chat:-10", "Pizza:chat:-1"]
+    for name in names:
+        run(storage.write(StorageKey(123456, "chat", name), StoredSession("1")))
+    run(storage.write(StorageKey(123456, "user", "pizza:chat:-1"), StoredSession("1")))
+    if isinstance(storage, DatabaseStorage):
+
+        def no_walking(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("walked every key")
+
+        monkeypatch.setattr(DatabaseStorage, "keys", no_walking)
+    found = run(storage.keys_under(123456, {"chat": "pizza:chat:-1"}))
+    assert sorted(key.key for key in found) == ["pizza:chat:-1", "pizza:chat:-1:user:5"]
+    assert {key.fragment for key in found} == {"chat"}

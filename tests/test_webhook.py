@@ -449,3 +449,11 @@ def test_session_text_no_database_can_store_fails_the_handler(
     assert response.json()["outcome"] == "handler_failed"
     assert Session.objects.count() == 0
     assert "no database can store" in str(webhook_bots.errors[-1])
+
+
+def test_a_bad_key_part_is_named_in_the_400(client: Client, demo: FakeBotAPI) -> None:
+    update = message("🍕")
+    update["message"]["migrate_to_chat_id"] = "\ud800"
+    response = post(client, json.dumps(update).encode())
+    assert response.status_code == 400
+    assert "migrate_to_chat_id must be a 64-bit integer" in response.json()["error"]

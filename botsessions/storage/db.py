@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -144,6 +144,37 @@ class DatabaseStorage(SessionStorage):
             return self.rename_sync(pairs, lock)
 
         return await sync_to_async(move)()
+
+    async def keys_under(self, bot_id: int, heads: Mapping[str, str]) -> list[StorageKey]:
+        """One indexed query over the key column, instead of walking every key."""
+        from django.db.models import Q
+
+        from ..keys import is_under
+        from ..models import Session
+
+        def find() -> list[StorageKey]:
+            wanted = Q()
+            for fragment, head in heads.items():
+                wanted |= Q(fragment=fragment, key=head)
+                wanted |= Q(fragment=fragment, key__startswith=head + ":")
+            rows = (
+                Session.objects.using(self.using)
+                .filter(wanted, bot_id=bot_id)
+                .values_list("fragment", "key")
+            )
+            # LIKE may ignore case (SQLite): the exact test is made here.
+            return [
+                StorageKey(bot_id, fragment, key)
+                for fragment, key in rows
+                if is_under(key, heads[fragment])
+            ]
+
+        if not heads:
+            return []
+        try:
+            return await sync_to_async(find)()
+        except DatabaseError as exc:
+            raise StorageError(f"finding sessions to move failed: {exc}") from exc
 
     # -- the blocking halves, run on the update's database thread ----------------
 
