@@ -37,6 +37,7 @@ from .errors import (
     StorageError,
     StoredDataError,
 )
+from .key_parts import InvalidKeyPart, check_key_parts
 from .locks import KeyLocks
 from .outcome import Outcome
 from .session import UpdateSessions
@@ -294,6 +295,12 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         :class:`~botsessions.unit.DatabaseThreads`). Raises
         :class:`~botsessions.errors.StorageError` when it must be delivered again.
         """
+        if isinstance(update, Update):
+            try:
+                check_key_parts(update)  # the webhook checks in decode(); polling, here
+            except InvalidKeyPart as exc:
+                logger.error("botsessions: update %s ignored: %s", update.update_id, exc)
+                return
         await process_as_unit(self, update, fresh_connections=True)
 
     async def process_update_with_sessions(self, update: object) -> str:

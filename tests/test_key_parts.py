@@ -276,3 +276,31 @@ def test_any_value_is_answered_200_if_valid_and_400_if_not(
     assert response.status_code == (200 if valid(field, value) else 400), response.content
     if response.status_code == 400:
         assert snapshot() == before
+
+
+@pytest.mark.django_db(transaction=True)  # the fetcher's updates commit on threads of their own
+def test_long_polling_ignores_an_update_with_a_bad_key_part(make_bot: Any) -> None:
+    """PTB's own fetcher calls process_update: a bad key part is logged and skipped there,
+    as the webhook answers it 400, and nothing runs."""
+    from telegram.ext import MessageHandler, filters
+
+    from botsessions import Sessions
+
+    from .updates import message
+
+    ran: list[int] = []
+
+    async def count(update: Any, context: Any) -> None:
+        ran.append(update.update_id)
+
+    bot = make_bot(Sessions(initial=dict), [MessageHandler(filters.ALL, count)])
+    bad = message("hi")
+    bad["message"]["message_thread_id"] = "abc"
+    bad["message"]["is_topic_message"] = True
+    update = Update.de_json(bad, bot.application.bot)
+    bot.runner.initialize()
+    bot.runner.run(bot.application.process_update(update))
+    assert ran == []
+    good = Update.de_json(message("hi"), bot.application.bot)
+    bot.runner.run(bot.application.process_update(good))
+    assert ran == [good.update_id]  # the control
