@@ -7,6 +7,10 @@ from typing import Any
 
 import pytest
 
+# The plugin's fixture, as the pytest11 entry point of the installed package gives it
+# (this checkout is not installed; tests/test_testing_kit.py also loads it as a plugin).
+from botsessions.pytest_plugin import bot_client  # noqa: F401
+
 from .fakebotapi import FakeBotAPI
 from .harness import BotHarness
 

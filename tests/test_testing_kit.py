@@ -1,0 +1,344 @@
+"""The test kit (botsessions.testing and its pytest plugin), used as bot authors use it.
+
+The demo bot runs through the kit in each kind of Django test; the kit's own bot
+(tests/kit_bot.py) has a handler for every update the kit builds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.test import TestCase, TransactionTestCase, override_settings
+
+from botproject.models import Purchase
+from botsessions.models import Session
+from botsessions.runner import runner_for
+from botsessions.testing import (
+    BotClient,
+    chat_type_of,
+    message,
+    webhook_path,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP, SUPERGROUP = -4001, -1001234567890
+KIT_BOTS = {
+    "default": {"APPLICATION": "botproject.bot.build_application", "WEBHOOK_SECRET": "s1"},
+    "kit": {"APPLICATION": "tests.kit_bot.build_application", "WEBHOOK_SECRET": "s2"},
+}
+
+
+@pytest.fixture
+def kit(settings: Any, db: None) -> Any:
+    """A client of the kit's own bot, mounted in a namespace of another URLconf."""
+    settings.BOTSESSIONS_BOTS = KIT_BOTS
+    settings.ROOT_URLCONF = "tests.kit_urls"
+    with BotClient("kit") as client:
+        yield client
+
+
+# -- in each kind of test --------------------------------------------------------------
+
+
+def demo_conversation(bot: BotClient) -> None:
+    """What every kind of test checks: replies, replies after commit, redelivery."""
+    assert bot.send("🍕", chat_id=7, user_id=7).texts == []
+    hunger = bot.send("/hunger", chat_id=7, user_id=7)
+    assert (hunger.status, hunger.texts) == (200, ["Your hunger level is 1!"])
+    bought = bot.send("/buy cake", chat_id=7, user_id=7)
+    assert bought.texts == ["Bought cake. Purchases so far: 1."]  # sent after commit
+    again = bot.post(bought.update)
+    assert (again.status, again.outcome, again.texts, again.calls) == (200, "duplicate", [], [])
+    assert Purchase.objects.filter(item="cake").count() == 1
+
+
+@pytest.mark.django_db
+def test_pytest_django_in_the_tests_transaction(bot_client: BotClient) -> None:
+    assert transaction.get_connection().in_atomic_block
+    demo_conversation(bot_client)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pytest_django_with_transaction_true(bot_client: BotClient) -> None:
+    assert not transaction.get_connection().in_atomic_block
+    demo_conversation(bot_client)
+
+
+def test_the_fixture_needs_no_marker(bot_client: BotClient) -> None:
+    assert bot_client.send("/stats", chat_id=8, user_id=8).texts == ["You have sent 0 messages."]
+
+
+def test_after_commit_texts_also_inside_the_tests_own_capture(
+    bot_client: BotClient, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        bought = bot_client.send("/buy tea", chat_id=9, user_id=9)
+    assert bought.texts == ["Bought tea. Purchases so far: 1."]
+    assert [c.method for c in bot_client.calls].count("sendMessage") == 1  # not sent twice
+
+
+class DjangoTestCaseTests(TestCase):
+    def setUp(self) -> None:
+        self.bot = BotClient()
+        self.addCleanup(self.bot.close)
+
+    def test_conversation(self) -> None:
+        demo_conversation(self.bot)
+
+    def test_sessions_are_rolled_back_with_the_test(self) -> None:
+        self.bot.send("🍕", chat_id=7, user_id=7)
+        self.assertTrue(Session.objects.filter(key="chat:7").exists())
+
+
+class DjangoTransactionTestCaseTests(TransactionTestCase):
+    def test_conversation(self) -> None:
+        with BotClient() as bot:
+            demo_conversation(bot)
+
+    def test_sessions_start_empty(self) -> None:
+        self.assertFalse(Session.objects.exists())
+
+
+# -- the builders, through the demo bot ---------------------------------------------
+
+
+def test_a_command_gets_its_entity_and_the_chat_type_follows_the_id() -> None:
+    update = message("/buy@test_bot cake", chat_id=-5, user_id=3)["message"]
+    assert update["entities"] == [{"type": "bot_command", "offset": 0, "length": 13}]
+    assert "entities" not in message("no /command", chat_id=1, user_id=1)["message"]
+    assert [chat_type_of(i) for i in (5, -5, -999999999999, SUPERGROUP)] == [
+        "private",
+        "group",
+        "group",
+        "supergroup",
+    ]
+    assert message("hi", chat_id=-5, user_id=3, chat_type="channel")["message"]["chat"][
+        "type"
+    ] == ("channel")
+
+
+def test_commands_in_groups_and_addressed_to_the_bot(bot_client: BotClient) -> None:
+    bot_client.send("🍕", chat_id=GROUP, user_id=1)
+    bot_client.send("🍕", chat_id=GROUP, user_id=2)
+    assert bot_client.send("/hunger@test_bot", chat_id=GROUP, user_id=2).texts == [
+        "Your hunger level is 2!"
+    ]
+
+
+def test_an_edit_is_not_another_message(bot_client: BotClient) -> None:
+    sent = bot_client.send("hello", chat_id=3, user_id=3)
+    message_id = sent.update["message"]["message_id"]
+    edit = bot_client.edit("hello there", chat_id=3, user_id=3, message_id=message_id)
+    assert (edit.status, edit.outcome, edit.texts) == (200, "skipped", [])
+    assert bot_client.send("/stats", chat_id=3, user_id=3).texts == ["You have sent 1 messages."]
+
+
+def test_updates_the_demo_does_not_handle(bot_client: BotClient) -> None:
+    answers = [
+        bot_client.press("buy", chat_id=3, user_id=3, message_text="Menu"),
+        bot_client.inline_query("pizza", user_id=3),
+        bot_client.send_business("Is the oven on?", connection_id="conn-1", chat_id=3),
+    ]
+    assert [(a.status, a.outcome, a.calls) for a in answers] == [(200, "skipped", [])] * 3
+
+
+def test_a_group_migration_moves_the_chats_sessions(bot_client: BotClient) -> None:
+    bot_client.send("🍕", chat_id=GROUP, user_id=1)
+    moved = bot_client.migrate(GROUP, SUPERGROUP, user_id=1)
+    assert moved.update["message"]["migrate_to_chat_id"] == SUPERGROUP
+    assert moved.status == 200
+    other_notice = bot_client.migrate(GROUP, SUPERGROUP, user_id=1, in_new_chat=True)
+    assert other_notice.update["message"]["chat"]["type"] == "supergroup"
+    assert bot_client.send("/hunger", chat_id=SUPERGROUP, user_id=1).texts == [
+        "Your hunger level is 1!"
+    ]
+
+
+# -- the builders, through a bot that handles each of them ------------------------
+
+
+def test_a_button_press(kit: BotClient) -> None:
+    first = kit.press("pizza", chat_id=5, user_id=6, message_id=40, message_text="Menu")
+    assert [call.method for call in first.calls] == ["answerCallbackQuery", "editMessageText"]
+    assert first.calls[0].params["text"] == "pressed pizza"
+    edit = first.calls_to("editMessageText")[0].params
+    assert (edit["chat_id"], edit["message_id"]) == (5, 40)
+    second = kit.press("pizza", chat_id=5, user_id=6, message_id=40)
+    assert second.calls_to("editMessageText")[0].params["text"] == "pizza pressed 2 times"
+    assert first.texts == []  # texts are sent messages; an edit is a call
+
+
+def test_an_inline_query(kit: BotClient) -> None:
+    answered = kit.inline_query("margherita", user_id=6)
+    [call] = answered.calls
+    assert call.method == "answerInlineQuery"
+    assert call.params["results"][0]["title"] == "MARGHERITA"
+
+
+def test_a_business_message_has_the_business_accounts_session(kit: BotClient) -> None:
+    sent = kit.send_business("Open?", connection_id="conn-1", chat_id=6)
+    assert sent.texts == ["business conn-1: Open?"]
+    assert sent.calls[0].params["business_connection_id"] == "conn-1"
+    assert Session.objects.filter(key="business:conn-1:chat:6").exists()
+    assert not Session.objects.filter(key="chat:6").exists()
+
+
+def test_an_edited_message(kit: BotClient) -> None:
+    edited = kit.edit("fixed typo", chat_id=-5, user_id=6, message_id=3)
+    assert edited.texts == ["edited to fixed typo"]
+    assert edited.calls[0].params["chat_id"] == -5
+
+
+def test_texts_before_and_after_commit_in_order(kit: BotClient) -> None:
+    assert kit.send("/later", chat_id=5, user_id=5).texts == ["now", "after commit"]
+
+
+# -- answers of the fake Bot API --------------------------------------------------
+
+
+def test_a_method_answered_with_a_custom_result(kit: BotClient) -> None:
+    assert kit.send("/status", chat_id=-5, user_id=6).texts == ["You are member."]
+    kit.answer(
+        "getChatMember",
+        lambda params: {
+            "status": "administrator",
+            "user": {"id": params["user_id"], "is_bot": False, "first_name": "A"},
+            "can_be_edited": False,
+            "is_anonymous": False,
+            "can_manage_chat": True,
+            "can_delete_messages": True,
+            "can_manage_video_chats": True,
+            "can_restrict_members": True,
+            "can_promote_members": False,
+            "can_change_info": True,
+            "can_invite_users": True,
+            "can_post_stories": False,
+            "can_edit_stories": False,
+            "can_delete_stories": False,
+        },
+    )
+    asked = kit.send("/status", chat_id=-5, user_id=6)
+    assert asked.calls[0].params == {"chat_id": -5, "user_id": 6}
+    assert asked.texts == ["You are administrator."]
+
+
+def test_a_method_that_fails_fails_the_handler(kit: BotClient) -> None:
+    kit.fail("sendMessage", "Forbidden: bot was blocked by the user", error_code=403)
+    blocked = kit.send("/later", chat_id=5, user_id=5)
+    assert (blocked.status, blocked.outcome) == (200, "handler_failed")
+    assert [call.method for call in blocked.calls] == ["sendMessage"]  # none after commit
+
+
+def test_nothing_reaches_the_network(bot_client: BotClient) -> None:
+    bot_client.send("/hunger", chat_id=1, user_id=1)
+    bot = runner_for("default").application.bot
+    # The transport swap relies on PTB keeping both request objects in Bot._request.
+    assert bot._request == (bot_client.api, bot_client.api)
+    assert bot.request is bot_client.api
+    assert [call.method for call in bot_client.calls] == ["getMe", "sendMessage"]
+
+
+def test_closing_drops_the_application(db: None) -> None:
+    with BotClient() as client:
+        client.send("/hunger", chat_id=1, user_id=1)
+        used = runner_for("default").application
+    assert runner_for("default").application is not used
+    assert runner_for("default").application.bot.request is not client.api
+
+
+def test_a_second_client_of_the_same_bot_sends_new_update_ids(db: None) -> None:
+    with BotClient() as first:
+        first.send("🍕", chat_id=2, user_id=2)
+    with BotClient() as second:
+        assert second.send("/hunger", chat_id=2, user_id=2).texts == ["Your hunger level is 1!"]
+
+
+# -- finding the webhook ------------------------------------------------------------
+
+
+def test_the_webhook_is_found_by_its_bot(settings: Any) -> None:
+    assert webhook_path("default") == "/telegram/webhook/"
+    settings.ROOT_URLCONF = "tests.kit_urls"
+    assert webhook_path("default") == "/demo/webhook/"
+    assert webhook_path("kit") == "/kit/hook/"
+    with pytest.raises(LookupError, match="'nobody'"):
+        webhook_path("nobody")
+
+
+def test_an_explicit_path_and_the_secret(settings: Any, db: None) -> None:
+    settings.BOTSESSIONS_BOTS = KIT_BOTS
+    settings.ROOT_URLCONF = "tests.kit_urls"
+    with BotClient(path="/demo/webhook/") as client:
+        assert client.send("/hunger", chat_id=1, user_id=1).status == 200
+    with BotClient("kit", path="/demo/webhook/") as client:  # the other bot's secret
+        assert client.send("/hunger", chat_id=1, user_id=1).status == 403
+
+
+@override_settings(ROOT_URLCONF="tests.async_urls")
+class AsyncViewTests(TransactionTestCase):
+    def test_the_async_view_in_a_transactional_test(self) -> None:
+        with BotClient() as bot:
+            demo_conversation(bot)
+
+
+@pytest.mark.django_db
+def test_the_async_view_refuses_a_test_transaction(settings: Any) -> None:
+    settings.ROOT_URLCONF = "tests.async_urls"
+    with BotClient() as bot, pytest.raises(RuntimeError, match="transactional test"):
+        bot.send("/hunger", chat_id=1, user_id=1)
+
+
+# -- the plugin and the README ------------------------------------------------------
+
+
+def test_the_plugin_is_an_entry_point_and_imports_nothing_of_django() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"]["pytest11"] == {"botsessions": "botsessions.pytest_plugin"}
+    code = (
+        "import sys, botsessions.pytest_plugin as p; from django.conf import settings;"
+        "assert p.bot_client; assert not settings.configured;"
+        "assert not [m for m in sys.modules if m in "
+        "('botsessions.models', 'botsessions.testing', 'django.test')]"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
+
+
+def readme_testing_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Testing your bot", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+
+
+def test_the_readme_example_passes_with_the_plugin(tmp_path: Path) -> None:
+    """Run as a user would: its own test file, the plugin loaded as pytest loads it."""
+    (tmp_path / "test_readme_bot.py").write_text(readme_testing_example())
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "botsessions.pytest_plugin",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\b[3-9] passed\b", result.stdout), result.stdout
