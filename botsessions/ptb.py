@@ -321,7 +321,10 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         finally:
             _current.reset(token)
             if run.sessions is not None:
-                run.sessions.release()
+                try:
+                    await run.sessions.unlock_storages()
+                finally:
+                    run.sessions.release()
         if run.storage_error is not None:
             raise run.storage_error
         return run.outcome

@@ -409,6 +409,8 @@ class UpdateSessions:
         self.mark = UpdateMark(bot_id, update_id) if isinstance(update_id, int) else None
         self._locks = locks if sessions.locking else None
         self._held: list[StorageKey] = []
+        # The storages asked to lock keys (with those keys), to unlock at the end.
+        self._locked_in: list[tuple[SessionStorage | None, list[StorageKey]]] = []
         self.already_processed = False
         self.is_multi = sessions.is_multi
         self.view: Any = None  # the MultiSession handlers see, made on first use
@@ -428,7 +430,10 @@ class UpdateSessions:
         key even when it never awaits it (unless every fragment in that storage is
         lazy and untouched: then no key is locked or read, only the exactly-once record).
         """
-        return self._unlocked.pop(id(storage), [])
+        keys = self._unlocked.pop(id(storage), [])
+        if keys:
+            self._locked_in.append((storage, keys))
+        return keys
 
     async def hold_keys(self) -> None:
         """Take this process's locks of every key, before any lock in the database.
@@ -545,6 +550,8 @@ class UpdateSessions:
                     if new is not None:
                         pairs.append((key, StorageKey(key.bot_id, key.fragment, new)))
             lock = [*self.first_read(storage), *(key for pair in pairs for key in pair)]
+            if pairs:
+                self._locked_in.append((storage, lock))
             if names:
                 moved += await storage.rename_chat(
                     self.bot_id, names, old_chat_id, new_chat_id, lock=lock
@@ -606,6 +613,18 @@ class UpdateSessions:
             await storage.commit(batch, None)
             count += len(batch)
         return count
+
+    async def unlock_storages(self) -> None:
+        """Give back the locks the update's storages took (Redis's; the database's end
+        with the transaction)."""
+        locked, self._locked_in = self._locked_in, []
+        for storage, keys in locked:
+            if storage is None or type(storage).unlock is SessionStorage.unlock:
+                continue
+            try:
+                await storage.unlock(keys)
+            except Exception:
+                logger.exception("botsessions: giving back session locks failed")
 
     def release(self) -> None:
         if self._held:

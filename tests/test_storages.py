@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,13 +25,24 @@ KEY = StorageKey(123456, "", "chat:-1001987654321")
         "memory",
         "db",
         pytest.param("db-commits", marks=pytest.mark.django_db(transaction=True)),
+        "redis",
     ]
 )
-def storage(request: pytest.FixtureRequest) -> Any:
+def storage(request: pytest.FixtureRequest) -> Iterator[Any]:
     """Each storage; the database one inside the test's transaction and with real commits."""
     if request.param == "memory":
-        return MemoryStorage()
-    return DatabaseStorage()
+        yield MemoryStorage()
+    elif request.param == "redis":
+        from botsessions.storage.redis import RedisStorage
+
+        from .redis_support import URL, forget, new_prefix, require_redis
+
+        require_redis()
+        prefix = new_prefix()
+        yield RedisStorage(url=URL, prefix=prefix)
+        forget(prefix)
+    else:
+        yield DatabaseStorage()
 
 
 def data(record: StoredSession | None) -> Any:

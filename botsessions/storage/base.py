@@ -118,6 +118,16 @@ class SessionStorage(ABC):
         records = await self.read_many(keys) if keys else {}
         return records, (await self.was_processed(mark)) if mark is not None else False
 
+    async def unlock(self, keys: Sequence[StorageKey]) -> None:
+        """Give back the locks :meth:`load` took of ``keys``; the update has ended.
+
+        The engine calls it once per update for each storage it asked to lock, whether
+        the update committed or failed. It must not raise: a lock it cannot give back
+        must expire by itself. The default does nothing (the database's locks end with
+        the transaction).
+        """
+        return None
+
     async def commit(self, changes: Sequence[Change], mark: UpdateMark | None = None) -> bool:
         """Apply the changes of one update; return ``False`` if ``mark`` was already applied.
 

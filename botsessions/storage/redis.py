@@ -1,0 +1,457 @@
+"""Sessions in Redis, through redis-py's asyncio client (``pip install botsessions[redis]``).
+
+Every call that matters is one Lua script, so it is one round trip and atomic:
+
+- ``load`` takes the locks of all of an update's keys in this storage (all or none, so
+  two updates never wait for each other in a cycle), reads the fragments asked for and
+  whether the update was already committed;
+- ``commit`` checks that the update's exactly-once record is absent, that the locks of
+  the keys it writes are still this update's, and every revision, then writes every
+  fragment and the record, or nothing at all;
+- ``unlock`` gives back only the locks whose token is still this update's.
+
+A lock is a key holding a random token, with an expiry of ``BOTSESSIONS_LOCK_TIMEOUT``,
+so a process that died holding one blocks its keys for that long at most. An update that
+finds a key locked retries with a short, growing pause, within the update's lock-wait
+budget; past it :class:`~botsessions.errors.LockTimeout` (the webhook's 503).
+
+The updates of one process take turns on the engine's in-process key locks before they
+come here, so one process holds a key for one update at a time, and this storage can
+remember the token of each key it holds.
+
+Key names (``prefix`` is ``"botsessions:"`` by default; the braces make every key of a
+bot land in one Redis Cluster slot, so the scripts may touch several of them)::
+
+    {prefix}{BOT_ID}:s:{fragment}:{key}       the session: "revision|version|expiry ms|data"
+    {prefix}{BOT_ID}:lock:{fragment}:{key}    its lock: a token
+    {prefix}{BOT_ID}:done:{update_id}         an exactly-once record
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import weakref
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ..conf import settings
+from ..errors import LockTimeout, SessionConflict, StorageError, StoredDataError
+from ..unit import current_unit
+from .base import Change, Delete, SessionStorage, StorageKey, StoredSession, UpdateMark, Write
+
+logger = logging.getLogger("botsessions")
+
+# KEYS: the lock keys (ARGV[1] of them), the session keys to read, then the record's key
+# when ARGV[2] is "1". ARGV: lock count, with record, expiry in ms, one token per lock.
+_LOAD = """
+local locks = tonumber(ARGV[1])
+for i = 1, locks do
+  local holder = redis.call('GET', KEYS[i])
+  if holder and holder ~= ARGV[3 + i] then return {0, i} end
+end
+for i = 1, locks do redis.call('SET', KEYS[i], ARGV[3 + i], 'PX', ARGV[3]) end
+local out = {1, 0}
+local last = #KEYS
+if ARGV[2] == '1' then
+  last = last - 1
+  out[2] = redis.call('EXISTS', KEYS[#KEYS])
+end
+for i = locks + 1, last do
+  local value = redis.pcall('GET', KEYS[i])
+  if type(value) == 'table' and value.err then value = {value.err} end
+  out[#out + 1] = value
+end
+return out
+"""
+
+# KEYS: the locks to check (ARGV[1] of them), the changed keys (ARGV[2]), then the
+# record's key when ARGV[3] (its lifetime in seconds) is not empty. ARGV after those
+# three: one token per lock, then per change: kind ("w" or "d"), expected revision
+# ("" for none), new revision, the rest of the value, expiry in ms since the epoch ("").
+# Returns 1 when committed, 0 for a recorded update, {-1, i}: lock i is not ours,
+# {-2, i}: change i found another revision.
+_COMMIT = """
+local locks, changes, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+if keep ~= '' and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return 0 end
+for i = 1, locks do
+  if redis.call('GET', KEYS[i]) ~= ARGV[3 + i] then return {-1, i} end
+end
+local base = 3 + locks
+local revisions = {}
+for i = 1, changes do
+  local at = base + (i - 1) * 5
+  local key = KEYS[locks + i]
+  local stored = redis.pcall('GET', key)
+  local current = 0
+  if type(stored) == 'table' then return {-2, i} end
+  if stored then
+    current = tonumber(string.match(stored, '^(%d+)|'))
+    if not current then return {-2, i} end
+  end
+  local expected = ARGV[at + 2]
+  if expected ~= '' and tonumber(expected) ~= current then return {-2, i} end
+  if expected == '' then revisions[i] = current + 1 else revisions[i] = ARGV[at + 3] end
+end
+for i = 1, changes do
+  local at = base + (i - 1) * 5
+  local key = KEYS[locks + i]
+  if ARGV[at + 1] == 'd' then
+    redis.call('DEL', key)
+  elseif ARGV[at + 5] == '' then
+    redis.call('SET', key, revisions[i] .. '|' .. ARGV[at + 4])
+  else
+    redis.call('SET', key, revisions[i] .. '|' .. ARGV[at + 4], 'PXAT', ARGV[at + 5])
+  end
+end
+if keep ~= '' then redis.call('SET', KEYS[#KEYS], '1', 'EX', keep) end
+return 1
+"""
+
+# KEYS: locks; ARGV: their tokens. Deletes only the locks still holding their token.
+_UNLOCK = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then redis.call('DEL', KEYS[i]) end
+end
+return 1
+"""
+
+_FIRST_PAUSE = 0.002  # seconds between attempts at a held lock, doubling up to the last
+_LAST_PAUSE = 0.05
+
+
+class RedisStorage(SessionStorage):
+    """Sessions in Redis: pass ``url`` (``"redis://host:6379/0"``) or ``client``.
+
+    ``client`` is a ``redis.asyncio.Redis`` of yours, used as it is (on the bot's event
+    loop). With ``url``, the storage makes one client per event loop that uses it.
+    ``prefix`` starts every key name, so several projects can share a database.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | None = None,
+        prefix: str = "botsessions:",
+        **client_options: Any,
+    ) -> None:
+        if (url is None) == (client is None):
+            raise ValueError("RedisStorage needs either url= or client=")
+        self.url = url
+        self.prefix = prefix
+        self._client = client
+        self._client_options = {"socket_connect_timeout": 5, "socket_timeout": 5}
+        self._client_options.update(client_options)
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._scripts: weakref.WeakKeyDictionary[Redis, dict[str, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        #: The token of each key this process holds the lock of.
+        self._tokens: dict[StorageKey, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<RedisStorage {self.prefix!r}>"
+
+    # -- the client and its scripts ----------------------------------------------------
+
+    @property
+    def client(self) -> Redis:
+        """The client for the running event loop."""
+        if self._client is not None:
+            return self._client
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            assert self.url is not None
+            client = Redis.from_url(self.url, **self._client_options)
+            self._clients[loop] = client
+        return client
+
+    def _script(self, name: str, client: Redis) -> Any:
+        scripts = self._scripts.get(client)
+        if scripts is None:
+            scripts = self._scripts[client] = {
+                "load": client.register_script(_LOAD),
+                "commit": client.register_script(_COMMIT),
+                "unlock": client.register_script(_UNLOCK),
+            }
+        return scripts[name]
+
+    async def _run(self, name: str, keys: list[str], args: list[Any], doing: str) -> Any:
+        client = self.client
+        try:
+            return await self._script(name, client)(keys=keys, args=args, client=client)
+        except (RedisError, OSError) as exc:
+            raise StorageError(f"{doing} in Redis failed: {exc}") from exc
+
+    # -- key names ---------------------------------------------------------------------
+
+    def name(self, key: StorageKey) -> str:
+        """The Redis key of a session."""
+        return f"{self.prefix}{{{key.bot_id}}}:s:{key.fragment}:{key.key}"
+
+    def lock_name(self, key: StorageKey) -> str:
+        """The Redis key of a session's lock."""
+        return f"{self.prefix}{{{key.bot_id}}}:lock:{key.fragment}:{key.key}"
+
+    def mark_name(self, mark: UpdateMark) -> str:
+        """The Redis key of an exactly-once record."""
+        return f"{self.prefix}{{{mark.bot_id}}}:done:{mark.update_id}"
+
+    def _parse(self, name: str) -> StorageKey | None:
+        rest = name[len(self.prefix) :]
+        bot, sep, rest = rest.partition("}:s:")
+        fragment, sep2, key = rest.partition(":")
+        if not (sep and sep2 and bot.startswith("{")):
+            return None
+        try:
+            return StorageKey(int(bot[1:]), fragment, key)
+        except ValueError:
+            return None
+
+    # -- the contract ------------------------------------------------------------------
+
+    async def read(self, key: StorageKey) -> StoredSession | None:
+        return (await self.read_many([key]))[key]
+
+    async def read_many(
+        self, keys: Sequence[StorageKey]
+    ) -> dict[StorageKey, StoredSession | None]:
+        records, _ = await self.load(keys, None)
+        return records
+
+    async def load(
+        self,
+        keys: Sequence[StorageKey],
+        mark: UpdateMark | None,
+        *,
+        lock: Sequence[StorageKey] = (),
+    ) -> tuple[dict[StorageKey, StoredSession | None], bool]:
+        """Lock ``lock``, read ``keys`` and whether ``mark`` was committed, in one script.
+
+        A held lock is retried until the update's lock-wait budget runs out.
+        """
+        wanted = list(dict.fromkeys(k for k in lock))
+        fresh = secrets.token_hex(16)
+        tokens = [self._tokens.get(k, fresh) for k in wanted]
+        names = [self.lock_name(k) for k in wanted]
+        names += [self.name(k) for k in keys]
+        if mark is not None:
+            names.append(self.mark_name(mark))
+        args: list[Any] = [len(wanted), "1" if mark is not None else "0"]
+        args.append(int(settings.LOCK_TIMEOUT * 1000) if wanted else 0)
+        args += tokens
+        reply = await self._run("load", names, args, "reading sessions")
+        if reply[0] != 1:
+            reply = await self._wait(names, args)
+        for key, token in zip(wanted, tokens, strict=True):
+            self._tokens[key] = token
+        records = {key: _decode(key, value) for key, value in zip(keys, reply[2:], strict=True)}
+        return records, bool(reply[1])
+
+    async def _wait(self, names: list[str], args: list[Any]) -> Any:
+        unit = current_unit()
+        budget = unit.remaining() if unit is not None else settings.LOCK_TIMEOUT
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        pause = _FIRST_PAUSE
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise LockTimeout(f"session locks in Redis not granted within {budget:g} s")
+            # A random share of the pause keeps waiters from retrying in step.
+            await asyncio.sleep(min(left, pause * (0.5 + random.random())))
+            pause = min(pause * 2, _LAST_PAUSE)
+            reply = await self._run("load", names, args, "reading sessions")
+            if reply[0] == 1:
+                return reply
+
+    async def commit(self, changes: Sequence[Change], mark: UpdateMark | None = None) -> bool:
+        """Apply every change and record ``mark`` in one script, or nothing.
+
+        Refused with :class:`~botsessions.errors.SessionConflict` when a changed key's lock
+        is no longer this process's (it expired, and maybe another update holds it now)
+        or a revision moved on.
+        """
+        if not changes and mark is None:
+            return True
+        held = [(c.key, self._tokens[c.key]) for c in changes if c.key in self._tokens]
+        names = [self.lock_name(key) for key, _ in held]
+        names += [self.name(c.key) for c in changes]
+        args: list[Any] = [len(held), len(changes)]
+        if mark is not None:
+            names.append(self.mark_name(mark))
+            args.append(max(1, int(settings.PROCESSED_UPDATES_RETENTION.total_seconds())))
+        else:
+            args.append("")
+        args += [token for _, token in held]
+        for change in changes:
+            expected = "" if change.expected_revision is None else change.expected_revision
+            if isinstance(change, Write):
+                record = change.record
+                version = "" if record.version is None else str(record.version)
+                expiry = "" if record.expires_at is None else _millis(record.expires_at)
+                rest = f"{version}|{expiry}|{record.data}"
+                args += ["w", expected, record.revision, rest, expiry]
+            else:
+                args += ["d", expected, 0, "", ""]
+        reply = await self._run("commit", names, args, "saving sessions")
+        if reply == 1:
+            return True
+        if reply == 0:
+            return False
+        kind, index = int(reply[0]), int(reply[1])
+        if kind == -1:
+            key = held[index - 1][0]
+            raise SessionConflict(f"the lock of session {key} expired before the commit")
+        raise SessionConflict(f"session {changes[index - 1].key} was changed by another writer")
+
+    async def unlock(self, keys: Sequence[StorageKey]) -> None:
+        """Give back the locks of ``keys`` still holding this process's tokens."""
+        held = [(k, self._tokens.pop(k)) for k in dict.fromkeys(keys) if k in self._tokens]
+        if not held:
+            return
+        try:
+            await self._run(
+                "unlock",
+                [self.lock_name(k) for k, _ in held],
+                [token for _, token in held],
+                "giving back locks",
+            )
+        except StorageError as exc:
+            # They expire by themselves; the update itself is done.
+            logger.warning("botsessions: %s; the locks expire by themselves", exc)
+
+    async def write(
+        self, key: StorageKey, record: StoredSession, *, expected_revision: int | None = None
+    ) -> None:
+        await self.commit([Write(key, record, expected_revision)])
+
+    async def delete(self, key: StorageKey, *, expected_revision: int | None = None) -> None:
+        await self.commit([Delete(key, expected_revision)])
+
+    async def keys(self, bot_id: int | None = None) -> AsyncIterator[StorageKey]:
+        bot = "*" if bot_id is None else str(bot_id)
+        async for key in self._scan(f"{_glob(self.prefix)}{{{bot}}}:s:*"):
+            yield key
+
+    async def was_processed(self, mark: UpdateMark) -> bool:
+        _, processed = await self.load([], mark)
+        return processed
+
+    async def keys_under(self, bot_id: int, heads: Mapping[str, str]) -> list[StorageKey]:
+        """A SCAN for each head (its key, and keys continuing it after a colon)."""
+        from ..keys import is_under
+
+        found: list[StorageKey] = []
+        for fragment, head in heads.items():
+            start = self.name(StorageKey(bot_id, fragment, head))
+            async for key in self._scan(_glob(start) + "*"):
+                if key.fragment == fragment and is_under(key.key, head):
+                    found.append(key)
+        return found
+
+    async def rename_chat(
+        self,
+        bot_id: int,
+        fragments: Sequence[str],
+        old_chat_id: int,
+        new_chat_id: int,
+        *,
+        lock: Sequence[StorageKey] = (),
+    ) -> list[StorageKey]:
+        """Find the chat's keys, lock them (old and new) with ``lock``, then move them.
+
+        The moved keys' locks are given back at once, the update's own (``lock``) at
+        its end.
+        """
+        from ..keys import chat_key, rekey_chat
+
+        old = chat_key(old_chat_id)
+        pairs = [
+            (key, StorageKey(bot_id, key.fragment, new))
+            for key in await self.keys_under(bot_id, dict.fromkeys(fragments, old))
+            if (new := rekey_chat(key.key, old_chat_id, new_chat_id)) is not None
+        ]
+        own = set(lock)
+        extra = [key for pair in pairs for key in pair if key not in own]
+        await self.load([], None, lock=[*lock, *extra])
+        try:
+            return await self.rename(pairs)
+        finally:
+            # The moves are committed: the update keeps only its own keys' locks.
+            await self.unlock(extra)
+
+    async def rename(self, pairs: Iterable[tuple[StorageKey, StorageKey]]) -> list[StorageKey]:
+        """Move each pair in one commit (created new, deleted old), never overwriting."""
+        moved = []
+        for old, new in pairs:
+            records = await self.read_many([old, new])
+            record = records[old]
+            if record is None or records[new] is not None:
+                continue
+            try:
+                await self.commit([Write(new, record, 0), Delete(old, record.revision)])
+            except SessionConflict:
+                continue
+            moved.append(new)
+        return moved
+
+    async def _scan(self, pattern: str) -> AsyncIterator[StorageKey]:
+        client = self.client
+        cursor: int = 0
+        while True:
+            try:
+                cursor, names = await client.scan(cursor, match=pattern, count=500)
+            except (RedisError, OSError) as exc:
+                raise StorageError(f"listing sessions in Redis failed: {exc}") from exc
+            for name in names:
+                key = self._parse(name.decode() if isinstance(name, bytes) else name)
+                if key is not None:
+                    yield key
+            if not cursor:
+                return
+
+    async def aclose(self) -> None:
+        """Close the clients this storage made (not one passed as ``client``)."""
+        for client in list(self._clients.values()):
+            await client.aclose()
+        self._clients.clear()
+
+
+def _millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _glob(text: str) -> str:
+    """``text`` matched literally by a SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _decode(key: StorageKey, value: Any) -> StoredSession | None:
+    """A stored value as a record; raises :class:`StoredDataError` for one not ours."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        raise StoredDataError(f"session {key} holds no text in Redis: {value[0]!r}")
+    try:
+        text = value.decode() if isinstance(value, bytes) else value
+        revision, version, expiry, data = text.split("|", 3)
+        return StoredSession(
+            data=data,
+            version=Decimal(version) if version else None,
+            expires_at=datetime.fromtimestamp(int(expiry) / 1000, UTC) if expiry else None,
+            revision=int(revision),
+        )
+    except (UnicodeDecodeError, ValueError, InvalidOperation) as exc:
+        raise StoredDataError(f"session {key} is not in this storage's format: {exc}") from exc

@@ -1,0 +1,431 @@
+"""The Redis storage: the engine's guarantees where the sessions live in Redis.
+
+The storage contract itself runs on Redis in ``tests/test_storages.py``. These tests
+need a Redis server (``REDIS_URL``, default the local one); without one they are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.core.management import call_command
+from telegram.ext import MessageHandler, filters
+
+from botsessions import Fragment, SessionConflict, Sessions, StorageError, per_user
+from botsessions.errors import LockTimeout
+from botsessions.outcome import Outcome
+from botsessions.storage.base import StorageKey, StoredSession, UpdateMark, Write
+
+from .redis_support import URL, forget, new_prefix, require_redis
+from .updates import ALICE, BOB, message
+
+pytestmark = pytest.mark.django_db
+
+BOT = 123456  # the harness's token is 123456:...
+KEY = StorageKey(BOT, "", f"chat:{ALICE}")
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    require_redis()
+    prefix = new_prefix()
+    yield prefix
+    forget(prefix)
+
+
+@pytest.fixture
+def raw(prefix: str) -> Iterator[Any]:
+    """A plain synchronous client, to look at and tamper with what is stored."""
+    import redis
+
+    client = redis.Redis.from_url(URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+def storage(prefix: str) -> Any:
+    from botsessions.storage.redis import RedisStorage
+
+    return RedisStorage(url=URL, prefix=prefix)
+
+
+def run(coroutine: Any) -> Any:
+    async def call() -> Any:
+        return await coroutine
+
+    return async_to_sync(call)()
+
+
+async def count(update: Any, context: Any) -> None:
+    context.session["count"] += 1
+
+
+def counter(prefix: str, **kwargs: Any) -> Sessions:
+    return Sessions(initial=lambda: {"count": 0}, storage=storage(prefix), **kwargs)
+
+
+def stored_count(prefix: str, key: StorageKey = KEY) -> int | None:
+    import json
+
+    record = run(storage(prefix).read(key))
+    return None if record is None else json.loads(record.data)["count"]
+
+
+# -- through the engine -----------------------------------------------------------------
+
+
+def test_sessions_live_in_redis_under_namespaced_keys(make_bot, prefix, raw):
+    bot = make_bot(counter(prefix), [MessageHandler(filters.TEXT, count)])
+    assert bot.process(message()) == Outcome.COMMITTED
+    assert bot.process(message()) == Outcome.COMMITTED
+    assert stored_count(prefix) == 2
+    names = raw.keys(prefix + "*")
+    assert f"{prefix}{{{BOT}}}:s::chat:{ALICE}" in names
+    assert len([n for n in names if ":done:" in n]) == 2
+    assert len(names) == 3  # the locks are given back
+
+
+def test_a_redelivered_update_is_not_applied_twice(make_bot, prefix, raw):
+    bot = make_bot(counter(prefix), [MessageHandler(filters.TEXT, count)])
+    update = message()
+    assert bot.process(update) == Outcome.COMMITTED
+    assert bot.process(update) == Outcome.DUPLICATE
+    assert stored_count(prefix) == 1
+    record = f"{prefix}{{{BOT}}}:done:{update['update_id']}"
+    # The record expires by itself after the retention window (25 hours by default).
+    assert 24 * 3600 < raw.ttl(record) <= 25 * 3600
+
+
+def test_exactly_once_records_follow_the_retention_setting(make_bot, prefix, raw, settings):
+    settings.BOTSESSIONS_PROCESSED_UPDATES_RETENTION = timedelta(seconds=90)
+    bot = make_bot(counter(prefix), [MessageHandler(filters.TEXT, count)])
+    update = message()
+    bot.process(update)
+    assert 0 < raw.ttl(f"{prefix}{{{BOT}}}:done:{update['update_id']}") <= 90
+
+
+def test_a_failed_handler_writes_nothing_and_gives_its_locks_back(make_bot, prefix, raw):
+    async def fail(update: Any, context: Any) -> None:
+        context.session["count"] += 1
+        raise RuntimeError("no")
+
+    bot = make_bot(counter(prefix), [MessageHandler(filters.TEXT, fail)])
+    assert bot.process(message()) == Outcome.HANDLER_FAILED
+    assert raw.keys(prefix + "*") == []  # no session, no record, no lock
+
+
+def test_a_ttl_is_redis_expiry(make_bot, prefix, raw):
+    bot = make_bot(
+        counter(prefix, ttl=timedelta(milliseconds=400)), [MessageHandler(filters.TEXT, count)]
+    )
+    bot.process(message())
+    name = f"{prefix}{{{BOT}}}:s::chat:{ALICE}"
+    assert 0 < raw.pttl(name) <= 400
+    time.sleep(0.5)
+    assert raw.exists(name) == 0  # gone with nobody purging
+    bot.process(message())
+    assert stored_count(prefix) == 1  # started afresh
+
+
+def test_purgesessions_says_redis_needs_no_purging(capsys):
+    call_command("purgesessions")
+    assert "Redis" in capsys.readouterr().out
+
+
+def test_data_round_trips_as_json(make_bot, prefix):
+    value = {"text": "🍕 ünïcode | pipes | too", "nested": [1, 2.5, None, True, {"a": []}]}
+
+    async def store(update: Any, context: Any) -> None:
+        context.session = value
+
+    async def check(update: Any, context: Any) -> None:
+        assert context.session == value
+        context.session = {**value, "checked": True}
+
+    bot = make_bot(
+        Sessions(storage=storage(prefix)),
+        [MessageHandler(filters.Regex("store"), store), MessageHandler(filters.TEXT, check)],
+    )
+    assert bot.process(message("store")) == Outcome.COMMITTED
+    assert bot.process(message("check")) == Outcome.COMMITTED
+    assert not bot.errors
+
+
+def test_redis_and_database_fragments_mix(make_bot, prefix):
+    """The record lives in the first keyed fragment's storage: here Redis."""
+    from botsessions.models import ProcessedUpdate, Session
+
+    async def both(update: Any, context: Any) -> None:
+        context.session.chat["count"] += 1
+        context.session.user["count"] += 1
+
+    sessions = Sessions.multi(
+        chat=Fragment(initial=lambda: {"count": 0}, storage=storage(prefix)),
+        user=Fragment(initial=lambda: {"count": 0}, key=per_user),
+    )
+    bot = make_bot(sessions, [MessageHandler(filters.TEXT, both)])
+    update = message(chat_id=ALICE)
+    assert bot.process(update) == Outcome.COMMITTED
+    assert bot.process(update) == Outcome.DUPLICATE
+    assert stored_count(prefix, StorageKey(BOT, "chat", f"chat:{ALICE}")) == 1
+    assert Session.objects.get(fragment="user").data == {"count": 1}
+    assert not ProcessedUpdate.objects.exists()
+
+
+# -- versions and bad data, as with the database -------------------------------------------
+
+
+def test_migrations_upgrade_stored_data(make_bot, prefix):
+    run(storage(prefix).write(KEY, StoredSession('{"n": 1}', version=Decimal(1))))
+    migrations = {1: lambda d: d, 2: lambda d: {"count": d["n"]}}
+    bot = make_bot(counter(prefix, migrations=migrations), [MessageHandler(filters.TEXT, count)])
+    assert bot.process(message()) == Outcome.COMMITTED
+    record = run(storage(prefix).read(KEY))
+    assert record.version == 2 and stored_count(prefix) == 2
+
+
+def test_newer_data_is_refused_and_left_alone(make_bot, prefix, raw):
+    run(storage(prefix).write(KEY, StoredSession('{"count": 5}', version=Decimal(7))))
+    name = f"{prefix}{{{BOT}}}:s::chat:{ALICE}"
+    before = raw.get(name)
+    bot = make_bot(counter(prefix, migrations={1: dict}), [MessageHandler(filters.TEXT, count)])
+    assert bot.process(message()) == Outcome.BAD_STORED_DATA
+    assert raw.get(name) == before
+
+
+@pytest.mark.parametrize("kind", ["not json", "not our format", "a hash"])
+def test_bad_stored_data_is_left_alone_and_other_chats_go_on(make_bot, prefix, raw, kind):
+    name = f"{prefix}{{{BOT}}}:s::chat:{ALICE}"
+    if kind == "not json":
+        raw.set(name, "1|||{not json")
+    elif kind == "not our format":
+        raw.set(name, '{"count": 1}')
+    else:
+        raw.hset(name, "count", 1)
+    bot = make_bot(counter(prefix), [MessageHandler(filters.TEXT, count)])
+    assert bot.process(message(chat_id=ALICE)) == Outcome.BAD_STORED_DATA
+    assert bot.process(message(chat_id=BOB)) == Outcome.COMMITTED
+    assert raw.type(name) == ("hash" if kind == "a hash" else "string")
+    assert raw.exists(f"{prefix}{{{BOT}}}:lock::chat:{ALICE}") == 0
+
+
+def test_redis_going_away_is_a_storage_error_and_nothing_is_written(make_bot, prefix, raw):
+    from botsessions.storage.redis import RedisStorage
+
+    gone = RedisStorage(url="redis://127.0.0.1:1/0", prefix=prefix)
+    bot = make_bot(
+        Sessions(initial=lambda: {"count": 0}, storage=gone),
+        [MessageHandler(filters.TEXT, count)],
+    )
+    with pytest.raises(StorageError):
+        bot.process(message())
+    assert raw.keys(prefix + "*") == []
+
+
+def test_redis_going_away_between_read_and_commit(make_bot, prefix, raw):
+    """The commit is one script: it runs whole or not at all; the update is redelivered."""
+    store = storage(prefix)
+    failing = {"on": False}
+    original = store._run
+
+    async def flaky(name: str, *args: Any) -> Any:
+        if failing["on"] and name == "commit":
+            raise StorageError("saving sessions in Redis failed: connection reset")
+        return await original(name, *args)
+
+    store._run = flaky
+
+    async def count_then_break(update: Any, context: Any) -> None:
+        context.session["count"] += 1
+        failing["on"] = True
+
+    bot = make_bot(
+        Sessions(initial=lambda: {"count": 0}, storage=store),
+        [MessageHandler(filters.TEXT, count_then_break)],
+    )
+    update = message()
+    with pytest.raises(StorageError):
+        bot.process(update)
+    assert raw.keys(prefix + "*") == []  # nothing written, lock given back
+    failing["on"] = False
+    store._run = original
+    assert bot.process(update) == Outcome.COMMITTED  # the redelivery
+    assert stored_count(prefix) == 1
+
+
+# -- locks ----------------------------------------------------------------------------------
+
+
+def test_same_key_updates_in_one_process_lose_nothing(make_bot, prefix):
+    bot = make_bot(counter(prefix), [MessageHandler(filters.TEXT, count)])
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda _: bot.process(message()), range(40)))
+    assert outcomes == [Outcome.COMMITTED] * 40
+    assert stored_count(prefix) == 40
+
+
+async def increment(store: Any, times: int) -> None:
+    """What an update does to a counter, step by step through the storage contract."""
+    for _ in range(times):
+        records, _ = await store.load([KEY], None, lock=[KEY])
+        record = records[KEY]
+        value = int(record.data) if record else 0
+        revision = record.revision if record else 0
+        await asyncio.sleep(0)
+        await store.commit(
+            [Write(KEY, StoredSession(str(value + 1), revision=revision + 1), revision)]
+        )
+        await store.unlock([KEY])
+
+
+def test_two_clients_take_turns(prefix):
+    """Two storages with clients of their own, as two processes have."""
+
+    async def both() -> None:
+        await asyncio.gather(increment(storage(prefix), 30), increment(storage(prefix), 30))
+
+    asyncio.run(both())
+    assert run(storage(prefix).read(KEY)).data == "60"
+
+
+WORKER = """
+import asyncio, os, sys
+import django
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+django.setup()
+from botsessions.storage.redis import RedisStorage
+from tests.test_redis_storage import increment
+asyncio.run(increment(RedisStorage(url=sys.argv[1], prefix=sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_take_turns(prefix):
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WORKER, URL, prefix, "50"], cwd=root, env=env)
+        for _ in range(2)
+    ]
+    assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
+    assert run(storage(prefix).read(KEY)).data == "100"
+
+
+def test_a_lock_wait_past_the_timeout_is_a_lock_timeout(prefix, settings):
+    holder, waiter = storage(prefix), storage(prefix)
+
+    async def scene() -> float:
+        await holder.load([KEY], None, lock=[KEY])  # expires in 10 s
+        settings.BOTSESSIONS_LOCK_TIMEOUT = 0.3
+        started = time.monotonic()
+        with pytest.raises(LockTimeout):
+            await waiter.load([KEY], None, lock=[KEY])
+        return time.monotonic() - started
+
+    assert 0.25 < asyncio.run(scene()) < 1.0
+    assert issubclass(LockTimeout, StorageError)  # the webhook's 503
+
+
+def test_a_waiter_gets_the_lock_as_soon_as_it_is_given_back(prefix):
+    holder, waiter = storage(prefix), storage(prefix)
+
+    async def scene() -> float:
+        await holder.load([KEY], None, lock=[KEY])
+        task = asyncio.ensure_future(waiter.load([KEY], None, lock=[KEY]))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        given_back = time.monotonic()
+        await holder.unlock([KEY])
+        await task
+        return time.monotonic() - given_back
+
+    assert asyncio.run(scene()) < 0.1
+
+
+def test_a_stale_owner_whose_lock_expired_cannot_overwrite_its_successor(prefix, settings):
+    settings.BOTSESSIONS_LOCK_TIMEOUT = 0.2
+    stale, successor = storage(prefix), storage(prefix)
+
+    async def scene() -> None:
+        await stale.load([KEY], None, lock=[KEY])
+        await asyncio.sleep(0.3)  # its lock expires
+        await successor.load([KEY], None, lock=[KEY])
+        with pytest.raises(SessionConflict, match="expired"):
+            await stale.commit([Write(KEY, StoredSession('"stale"', revision=1), 0)])
+        await stale.unlock([KEY])  # does not give back the successor's lock
+        assert await successor.commit([Write(KEY, StoredSession('"new"', revision=1), 0)])
+        await successor.unlock([KEY])
+
+    asyncio.run(scene())
+    assert run(storage(prefix).read(KEY)).data == '"new"'
+
+
+def test_locks_of_several_keys_are_taken_all_at_once(prefix):
+    """No update holds one key while waiting for another: no deadlocks."""
+    a, b = StorageKey(BOT, "chat", "chat:1"), StorageKey(BOT, "user", "user:1")
+    first, second, third = storage(prefix), storage(prefix), storage(prefix)
+
+    async def scene() -> None:
+        await first.load([], None, lock=[b])
+        task = asyncio.ensure_future(second.load([], None, lock=[a, b]))
+        await asyncio.sleep(0.05)
+        # ``a`` is free while ``second`` waits for ``b``.
+        await asyncio.wait_for(third.load([], None, lock=[a]), 1)
+        await third.unlock([a])
+        await first.unlock([b])
+        await asyncio.wait_for(task, 1)
+
+    asyncio.run(scene())
+
+
+def test_contention_is_never_refused(make_bot, prefix):
+    """Slow same-key updates wait for each other, within the lock timeout."""
+    gate = threading.Semaphore(0)
+
+    async def slow(update: Any, context: Any) -> None:
+        context.session["count"] += 1
+        await asyncio.sleep(0.02)
+        gate.release()
+
+    bot = make_bot(counter(prefix), [MessageHandler(filters.TEXT, slow)])
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(lambda _: bot.process(message()), range(18)))
+    assert outcomes.count(Outcome.COMMITTED) == 18
+    assert stored_count(prefix) == 18
+
+
+def test_storage_needs_a_url_or_a_client():
+    from botsessions.storage.redis import RedisStorage
+
+    with pytest.raises(ValueError):
+        RedisStorage()
+
+
+def test_a_client_of_your_own(prefix):
+    from redis.asyncio import Redis
+
+    from botsessions.storage.redis import RedisStorage
+
+    async def scene() -> Any:
+        client = Redis.from_url(URL)
+        store = RedisStorage(client=client, prefix=prefix)
+        await store.commit([Write(KEY, StoredSession("1", revision=1), 0)], UpdateMark(BOT, 1))
+        result = await store.load([KEY], UpdateMark(BOT, 1))
+        await client.aclose()
+        return result
+
+    records, processed = asyncio.run(scene())
+    assert records[KEY].data == "1" and processed
