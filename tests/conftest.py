@@ -42,9 +42,9 @@ def make_bot(api: FakeBotAPI) -> Iterator[Any]:
         harness.close()
 
 
-@pytest.fixture(params=["memory", "db"])
+@pytest.fixture(params=["memory", "db", "redis"])
 def probe(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """Each test using it runs twice: on the memory storage and on the database storage.
+    """Each test using it runs on the memory storage, the database storage and Redis.
 
     Modules using it mark themselves ``django_db``.
     """

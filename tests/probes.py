@@ -52,6 +52,33 @@ class RecordingStorage(MemoryStorage):
         return self._rows.get(key)
 
 
+class RecordingRedisStorage:
+    """A Redis storage that counts as the database is counted: a read per load of keys."""
+
+    @staticmethod
+    def make(prefix: str) -> SessionStorage:
+        from botsessions.storage.redis import RedisStorage
+
+        class Recording(RedisStorage):
+            counts = Counts()
+
+            async def load(self, keys: Any, mark: Any, *, lock: Any = ()) -> Any:
+                if keys:
+                    self.counts.reads += 1
+                return await super().load(keys, mark, lock=lock)
+
+            async def commit(self, changes: Sequence[Change], mark: Any = None) -> bool:
+                self.counts.writes += sum(isinstance(c, Write) for c in changes)
+                self.counts.deletes += sum(isinstance(c, Delete) for c in changes)
+                return await super().commit(changes, mark)
+
+        from .redis_support import URL
+
+        storage = Recording(url=URL, prefix=prefix)
+        storage.counts = Counts()
+        return storage
+
+
 _TABLE = "botsessions_session"
 
 
@@ -65,8 +92,8 @@ class Probe:
     _own_queries: set[int] = field(default_factory=set, repr=False)
 
     def counts(self) -> Counts:
-        if isinstance(self.storage, RecordingStorage):
-            return self.storage.counts
+        if isinstance(self.storage, RecordingStorage) or self.kind == "redis":
+            return self.storage.counts  # type: ignore[union-attr]
         assert self._capture is not None
         counts = Counts()
         start = self._capture.initial_queries
@@ -92,6 +119,21 @@ class Probe:
         if isinstance(self.storage, RecordingStorage):
             record = self.storage.stored(storage_key)
             return None if record is None else record.data
+        if self.kind == "redis":
+            from asgiref.sync import async_to_sync
+
+            from botsessions.storage.redis import RedisStorage
+
+            from .redis_support import URL
+
+            # A storage of its own, so that the test's look is not counted.
+            plain = RedisStorage(url=URL, prefix=self.storage.prefix)  # type: ignore[union-attr]
+
+            async def read() -> StoredSession | None:
+                return await plain.read(storage_key)
+
+            record = async_to_sync(read)()
+            return None if record is None else record.data
         from botsessions.models import Session
 
         before = len(connection.queries)
@@ -105,12 +147,21 @@ class Probe:
 def start_probe(kind: str) -> Probe:
     if kind == "memory":
         return Probe(kind, RecordingStorage())
+    if kind == "redis":
+        from .redis_support import new_prefix, require_redis
+
+        require_redis()
+        return Probe(kind, RecordingRedisStorage.make(new_prefix()))
     capture = CaptureQueriesContext(connection)
     capture.__enter__()
     return Probe(kind, None, capture)
 
 
 def stop_probe(probe: Probe) -> None:
+    if probe.kind == "redis":
+        from .redis_support import forget
+
+        forget(probe.storage.prefix)  # type: ignore[union-attr]
     if probe._capture is not None:
         probe._capture.__exit__(None, None, None)
 
