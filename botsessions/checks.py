@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from .conf import settings
+from .conf import MAX_PURGE_BATCH_SIZE, settings
 
 
 @register(Tags.compatibility)
@@ -47,6 +47,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             messages.append(Error(f"{name} must be a positive integer.", id="botsessions.E005"))
+        elif name == "BOTSESSIONS_PURGE_BATCH_SIZE" and value > MAX_PURGE_BATCH_SIZE:
+            messages.append(
+                Error(
+                    f"{name} must be at most {MAX_PURGE_BATCH_SIZE:,} (rows one statement "
+                    "deletes).",
+                    id="botsessions.E005",
+                )
+            )
     retention = getattr(django_settings, "BOTSESSIONS_PROCESSED_UPDATES_RETENTION", None)
     if retention is not None and not (
         (isinstance(retention, timedelta) and retention >= timedelta(hours=24))

@@ -11,6 +11,13 @@ from typing import Any
 
 from django.conf import settings as django_settings
 
+MAX_PURGE_BATCH_SIZE = 10_000
+"""The most rows one purge statement deletes (``--batch-size``, ``BOTSESSIONS_PURGE_BATCH_SIZE``).
+
+A batch's ids all go into that statement, and SQLite takes at most 32,766 parameters in
+one (PostgreSQL binding on the server, 65,535).
+"""
+
 
 class Settings:
     """One typed property per setting."""
@@ -45,7 +52,7 @@ class Settings:
 
     @property
     def PURGE_BATCH_SIZE(self) -> int:
-        """How many rows the purge command deletes per statement."""
+        """How many rows the purge command deletes per statement (at most 10,000)."""
         return getattr(django_settings, "BOTSESSIONS_PURGE_BATCH_SIZE", 1000)
 
     @property

@@ -13,7 +13,7 @@ from datetime import datetime
 from django.db import models, router, transaction
 from django.utils import timezone
 
-from .conf import settings
+from .conf import MAX_PURGE_BATCH_SIZE, settings
 from .models import ProcessedUpdate, Session
 
 Progress = Callable[[int], None]
@@ -40,6 +40,8 @@ def _delete_in_batches(
     queryset: models.QuerySet[models.Model], batch_size: int | None, progress: Progress | None
 ) -> int:
     size = batch_size or settings.PURGE_BATCH_SIZE
+    if not 0 < size <= MAX_PURGE_BATCH_SIZE:
+        raise ValueError(f"a batch size must be from 1 to {MAX_PURGE_BATCH_SIZE:,} (got {size})")
     using = router.db_for_write(queryset.model)
     total = 0
     while True:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 from telegram import Bot, Update, WebhookInfo
@@ -62,12 +63,22 @@ def webhook_secret(alias: str) -> str:
     return bot_settings(alias).get("WEBHOOK_SECRET") or ""
 
 
-def set_webhook(alias: str, url: str, *, drop_pending_updates: bool = False) -> WebhookSetup:
-    """Point Telegram at ``url``, with the bot's secret token and allowed update types."""
-    if not url.startswith(("https://", "http://")):
-        raise BotAPIError(f"The webhook URL must be an https:// URL (got {url!r}).")
-    secret = webhook_secret(alias)
-    updates = allowed_updates(alias)
+def set_webhook(
+    alias: str, url: str, *, drop_pending_updates: bool = False, local_bot_api: bool = False
+) -> WebhookSetup:
+    """Point Telegram at ``url``, with the bot's secret token and allowed update types.
+
+    Telegram delivers only to ``https://`` URLs. A local Bot API server (the
+    ``telegram-bot-api`` binary run with ``--local``) delivers to ``http://`` ones too:
+    ``local_bot_api=True`` says the bot talks to such a server.
+    """
+    try:
+        check_webhook_url(url, local_bot_api=local_bot_api)
+    except BotAPIError as exc:  # the URL it quotes may hold the token
+        raise BotAPIError(_redacted(alias, str(exc))) from None
+    with bot_api_errors(alias):
+        secret = webhook_secret(alias)
+        updates = allowed_updates(alias)
 
     async def call(bot: Bot) -> bool:
         return await bot.set_webhook(
@@ -79,6 +90,29 @@ def set_webhook(alias: str, url: str, *, drop_pending_updates: bool = False) -> 
 
     _call_bot(alias, call)
     return WebhookSetup(url, bool(secret), updates, drop_pending_updates)
+
+
+def check_webhook_url(url: str, *, local_bot_api: bool = False) -> None:
+    """Refuse, with :class:`BotAPIError`, a URL Telegram would not deliver updates to."""
+    schemes = ("https", "http") if local_bot_api else ("https",)
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in schemes and bool(parts.hostname)
+    except ValueError:  # a malformed address, such as "https://[::1"
+        usable = False
+    if not usable or any(char.isspace() or not char.isprintable() for char in url):
+        wanted = "an http:// or https://" if local_bot_api else "an https://"
+        hint = "" if local_bot_api else " (http:// only with --local-bot-api)"
+        raise BotAPIError(f"The webhook URL must be {wanted} URL{hint}, got {url!r}.")
+
+
+def redact_token(alias: str, text: str) -> str:
+    """``text`` without the token of bot ``alias`` (see :mod:`botsessions.redaction`).
+
+    For everything a command prints about a bot: a webhook URL may hold the token (a
+    common way to make it unguessable), and so may Telegram's last delivery error.
+    """
+    return _redacted(alias, text)
 
 
 def delete_webhook(alias: str, *, drop_pending_updates: bool = False) -> None:

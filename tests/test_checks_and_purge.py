@@ -45,6 +45,7 @@ def test_missing_secret_warns_in_debug_and_fails_otherwise():
         ),
         ({"BOTSESSIONS_MAX_BODY_SIZE": 0}, "botsessions.E005"),
         ({"BOTSESSIONS_PURGE_BATCH_SIZE": "many"}, "botsessions.E005"),
+        ({"BOTSESSIONS_PURGE_BATCH_SIZE": 10_001}, "botsessions.E005"),
         ({"BOTSESSIONS_ADMIN_BATCH_SIZE": -1}, "botsessions.E005"),
         ({"BOTSESSIONS_PROCESSED_UPDATES_RETENTION": timedelta(hours=1)}, "botsessions.E006"),
         (
@@ -118,9 +119,23 @@ def test_purge_command_reports_what_it_did():
     assert Session.objects.count() == 0
 
 
-def test_purge_command_refuses_a_bad_batch_size():
-    with pytest.raises(CommandError, match="positive"):
-        call_command("purgesessions", "--batch-size", "0")
+@pytest.mark.parametrize("size", ["0", "-1", "abc", "1.5", "10001", "99999999999999999999"])
+def test_purge_command_refuses_a_bad_batch_size(size):
+    with pytest.raises(CommandError, match="must be a whole number from 1 to 10,000"):
+        call_command("purgesessions", "--batch-size", size)
+
+
+def test_purge_command_refuses_a_batch_size_setting_beyond_the_limit(settings):
+    settings.BOTSESSIONS_PURGE_BATCH_SIZE = 99999999999999999999
+    with pytest.raises(CommandError, match="BOTSESSIONS_PURGE_BATCH_SIZE must be a whole"):
+        call_command("purgesessions")
+
+
+@pytest.mark.django_db
+def test_purge_takes_batches_up_to_the_limit():
+    make_rows(3, timezone.now() - timedelta(minutes=1))
+    call_command("purgesessions", "--batch-size", "10000", stdout=StringIO())
+    assert Session.objects.count() == 0
 
 
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")

@@ -3,6 +3,7 @@ webhookinfo, and the failures a person must be told about in plain words."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from io import StringIO
 from typing import Any
@@ -15,7 +16,7 @@ from telegram import Update
 from botsessions.bots import forget_applications
 
 from .fakebotapi import FakeBotAPI
-from .servers import free_port
+from .servers import REPO, TOKEN, free_port, manage, server_env
 
 URL = "https://bot.example.com/telegram/webhook/"
 
@@ -71,10 +72,49 @@ def test_setwebhook_without_secret_warns(fake: FakeBotAPI, settings: Any) -> Non
     assert "No WEBHOOK_SECRET is configured" in output
 
 
-def test_setwebhook_refuses_a_non_url(fake: FakeBotAPI) -> None:
-    with pytest.raises(CommandError, match="https:// URL"):
-        run("setwebhook", "bot.example.com/hook")
+@pytest.mark.parametrize(
+    "url",
+    [
+        "bot.example.com/hook",
+        "http://bot.example.com/hook",
+        "ftp://bot.example.com/hook",
+        "https://",
+        "https:///hook",
+        "https://[::1/hook",
+        "https://bot.example.com/a hook",
+        "https://bot.example.com/\x00",
+    ],
+)
+def test_setwebhook_refuses_what_telegram_would_not_deliver_to(fake: FakeBotAPI, url: str) -> None:
+    with pytest.raises(CommandError, match=r"must be an https:// URL \(http:// only with"):
+        run("setwebhook", url)
     assert fake.calls == []
+
+
+def test_setwebhook_takes_http_for_a_local_bot_api_server(fake: FakeBotAPI) -> None:
+    output = run("setwebhook", "http://127.0.0.1:8000/telegram/webhook/", "--local-bot-api")
+    assert fake.webhook["url"] == "http://127.0.0.1:8000/telegram/webhook/"
+    assert "set to http://127.0.0.1:8000/telegram/webhook/" in output
+    with pytest.raises(CommandError, match="must be an http:// or https:// URL, got 'ftp:"):
+        run("setwebhook", "ftp://127.0.0.1/", "--local-bot-api")
+
+
+def test_setwebhook_of_an_unknown_bot_is_a_clear_error(fake: FakeBotAPI) -> None:
+    with pytest.raises(CommandError, match="No bot 'nosuch' in BOTSESSIONS_BOTS"):
+        run("setwebhook", URL, "--bot", "nosuch")
+    assert fake.calls == []
+
+
+def test_the_token_is_never_printed(fake: FakeBotAPI) -> None:
+    """A webhook URL holding the token is a common way to make it unguessable."""
+    url = f"{URL}{TOKEN}/"
+    output = run("setwebhook", url) + run("webhookinfo")
+    assert fake.webhook["url"] == url
+    assert f"set to {URL}<token>/" in output and f"URL:               {URL}<token>/" in output
+    assert TOKEN not in output and TOKEN.split(":")[1] not in output
+    with pytest.raises(CommandError) as refused:
+        run("setwebhook", url.replace("https", "http"))
+    assert TOKEN.split(":")[1] not in str(refused.value)
 
 
 def test_webhookinfo_and_deletewebhook(fake: FakeBotAPI) -> None:
@@ -142,3 +182,34 @@ def test_bot_api_refusal_is_a_clear_error(fake: FakeBotAPI) -> None:
         match=r"refused the request of bot .default.: Bad webhook: https url must be provided",
     ):
         run("setwebhook", URL)
+
+
+BAD_COMMAND_LINES = {
+    "unknown-bot": (["setwebhook", URL, "--bot", "nosuch"], "No bot 'nosuch' in BOTSESSIONS_BOTS"),
+    "http-url": (["setwebhook", "http://bot.example.com/hook"], "must be an https:// URL"),
+    "huge-batch": (
+        ["purgesessions", "--batch-size", "99999999999999999999"],
+        "--batch-size must be a whole number from 1 to 10,000",
+    ),
+    "refused-token": (["webhookinfo"], "Telegram refused the token of bot 'default'"),
+}
+
+
+@pytest.mark.slow
+def test_a_bad_argument_is_one_line_and_exit_code_1(api: FakeBotAPI, tmp_path: Any) -> None:
+    """From a terminal, as an operator runs them: no traceback, and never the token."""
+    env = server_env(api_base_url=api.base_url, database=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    api.fail_next("getMe", 401, "Unauthorized")  # for webhookinfo, the only one calling it
+    running = {
+        case: subprocess.Popen(
+            manage(*argv), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for case, (argv, _) in BAD_COMMAND_LINES.items()
+    }
+    for case, process in running.items():
+        stdout, stderr = (stream.decode() for stream in process.communicate(timeout=60))
+        message = BAD_COMMAND_LINES[case][1]
+        assert process.returncode == 1, (case, stdout, stderr)
+        assert len(stderr.splitlines()) == 1 and stderr.startswith("CommandError: "), stderr
+        assert message in stderr and "Traceback" not in stderr
+        assert TOKEN.split(":")[1] not in stdout + stderr

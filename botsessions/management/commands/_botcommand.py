@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...telegram_api import BotAPIError
+from ...telegram_api import BotAPIError, redact_token
 
 
 class BotCommand(BaseCommand):
@@ -23,8 +23,13 @@ class BotCommand(BaseCommand):
 
     @contextlib.contextmanager
     def bot_api(self) -> Iterator[None]:
-        """Report a missing token or an unreachable Bot API as a CommandError."""
+        """Report a missing token, a bad argument or an unreachable Bot API as a one-line
+        CommandError (exit code 1, no traceback)."""
         try:
             yield
         except BotAPIError as exc:
-            raise CommandError(str(exc)) from exc
+            raise CommandError(" ".join(str(exc).split())) from exc
+
+    def redacted(self, bot: str, text: str) -> str:
+        """``text`` as it may be printed: without the bot's token anywhere in it."""
+        return redact_token(bot, text)

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ...conf import MAX_PURGE_BATCH_SIZE, settings
 from ...purge import prune_processed_updates, purge_expired_sessions
 
 
@@ -18,14 +19,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--batch-size",
-            type=int,
             default=None,
-            help="Rows deleted per statement (default: BOTSESSIONS_PURGE_BATCH_SIZE).",
+            metavar="N",
+            help=(
+                "Rows deleted per statement, from 1 to "
+                f"{MAX_PURGE_BATCH_SIZE:,} (default: BOTSESSIONS_PURGE_BATCH_SIZE)."
+            ),
         )
 
-    def handle(self, *args: Any, batch_size: int | None, **options: Any) -> None:
-        if batch_size is not None and batch_size <= 0:
-            raise CommandError("--batch-size must be a positive number")
+    def handle(self, *args: Any, batch_size: str | int | None, **options: Any) -> None:
+        if batch_size is None:
+            size = _batch_size(settings.PURGE_BATCH_SIZE, "BOTSESSIONS_PURGE_BATCH_SIZE")
+        else:
+            size = _batch_size(batch_size, "--batch-size")
         verbose = options["verbosity"] >= 1
 
         def report(kind: str) -> Any:
@@ -35,15 +41,22 @@ class Command(BaseCommand):
 
             return progress
 
-        sessions = purge_expired_sessions(batch_size=batch_size, progress=report("sessions"))
-        records = prune_processed_updates(batch_size=batch_size, progress=report("records"))
+        sessions = purge_expired_sessions(batch_size=size, progress=report("sessions"))
+        records = prune_processed_updates(batch_size=size, progress=report("records"))
         self.stdout.write(
             self.style.SUCCESS(
                 f"Deleted {sessions} expired session(s) and {records} processed-update record(s)."
             )
         )
-        # Redis's own key expiry removes them (botsessions.storage.redis).
-        self.stdout.write(
-            "Sessions and exactly-once records in Redis expire by themselves: "
-            "they need no purging."
+
+
+def _batch_size(value: object, name: str) -> int:
+    """A batch size as a number, or a one-line CommandError (not argparse's usage)."""
+    text = str(value).strip()
+    number = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else 0
+    if isinstance(value, bool) or not 0 < number <= MAX_PURGE_BATCH_SIZE:
+        raise CommandError(
+            f"{name} must be a whole number from 1 to {MAX_PURGE_BATCH_SIZE:,} "
+            f"(got {text[:40]!r})."
         )
+    return number

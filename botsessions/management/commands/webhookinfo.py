@@ -16,8 +16,8 @@ class Command(BotCommand):
     def handle(self, *args: Any, bot: str, **options: Any) -> None:
         with self.bot_api():
             info = webhook_info(bot)
-        for label, value in describe(info):
-            self.stdout.write(f"{label + ':':<18} {value}")
+        lines = "\n".join(f"{label + ':':<18} {value}" for label, value in describe(info))
+        self.stdout.write(self.redacted(bot, lines))  # the URL or the last error may hold it
 
 
 def describe(info: WebhookInfo) -> list[tuple[str, object]]:
