@@ -17,7 +17,9 @@ def _flag(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-DEBUG = _flag("DJANGO_DEBUG", True)
+# Safe by default: DEBUG only when asked for (scripts/demo.sh asks), and then a known key
+# is fine; with DEBUG off a missing DJANGO_SECRET_KEY stops the start (botproject/apps.py).
+DEBUG = _flag("DJANGO_DEBUG", False)
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or (
     "django-insecure-demo-key-only-for-local-use" if DEBUG else ""
 )

@@ -15,6 +15,9 @@ PY="$VENV/bin/python"
 PORT="${PORT:-8000}"
 FAKE_API_PORT="${FAKE_API_PORT:-8081}"
 export DJANGO_SETTINGS_MODULE=botproject.settings
+# The demo is for this machine only: DEBUG on (the project's default is off), the server
+# and the admin/admin superuser on 127.0.0.1.
+export DJANGO_DEBUG=1
 export PYTHONUNBUFFERED=1  # keep the server and fake API output in order when piped
 export TELEGRAM_WEBHOOK_SECRET="${TELEGRAM_WEBHOOK_SECRET:-demo-secret}"
 
@@ -40,7 +43,7 @@ if User.objects.filter(is_superuser=True).exists():
     print("== An admin user exists already; log in with it.")
 else:
     User.objects.create_superuser("admin", "admin@example.com", "admin")
-    print("== Created the demo superuser admin / admin (for local use only).")
+    print("== Created the demo superuser admin / admin (for this machine only: never expose it).")
 '
 
 if [ -z "${TELEGRAM_BOT_TOKEN:-}" ]; then
