@@ -619,7 +619,7 @@ class UpdateSessions:
         with the transaction)."""
         locked, self._locked_in = self._locked_in, []
         for storage, keys in locked:
-            if storage is None or type(storage).unlock is SessionStorage.unlock:
+            if storage is None:
                 continue
             try:
                 await storage.unlock(keys)
