@@ -176,7 +176,10 @@ def profile(chats: int, count: int, rounds: int, first_update_id: int) -> dict[s
                 )
             work = updates.workload(count, chats, round_, next(ids))
             runs["ptb"].append({"per_update_us": ptb_on_loop(work)})
-    m = {name: {key: median(run[key] for run in rs) for key in rs[0]} for name, rs in runs.items()}
+    m = {
+        name: {key: median(run[key] for run in rs) for key in rs[0] if key != "outcomes"}
+        for name, rs in runs.items()
+    }
     us = {name: values["per_update_us"] for name, values in m.items()}
     db = m["db"]
     steps = {

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -43,6 +44,7 @@ class Deployment:
     worker_class: str
     workers: int
     threads: int = 1
+    server: str = "gunicorn"  # or "uvicorn" (its own CLI; worker_class unused)
 
 
 UVICORN_WORKER = "uvicorn.workers.UvicornWorker"
@@ -63,6 +65,7 @@ CANDIDATES = [
     Deployment("gthread, 4 × 4", "gthread", 4, 4),
     ASGI,
     Deployment("UvicornWorker, 4 workers", UVICORN_WORKER, 4),
+    Deployment("uvicorn --workers 2", "", 2, server="uvicorn"),
 ]
 SIZES = {  # full run, --quick
     "reps": (5, 2),
@@ -116,6 +119,30 @@ def table(rows: list[list[Any]], indent: str = "   ") -> None:
 def ratio(runs: Runs, against: Runs, key: str = "per_second") -> float:
     """The median of the repetitions' ratios (higher is better for ``key``)."""
     return median(run[key] / other[key] for run, other in zip(runs, against, strict=True))
+
+
+def group(leader: int) -> list[int]:
+    """The processes of ``leader``'s process group (a server and its workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == leader:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user and system) the processes ``pids`` have used so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def bench_env(**extra: str) -> dict[str, str]:
@@ -323,11 +350,6 @@ class Bench:
         from .load import post_all
 
         o = self.o
-        out(f"""
-3. The webhook over HTTP on PostgreSQL: {o.clients} clients at once (Telegram's max_connections),
-   {o.http_updates:,} updates per run over {o.chats:,} chats; a chat's next update waits for the
-   answer to its previous one; keep-alive where the server allows it. 'off': the same
-   handlers without sessions behind the same view and runner; Django's pool everywhere""")
         api = self.stack.enter_context(FakeBotAPI())
         servers = {}
         for deployment, bot in deployments:
@@ -337,29 +359,50 @@ class Bench:
                 BENCH_BOT=bot,
             )
             server = start_server(
-                "gunicorn", env, workers=deployment.workers, worker_class=deployment.worker_class,
-                threads=deployment.threads, quiet=True, timeout=60,
+                deployment.server, env, workers=deployment.workers, quiet=True, timeout=60,
+                worker_class=deployment.worker_class or "sync", threads=deployment.threads,
             )  # fmt: skip
             self.stack.callback(server.stop)
             servers[f"{deployment.name}, sessions {'on' if bot == 'sessions' else 'off'}"] = server
             post_all(server.port, updates.warmup(o.chats, self.ids()), o.clients)
 
+        name = urlsplit(self.databases["pg"]).path.lstrip("/")
+        backends = f"SELECT array_agg(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+
         def load(server: Any, rep: int) -> dict[str, Any]:
             work = updates.workload(o.http_updates, o.chats, rep, self.ids())
+            pids = (self.pg(self.o.pg_url, backends) or [], group(server.pid))
+            before = [cpu_seconds(some) for some in pids]
             result = post_all(server.port, work, o.clients)
             if result["statuses"] != {200: len(work)}:
                 out(f"   !! answers {result['statuses']}")
+            for key, some, started in zip(("pg_cpu", "server_cpu"), pids, before, strict=True):
+                result[key] = (cpu_seconds(some) - started) / len(work) * 1e3
             return result
 
         runs = self.interleave(servers, load)
-        self.table(runs, {"p50 ms": "p50_ms", "p99 ms": "p99_ms"}, digits=1)
+        columns = {"p50 ms": "p50_ms", "p99 ms": "p99_ms"}
+        self.table(runs, {**columns, "CPU ms: server": "server_cpu", "PostgreSQL": "pg_cpu"}, 2)
         for server in servers.values():
             server.stop()
         return list(runs.values())
 
-    def http_targets(self) -> None:
+    def http_intro(self) -> bool:
+        o = self.o
         if "pg" not in self.databases:
-            return out("\n3. HTTP: skipped (needs PostgreSQL)")
+            out("\n3. HTTP: skipped (needs PostgreSQL)")
+            return False
+        out(f"""
+3. The webhook over HTTP on PostgreSQL: {o.clients} clients at once (Telegram's max_connections),
+   {o.http_updates:,} updates per run over {o.chats:,} chats; a chat's next update waits for the
+   answer to its previous one; keep-alive where the server allows it. 'off': the same
+   handlers without sessions behind the same view and runner; Django's pool everywhere.
+   CPU: what an update cost the server's processes and PostgreSQL's backends""")
+        return True
+
+    def http_targets(self) -> None:
+        if not self.http_intro():
+            return
         off, on, plain, asgi = self.http(
             [(WSGI, "off"), (WSGI, "sessions"), (PLAIN_SYNC, "off"), (ASGI, "sessions")]
         )
@@ -375,7 +418,10 @@ class Bench:
         self.target("HTTP, on: ASGI vs WSGI", "≥ 0.70×", f"{measured:.2f}×", measured >= 0.7)
 
     def explore(self) -> None:
-        self.http([(deployment, bot) for deployment in CANDIDATES for bot in ("off", "sessions")])
+        """Each candidate with and without sessions, interleaved; one candidate at a time."""
+        if self.http_intro():
+            for deployment in CANDIDATES:
+                self.http([(deployment, "off"), (deployment, "sessions")])
 
     def growth(self) -> None:
         o = self.o
@@ -391,6 +437,7 @@ class Bench:
                 large("fill", rows=o.growth_rows - 2 * o.growth_chats)
                 for worker in (small, large):
                     worker("warmup", chats=o.growth_chats, first_update_id=self.ids())
+                    worker("fill", rows=0)  # nothing to add: ANALYZE, so both have statistics
                 variants = {f"{label}, small": small, f"{label}, large": large}
                 runs = self.interleave(
                     variants, self.run_updates(o.growth_chats, o.growth_updates)
@@ -448,6 +495,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop servers and workers too
     if set(options.sections) - set(SECTIONS):
         sys.exit(f"unknown sections in {options.sections}; known: {', '.join(SECTIONS)}")
     started = time.perf_counter()
