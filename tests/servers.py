@@ -12,8 +12,9 @@ database of the test run. In short::
 
 - ``start_server(kind, env, workers=1)`` → :class:`Server`, ready to answer: ``.url``,
   ``.port``, ``.post_update(update, secret=...)``, ``.request(method, path)``,
-  ``.worker_pids()``, ``.stop(signum)`` (the exit code), ``.kill()`` (SIGKILL to the
-  whole process group), ``.log()``, ``.wait_for_log(regex)``;
+  ``.exchange(raw_bytes)`` (what no HTTP client sends), ``.worker_pids()``,
+  ``.stop(signum)`` (the exit code), ``.kill()`` (SIGKILL to the whole process group),
+  ``.log()``, ``.wait_for_log(regex)``;
 - ``start_process(name, argv, env, ready=regex)`` → :class:`Process`, the same for any
   command, e.g. ``manage("runbot")``;
 - ``server_env(api_base_url=...)`` points a process at the test database
@@ -277,6 +278,21 @@ class Server(Process):
             sent[SECRET_HEADER] = secret
         body = update if isinstance(update, bytes | str) else json.dumps(update)
         return self.client.post(path, content=body, headers=sent)
+
+    def exchange(self, data: bytes, timeout: float = 10.0) -> bytes:
+        """Send raw bytes on a new connection; everything the server sent until it closed.
+
+        For requests no HTTP client sends, such as a chunked body with another request
+        behind or inside it. ``timeout`` bounds the wait for each read: a server that keeps
+        the connection open is then taken to have said all it will.
+        """
+        received = bytearray()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(data)
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    received += chunk
+        return bytes(received)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the worker processes (uvicorn, gunicorn) or of runserver itself."""
