@@ -4,17 +4,23 @@ A 5xx makes Telegram redeliver the same update for a day, so bad input must neve
 produce one; and a request we refuse must not have half-run. Hypothesis posts arbitrary
 requests (bytes, JSON, headers, methods, lengths, secrets), and Telegram-shaped updates
 whose fields may be wrong, missing or of the wrong type, to the demo bot in this
-process, and compares the session tables before and after each request.
+process, and compares the session tables before and after each request. Every test runs
+against both views: the WSGI one (``TelegramWebhookView``) and the ASGI one
+(``AsyncTelegramWebhookView``, whose updates commit on threads of their own, hence a
+transactional test database).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.test import Client
+from asgiref.sync import async_to_sync
+from django.test import AsyncClient, Client
+from django.test.client import FakePayload
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -169,10 +175,51 @@ def snapshot() -> tuple[list[Any], list[Any]]:
     return list(rows), list(marks)
 
 
-@pytest.fixture
-def demo_client(fresh_bots: FakeBotAPI) -> Client:
-    """The demo bot behind its webhook, replying to the fake Bot API."""
-    return Client()
+Send = Callable[[str, bytes, str, dict[str, str]], Any]
+
+VIEWS = [
+    pytest.param("wsgi"),
+    pytest.param(
+        "asgi",
+        marks=[pytest.mark.django_db(transaction=True), pytest.mark.urls("tests.async_urls")],
+    ),
+]
+
+
+@pytest.fixture(params=VIEWS)
+def send(request: pytest.FixtureRequest, fresh_bots: FakeBotAPI) -> Send:
+    """``send(method, body, content_type, meta)``: a request to the demo bot's webhook.
+
+    ``meta`` holds WSGI names (``HTTP_X_…``, ``CONTENT_LENGTH``); without
+    ``CONTENT_LENGTH`` the request has no Content-Length header, as a chunked one.
+    """
+    if request.param == "wsgi":
+        client = Client()
+
+        def send_wsgi(method: str, body: bytes, content_type: str, meta: dict[str, str]) -> Any:
+            # The test client would add a Content-Length; "" is what Django reads as none.
+            meta = {"CONTENT_LENGTH": "", **meta}
+            return client.generic(method, URL, data=body, content_type=content_type, **meta)
+
+        return send_wsgi
+
+    async_client = AsyncClient()
+
+    def send_asgi(method: str, body: bytes, content_type: str, meta: dict[str, str]) -> Any:
+        headers = [(b"host", b"testserver"), (b"content-type", content_type.encode("latin-1"))]
+        for name, value in meta.items():
+            header = name.removeprefix("HTTP_").lower().replace("_", "-")
+            headers.append((header.encode("latin-1"), value.encode("latin-1")))
+        scope = {
+            "method": method,
+            "path": URL,
+            "query_string": "",
+            "headers": headers,
+            "_body_file": FakePayload(body),
+        }
+        return async_to_sync(async_client.request)(**scope)
+
+    return send_asgi
 
 
 def _check(response: Any, before: Any, replies_before: int, api: FakeBotAPI) -> None:
@@ -205,7 +252,7 @@ def _check(response: Any, before: Any, replies_before: int, api: FakeBotAPI) -> 
     ),
 )
 def test_any_request_gets_2xx_or_4xx_and_refusals_change_nothing(
-    demo_client: Client,
+    send: Send,
     api: FakeBotAPI,
     body: bytes,
     secret: str | None,
@@ -221,7 +268,7 @@ def test_any_request_gets_2xx_or_4xx_and_refusals_change_nothing(
     if declared is not None:
         meta["CONTENT_LENGTH"] = declared
     before, replies = snapshot(), len(api.calls_to("sendMessage"))
-    response = demo_client.generic(method, URL, data=body, content_type=content_type, **meta)
+    response = send(method, body, content_type, meta)
     event(str(response.status_code))
     _check(response, before, replies, api)
 
@@ -229,19 +276,16 @@ def test_any_request_gets_2xx_or_4xx_and_refusals_change_nothing(
 @fuzz_settings
 @given(update=telegram_shaped())
 def test_updates_change_rows_only_when_committed(
-    demo_client: Client, api: FakeBotAPI, update: dict[str, Any]
+    send: Send, api: FakeBotAPI, update: dict[str, Any]
 ) -> None:
     """Authenticated, well-framed, Telegram-shaped: the path where a 5xx or a half-write
     could hide. Rows change exactly when the answer says the update was committed."""
     if isinstance(update["update_id"], int) and update["update_id"] > 5:
         update = {**update, "update_id": next(_fresh)}
     before, replies = snapshot(), len(api.calls_to("sendMessage"))
-    response = demo_client.post(
-        URL,
-        data=_encode(update),
-        content_type="application/json",
-        headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
-    )
+    body = _encode(update)
+    meta = {"HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN": SECRET, "CONTENT_LENGTH": str(len(body))}
+    response = send("POST", body, "application/json", meta)
     event(str(response.status_code))
     _check(response, before, replies, api)
     if response.status_code == 200:
@@ -260,7 +304,7 @@ def test_updates_change_rows_only_when_committed(
     ids=["list", "dict", "huge", "2**63", "below-int64", "float", "string", "bool"],
 )
 def test_ids_that_are_not_64_bit_integers_are_refused(
-    demo_client: Client, api: FakeBotAPI, chat_id: Any
+    send: Send, api: FakeBotAPI, chat_id: Any
 ) -> None:
     """Found by the fuzzer: PTB decodes any JSON value as an id. A list crashed PTB after
     the handlers ran (500), and a 300-digit id made a key too long for the column (503 on
@@ -276,11 +320,8 @@ def test_ids_that_are_not_64_bit_integers_are_refused(
         },
     }
     before, replies = snapshot(), len(api.calls_to("sendMessage"))
-    response = demo_client.post(
-        URL,
-        data=_encode(update),
-        content_type="application/json",
-        headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
-    )
+    body = _encode(update)
+    meta = {"HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN": SECRET, "CONTENT_LENGTH": str(len(body))}
+    response = send("POST", body, "application/json", meta)
     assert response.status_code == 400
     _check(response, before, replies, api)
