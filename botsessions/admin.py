@@ -1146,7 +1146,7 @@ class SessionAdmin(admin.ModelAdmin):
                 except SessionDataError as exc:
                     shown = str(_("cannot be stored: %(error)s") % {"error": exc})
                 else:
-                    shown = "" if plan.deletes else json.dumps(plan.data, ensure_ascii=False)
+                    shown = "" if plan.deletes else shown_data(json.dumps(plan.data))
                 writes.append((f"{self._bot_label(bot_id)} · {name or '-'}", shown))
         count = queryset.count()
         columns = ("pk", "bot_id", "fragment", "key", "updated_at")
