@@ -1,15 +1,10 @@
 """The bots the benchmark compares, the baseline's driver, and the timing loop.
 
-Every variant keeps the demo's handlers and filters (botproject.bot), so that an update
-takes the same way through PTB; only the session layer differs:
-
-- ``plain_application``: a plain PTB ``Application``, the handlers counting into dicts,
-  driven by :class:`PlainRunner`: the in-process baseline.
-- ``sessions_off_application``: the same session-free handlers in an application that
-  the webhook view and ``BotRunner`` serve but that never loads or saves a session: the
-  HTTP baseline runs exactly the demo's server code, sessions apart.
-- ``memory_application``: the demo with its sessions in a ``MemoryStorage``: the session
-  engine without SQL (for the profile).
+All keep the demo's handlers and filters (botproject.bot), so that an update takes the
+same way through PTB: a plain ``Application`` counting into dicts (the in-process
+baseline, driven by :class:`PlainRunner`); the same handlers behind the webhook view and
+``BotRunner`` without sessions (the HTTP baseline); the demo on a ``MemoryStorage`` (the
+session engine without SQL, for the profile).
 """
 
 from __future__ import annotations

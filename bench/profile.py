@@ -1,22 +1,14 @@
 """Where the time of one update goes (``--profile``), and what the database is sent.
 
-Four bots run in one worker process on the same updates, interleaved over a few
-rounds: the baseline (a plain Application driven by ``PlainRunner``) and, through
-``BotRunner`` (the webhook's path), the session-free handlers, the demo on a
-``MemoryStorage`` and the demo on the database. Each step of an update is timed
-directly or is the difference between two of them:
-
-- decoding, timed in the loop; PTB's own work, the plain application's
-  ``process_update`` on a loop this thread runs; the hand-over to the bot's loop thread
-  and back, the rest of the baseline;
-- ``BotRunner`` without sessions (the key checks; its unit of work opens nothing for an
-  update that needs no database work); the session engine, the memory bot against that;
-- the database, the demo on it against the memory one: the SQL statements and the
-  commit, timed by :class:`DatabaseWatch`, and the rest (each database call's trip to
-  the waiting thread and back, the unit of work, the storage's own code).
-
-Then a cProfile of the database bot, one profiler on each of its two threads, names
-the functions with most own time (a profiler slows small calls most: shares, not costs).
+Four bots run in one worker process on the same updates, interleaved over a few rounds:
+the baseline (``PlainRunner``) and, through ``BotRunner``, the session-free handlers, the
+demo on a ``MemoryStorage`` and the demo on the database. Each step of an update is timed
+directly (decoding; PTB's own work, on a loop this thread runs; the SQL and the commit,
+by :class:`DatabaseWatch`) or is the difference between two bots (the hand-over, the key
+checks and unit of work, the engine, and the rest of the database calls: the trips to
+the waiting thread and back, the unit of work, the storage's code). A cProfile of the
+database bot on both of its threads then names the functions with most own time (a
+profiler slows small calls most: shares, not costs).
 """
 
 from __future__ import annotations

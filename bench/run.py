@@ -434,7 +434,8 @@ class Bench:
             with ExitStack() as stack:
                 small = Worker(stack, "sessions", self.databases[f"{database}_small"])
                 large = Worker(stack, "sessions", self.databases[f"{database}_large"])
-                large("fill", rows=o.growth_rows - 2 * o.growth_chats)
+                filled = large("fill", rows=o.growth_rows - 2 * o.growth_chats)
+                out(f"   {label}: {filled['rows']:,} filler sessions in {filled['seconds']:.0f} s")
                 for worker in (small, large):
                     worker("warmup", chats=o.growth_chats, first_update_id=self.ids())
                     worker("fill", rows=0)  # nothing to add: ANALYZE, so both have statistics

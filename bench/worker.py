@@ -78,29 +78,17 @@ class Worker:
         from botsessions.models import Session
 
         started = time.perf_counter()
+        kind = "CASE WHEN i %% 2 = 1 THEN 'chat' ELSE 'user' END"
         missing = rows - Session.objects.count()
-        insert = (
-            "INSERT INTO botsessions_session (bot_id, fragment, key, data, revision, "
-            "created_at, updated_at) "
-        )
         with transaction.atomic(), connection.cursor() as cursor:
-            if missing > 0 and connection.vendor == "postgresql":
-                kind = "CASE WHEN mod(i, 2) = 1 THEN 'chat' ELSE 'user' END"
-                cursor.execute(
-                    f"{insert} SELECT %s, {kind}, {kind} || ':' || (%s + i / 2), "
-                    "'{\"n\":1}'::jsonb, 1, now(), now() FROM generate_series(0, %s - 1) AS i",
-                    [BOT_ID, updates.FILLER_BASE, missing],
-                )
-            elif missing > 0:
-                now = "2025-11-21 19:00:00"
-                cursor.executemany(
-                    f"{insert} VALUES (%s, %s, %s, '{{\"n\":1}}', 1, '{now}', '{now}')",
-                    (
-                        (BOT_ID, kind, f"{kind}:{updates.FILLER_BASE + i // 2}")
-                        for i in range(missing)
-                        for kind in ["chat" if i % 2 else "user"]
-                    ),
-                )
+            cursor.execute(  # rows 0 to missing - 1 (one row when nothing is missing)
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < %s) "
+                "INSERT INTO botsessions_session (bot_id, fragment, key, data, revision, "
+                f"created_at, updated_at) SELECT %s, {kind}, {kind} || ':' || "
+                "CAST(%s + i / 2 AS TEXT), '{\"n\":1}', 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP "
+                "FROM n WHERE %s > 0",
+                [missing, BOT_ID, updates.FILLER_BASE, missing],
+            )
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")
         return {"rows": Session.objects.count(), "seconds": time.perf_counter() - started}
