@@ -48,6 +48,11 @@ class Command(BaseCommand):
                 f"Deleted {sessions} expired session(s) and {records} processed-update record(s)."
             )
         )
+        # Redis's own key expiry removes them (botsessions.storage.redis).
+        self.stdout.write(
+            "Sessions and exactly-once records in Redis expire by themselves: "
+            "they need no purging."
+        )
 
 
 def _batch_size(value: object, name: str) -> int:
