@@ -29,7 +29,8 @@ from typing import Any
 
 from django.conf import settings as django_settings
 from django.db import DatabaseError, transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
@@ -66,7 +67,7 @@ class WebhookView(View):
     bot: str = "default"
     http_method_names = ["post"]
 
-    def accept(self, request: HttpRequest) -> HttpResponse | tuple[BotRunner, Update]:
+    def accept(self, request: HttpRequest) -> HttpResponseBase | tuple[BotRunner, Update]:
         """The refusal for a request we must not process, or the update to process."""
         config = bot_settings(self.bot)
         secret = config.get("WEBHOOK_SECRET") or ""
@@ -80,9 +81,7 @@ class WebhookView(View):
             # A body without Content-Length (chunked) is read as empty by Django's WSGI
             # handler; refuse it everywhere, and make sure the server does not read what
             # follows as another request.
-            response = refusal(411, "Content-Length required")
-            response["Connection"] = "close"
-            return response
+            return self.length_required()
         try:
             declared = int(length)
         except ValueError:
@@ -105,6 +104,17 @@ class WebhookView(View):
             return refusal(400, str(exc))
         return runner, update
 
+    def length_required(self) -> HttpResponseBase:
+        """411, answered so that the server closes the connection after it.
+
+        The unread body must never be taken for a request of its own. A WSGI application
+        may not send ``Connection`` (PEP 3333; Django's development server refuses it),
+        but an answer without Content-Length makes that server close the connection: the
+        answer is streamed. The async view says ``Connection: close`` as well.
+        """
+        body = json.dumps({"ok": False, "error": "Content-Length required"}).encode()
+        return StreamingHttpResponse([body], status=411, content_type="application/json")
+
     def not_initialized(self, runner: BotRunner, exc: Exception) -> HttpResponse:
         # PTB's messages can hold the token (InvalidToken says which one was refused).
         reason = redact(f"{type(exc).__name__}: {exc}", runner.application.bot.token)
@@ -123,9 +133,9 @@ class TelegramWebhookView(WebhookView):
     The request thread waits for the update and runs its database work meanwhile.
     """
 
-    def post(self, request: HttpRequest) -> HttpResponse:
+    def post(self, request: HttpRequest) -> HttpResponseBase:
         accepted = self.accept(request)
-        if isinstance(accepted, HttpResponse):
+        if isinstance(accepted, HttpResponseBase):
             return accepted
         runner, update = accepted
         try:
@@ -149,9 +159,14 @@ class AsyncTelegramWebhookView(WebhookView):
     the Bot API.
     """
 
-    async def post(self, request: HttpRequest) -> HttpResponse:
+    def length_required(self) -> HttpResponseBase:
+        response = super().length_required()
+        response["Connection"] = "close"  # ASGI servers honour it
+        return response
+
+    async def post(self, request: HttpRequest) -> HttpResponseBase:
         accepted = self.accept(request)
-        if isinstance(accepted, HttpResponse):
+        if isinstance(accepted, HttpResponseBase):
             return accepted
         runner, update = accepted
         try:

@@ -3,8 +3,9 @@ sent behind or inside the body served as a request of its own.
 
 Django's WSGI handler reads a body without Content-Length as empty, and ``runserver``
 does not decode chunked bodies at all: it would read the body as the next request on the
-connection. The webhook answers 411 with ``Connection: close``, which every server here
-honours, so no byte after the headers is ever taken for a request.
+connection. The webhook answers 411 so that each server closes the connection after it
+(see ``WebhookView.length_required``), so no byte after the headers is ever taken for a
+request.
 """
 
 from __future__ import annotations
@@ -42,17 +43,9 @@ def statuses(answer: bytes) -> list[int]:
     return [int(code) for code in re.findall(rb"(?:^|\r\n)HTTP/1\.[01] (\d{3}) ", answer)]
 
 
-# The 411 says "Connection: close" in a header, which gunicorn and uvicorn honour; but PEP
-# 3333 forbids hop-by-hop headers, and runserver's wsgiref asserts it: a 500, after which
-# it reads the body as the next request. The webhook view must close another way there.
-RUNSERVER_500 = pytest.mark.xfail(
-    strict=True, reason="the webhook's Connection header is refused by wsgiref (a 500)"
-)
-
-
 @pytest.fixture(
     scope="module",
-    params=[pytest.param("runserver", marks=RUNSERVER_500), "gunicorn", "uvicorn"],
+    params=["runserver", "gunicorn", "uvicorn"],
 )
 def server(
     request: pytest.FixtureRequest,
