@@ -246,17 +246,25 @@ def test_on_commit_outside_an_update_is_refused() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_demo_buy_redelivered_after_a_lost_answer_applies_nothing(fresh_bots: FakeBotAPI) -> None:
+def test_demo_buy_redelivered_after_a_lost_answer_applies_nothing(bot_client: Any) -> None:
     """The answer of a committed update never reached Telegram: the redelivery is
-    answered 200 and writes nothing, sends nothing."""
-    update = message("/buy tea", chat_id=GROUP, user_id=ALICE)
-    fresh_bots.reset()
-    assert post(update).json()["outcome"] == "committed"  # its answer "lost"
-    assert post(update).json()["outcome"] == "duplicate"
+    answered 200 and writes nothing, sends nothing (through the test kit users get)."""
+    first = bot_client.send("/buy tea", chat_id=GROUP, user_id=ALICE)
+    assert (first.status, first.outcome) == (200, "committed")  # its answer "lost"
+    assert first.texts == ["Bought tea. Purchases so far: 1."]
+    again = bot_client.post(first.update)
+    assert (again.status, again.outcome, again.texts) == (200, "duplicate", [])
     assert Purchase.objects.count() == 1
     user = Session.objects.get(fragment="user", key=f"user:{ALICE}")
     assert user.data == {"messages": 0, "purchases": 1}
-    assert fresh_bots.sent_texts() == ["Bought tea. Purchases so far: 1."]
+
+
+def test_demo_buy_in_the_test_transaction_still_replies_after_commit(bot_client: Any) -> None:
+    """Inside a test's transaction the update's commit is a savepoint; the kit still
+    shows what the bot sent after it."""
+    result = bot_client.send("/buy jam", chat_id=GROUP, user_id=BOB)
+    assert result.texts == ["Bought jam. Purchases so far: 1."]
+    assert Purchase.objects.get().item == "jam"
 
 
 @pytest.mark.django_db(transaction=True)
