@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import re
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,9 @@ MAX_KEY_LENGTH = 255
 # Each fragment remembers this many of its keys, so that an update of a known chat
 # reuses its StorageKey (dict lookups then match it by identity).
 KEY_CACHE_SIZE = 4096
+
+# A JSON escape of the NUL character: \u0000 after an even number of backslashes.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 # Values that are certainly not awaitable: no need to ask inspect.
 _PLAIN_TYPES = frozenset((dict, list, str, int, float, bool, type(None)))
@@ -325,6 +329,9 @@ class FragmentSession:
                 raise SessionDataError(
                     f"session data holds text no database can store: {exc}"
                 ) from exc
+        if "\\u0000" in text and _NUL_ESCAPE.search(text):
+            # PostgreSQL's jsonb refuses the NUL character: refused everywhere, alike.
+            raise SessionDataError("session data holds a NUL character, which is not stored")
         fragment = self.fragment
         migrations = fragment.data_migrations
         ttl = fragment.ttl

@@ -6,6 +6,7 @@ The demo bot runs through the kit in each kind of Django test; the kit's own bot
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -321,13 +322,18 @@ def readme_testing_example() -> str:
 def test_the_readme_example_passes_with_the_plugin(tmp_path: Path) -> None:
     """Run as a user would: its own test file, the plugin loaded as pytest loads it."""
     (tmp_path / "test_readme_bot.py").write_text(readme_testing_example())
+    # Installed (pip install .), the entry point loads the plugin; from a checkout, -p does.
+    installed = any(
+        point.value == "botsessions.pytest_plugin"
+        for point in importlib.metadata.entry_points(group="pytest11")
+    )
+    load = [] if installed else ["-p", "botsessions.pytest_plugin"]
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "pytest",
-            "-p",
-            "botsessions.pytest_plugin",
+            *load,
             "-q",
             "-p",
             "no:cacheprovider",

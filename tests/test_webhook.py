@@ -460,3 +460,20 @@ def test_a_bad_key_part_is_named_in_the_400(client: Client, demo: FakeBotAPI) ->
     response = post(client, json.dumps(update).encode())
     assert response.status_code == 400
     assert "migrate_to_chat_id must be a 64-bit integer" in response.json()["error"]
+
+
+@pytest.mark.urls("tests.webhook_bots")
+@pytest.mark.parametrize("text", ["nul \x00 inside", "a backslash and u0000: \\u0000"])
+def test_session_text_with_a_nul_fails_the_handler_on_every_database(
+    client: Client, demo: FakeBotAPI, text: str
+) -> None:
+    """PostgreSQL's jsonb refuses NUL: refused alike everywhere, as a failed handler (200),
+    not a 503 Telegram would redeliver for a day. The same text escaped is fine."""
+    response = post(client, json.dumps(message(text)).encode(), url="/bots/notes/")
+    assert response.status_code == 200
+    if "\x00" in text:
+        assert response.json()["outcome"] == "handler_failed"
+        assert Session.objects.count() == 0
+    else:
+        assert response.json()["outcome"] == "committed"
+        assert Session.objects.get().data == {"note": text}
