@@ -53,7 +53,7 @@ from .maintenance import (
     unknown_fragments,
 )
 from .models import ProcessedUpdate, Session
-from .serializers import Serializer, default_serializer
+from .serializers import MAX_NESTING, Serializer, default_serializer
 
 PREVIEW_LENGTH = 80
 SINGLE_FRAGMENT = "-"  # the filter's value for the unnamed fragment of a single session
@@ -159,8 +159,8 @@ def estimated_row_count(queryset: QuerySet[Any]) -> int | None:
 MAX_EDIT_SIZE = 1024 * 1024
 """The largest data the edit form takes: 1 MiB of JSON text (UTF-8), as typed."""
 
-MAX_DEPTH = 31
-"""The deepest nesting of lists and objects the edit form takes: MariaDB refuses 32."""
+MAX_DEPTH = MAX_NESTING
+"""The deepest nesting of lists and objects the edit form takes: what sessions may hold."""
 
 # NUL: PostgreSQL stores it in no text, JSON included. A lone surrogate: no valid Unicode,
 # so no database stores it as text, and a page holding one cannot be encoded at all.

@@ -172,3 +172,20 @@ def _plain_json(value: Any) -> bool:
 _SCALARS = frozenset((str, int, float, bool, type(None)))
 
 default_serializer = JSONSerializer()
+
+
+MAX_NESTING = 31
+"""The deepest nesting of lists and objects stored: MariaDB's JSON refuses 32 levels."""
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects in ``value`` nest more than ``limit`` levels deep."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth == limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .keys import chat_key, chat_key_of, rekey, storable_key, update_kind
 from .locks import KeyLocks
-from .serializers import JSONSerializer, json_encode
+from .serializers import MAX_NESTING, JSONSerializer, deeper_than, json_encode
 from .storage.base import (
     Change,
     Delete,
@@ -332,6 +332,9 @@ class FragmentSession:
         if "\\u0000" in text and _NUL_ESCAPE.search(text):
             # PostgreSQL's jsonb refuses the NUL character: refused everywhere, alike.
             raise SessionDataError("session data holds a NUL character, which is not stored")
+        if text.count("[") + text.count("{") > MAX_NESTING and deeper_than(value, MAX_NESTING):
+            # MariaDB refuses deeper JSON: refused everywhere, alike (the admin's rule too).
+            raise SessionDataError(f"session data nests deeper than {MAX_NESTING} levels")
         fragment = self.fragment
         migrations = fragment.data_migrations
         ttl = fragment.ttl

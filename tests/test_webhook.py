@@ -477,3 +477,27 @@ def test_session_text_with_a_nul_fails_the_handler_on_every_database(
     else:
         assert response.json()["outcome"] == "committed"
         assert Session.objects.get().data == {"note": text}
+
+
+def test_session_data_nested_too_deep_for_mariadb_fails_the_handler(make_bot: Any) -> None:
+    """MariaDB refuses JSON nested 32 levels: refused alike on every database, as a failed
+    handler (200), not a 503 redelivered for a day; 31 levels are stored."""
+    from telegram.ext import CommandHandler
+
+    from botsessions import Sessions
+
+    def nest(levels: int) -> Any:
+        value: Any = "bottom"
+        for _ in range(levels - 1):
+            value = [value]
+        return {"deep": value}
+
+    async def store(update: Any, context: Any) -> None:
+        context.session["data"] = nest(int(update.effective_message.text.split()[1]))
+
+    bot = make_bot(Sessions(initial=dict), [CommandHandler("nest", store)])
+    # The session's dict, "deep"'s dict, then levels - 1 lists: levels + 1 in all.
+    assert bot.process(message("/nest 31")) == "handler_failed"  # 32 levels
+    assert Session.objects.count() == 0
+    assert bot.process(message("/nest 30")) == "committed"  # 31 levels: stored everywhere
+    assert Session.objects.count() == 1
