@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Generator, Iterator
@@ -332,6 +333,13 @@ class FragmentSession:
         if "\\u0000" in text and _NUL_ESCAPE.search(text):
             # PostgreSQL's jsonb refuses the NUL character: refused everywhere, alike.
             raise SessionDataError("session data holds a NUL character, which is not stored")
+        if "e+" in text and _holds_float_from_1e16(text):
+            # PostgreSQL's jsonb keeps 1e+16 as the decimal 10000000000000000, which reads
+            # back as an int: refused everywhere, alike, rather than changed on one database.
+            raise SessionDataError(
+                "session data holds a float of 1e16 or more, which PostgreSQL would give back "
+                "as an int; store it as an int or a string"
+            )
         if text.count("[") + text.count("{") > MAX_NESTING and deeper_than(value, MAX_NESTING):
             # MariaDB refuses deeper JSON: refused everywhere, alike (the admin's rule too).
             raise SessionDataError(f"session data nests deeper than {MAX_NESTING} levels")
@@ -347,6 +355,28 @@ class FragmentSession:
             (expected or 0) + 1,
         )
         return Write(key, record, expected)
+
+
+class _FloatFrom1e16(Exception):
+    """Found by :func:`_holds_float_from_1e16` (an exception to stop parsing early)."""
+
+
+def _refuse_exponent(literal: str) -> float:
+    if "e+" in literal or "E+" in literal:
+        raise _FloatFrom1e16
+    return float(literal)
+
+
+def _holds_float_from_1e16(text: str) -> bool:
+    """Whether JSON ``text`` holds a float Python writes with a positive exponent (1e16 and
+    up). Text that is not JSON (a serializer of one's own) holds none."""
+    try:
+        json.loads(text, parse_float=_refuse_exponent)
+    except _FloatFrom1e16:
+        return True
+    except ValueError:
+        return False
+    return False
 
 
 class _LazyValue:

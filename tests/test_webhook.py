@@ -501,3 +501,29 @@ def test_session_data_nested_too_deep_for_mariadb_fails_the_handler(make_bot: An
     assert Session.objects.count() == 0
     assert bot.process(message("/nest 30")) == "committed"  # 31 levels: stored everywhere
     assert Session.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "outcome"),
+    [(1e16, "handler_failed"), (-2.5e300, "handler_failed"), (9999999999999998.0, "committed")],
+)
+def test_a_float_postgresql_would_return_as_an_int_fails_the_handler(
+    make_bot: Any, value: float, outcome: str
+) -> None:
+    """jsonb keeps 1e+16 as a decimal that reads back as an int: refused alike on every
+    database, as a failed handler, not stored as another type on one of them."""
+    from telegram.ext import CommandHandler
+
+    from botsessions import Sessions
+
+    async def store(update: Any, context: Any) -> None:
+        context.session["total"] = value
+        context.session["label"] = "1e+16 as text is fine"
+
+    bot = make_bot(Sessions(initial=dict), [CommandHandler("store", store)])
+    assert bot.process(message("/store")) == outcome
+    if outcome == "committed":
+        stored = Session.objects.get().data
+        assert stored["total"] == value and type(stored["total"]) is float
+    else:
+        assert Session.objects.count() == 0
