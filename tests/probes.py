@@ -35,13 +35,22 @@ class RecordingStorage(MemoryStorage):
         self.read_gate: asyncio.Event | None = None
         self.read_started: asyncio.Event | None = None
 
-    async def read(self, key: StorageKey) -> StoredSession | None:
-        self.counts.reads += 1
+    async def _reading(self, keys: int) -> None:
+        self.counts.reads += keys
         if self.read_started is not None:
             self.read_started.set()
         if self.read_gate is not None:
             await self.read_gate.wait()
+
+    async def read(self, key: StorageKey) -> StoredSession | None:
+        await self._reading(1)
         return await super().read(key)
+
+    async def load(
+        self, keys: Sequence[StorageKey], mark: UpdateMark | None, *, lock: Any = ()
+    ) -> tuple[dict[StorageKey, StoredSession | None], bool]:
+        await self._reading(len(keys))
+        return await super().load(keys, mark, lock=lock)
 
     async def commit(self, changes: Sequence[Change], mark: UpdateMark | None = None) -> bool:
         self.counts.writes += sum(isinstance(c, Write) for c in changes)

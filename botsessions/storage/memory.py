@@ -3,8 +3,8 @@
 It keeps serialized text, never the caller's objects, so mutating a dict after it was
 written cannot change what is stored. Everything is lost when the process ends.
 
-``load`` and ``commit`` work on the dict directly, unless a subclass overrides the
-single-row calls they are defined by (then they go through those, as the base does).
+``load`` and ``commit`` work on the dict directly; a subclass that wants to see every
+read or write overrides them, not the single-row calls.
 """
 
 from __future__ import annotations
@@ -33,25 +33,13 @@ class MemoryStorage(SessionStorage):
         self._marks: set[UpdateMark] = set()
 
     async def read(self, key: StorageKey) -> StoredSession | None:
-        record = self._rows.get(key)
-        expires_at = record.expires_at if record is not None else None
-        if expires_at is not None and expires_at <= self.clock():
-            del self._rows[key]
-            return None
-        return record
+        return self._current(key, self.clock())
 
     async def write(
         self, key: StorageKey, record: StoredSession, *, expected_revision: int | None = None
     ) -> None:
         self._check_revision(key, expected_revision)
-        if expected_revision is None:
-            current = self._rows.get(key)
-            record = replace(record, revision=(current.revision if current else 0) + 1)
-        if self.ttl is not None:
-            expiry = self.clock() + self.ttl
-            if record.expires_at is None or expiry < record.expires_at:
-                record = replace(record, expires_at=expiry)
-        self._rows[key] = record
+        self._store(key, record, expected_revision)
 
     async def delete(self, key: StorageKey, *, expected_revision: int | None = None) -> None:
         self._check_revision(key, expected_revision)
@@ -69,25 +57,8 @@ class MemoryStorage(SessionStorage):
         *,
         lock: Sequence[StorageKey] = (),
     ) -> tuple[dict[StorageKey, StoredSession | None], bool]:
-        cls = type(self)
-        if (
-            cls.read is not MemoryStorage.read
-            or cls.read_many is not SessionStorage.read_many
-            or cls.was_processed is not MemoryStorage.was_processed
-        ):
-            return await super().load(keys, mark)
-        rows = self._rows
-        records: dict[StorageKey, StoredSession | None] = {}
-        now: datetime | None = None
-        for key in keys:
-            record = rows.get(key)
-            if record is not None and record.expires_at is not None:
-                if now is None:
-                    now = self.clock()
-                if record.expires_at <= now:
-                    del rows[key]
-                    record = None
-            records[key] = record
+        now = self.clock()
+        records = {key: self._current(key, now) for key in keys}
         return records, mark is not None and mark in self._marks
 
     async def commit(self, changes: Sequence[Change], mark: UpdateMark | None = None) -> bool:
@@ -96,26 +67,9 @@ class MemoryStorage(SessionStorage):
             return False
         for change in changes:
             self._check_revision(change.key, change.expected_revision)
-        if type(self).write is MemoryStorage.write and self.ttl is None:
-            # What write() does once the revision is checked, without checking it again.
-            rows = self._rows
-            for change in changes:
-                if isinstance(change, Write):
-                    record = change.record
-                    if change.expected_revision is None:
-                        current = rows.get(change.key)
-                        record = replace(record, revision=(current.revision if current else 0) + 1)
-                    rows[change.key] = record
-                elif isinstance(change, Delete):
-                    rows.pop(change.key, None)
-            if mark is not None:
-                self._marks.add(mark)
-            return True
         for change in changes:
             if isinstance(change, Write):
-                await self.write(
-                    change.key, change.record, expected_revision=change.expected_revision
-                )
+                self._store(change.key, change.record, change.expected_revision)
             elif isinstance(change, Delete):
                 self._rows.pop(change.key, None)
         if mark is not None:
@@ -124,6 +78,25 @@ class MemoryStorage(SessionStorage):
 
     async def was_processed(self, mark: UpdateMark) -> bool:
         return mark in self._marks
+
+    def _current(self, key: StorageKey, now: datetime) -> StoredSession | None:
+        """The row of ``key``, dropped and ``None`` once it has expired."""
+        record = self._rows.get(key)
+        if record is not None and record.expires_at is not None and record.expires_at <= now:
+            del self._rows[key]
+            return None
+        return record
+
+    def _store(self, key: StorageKey, record: StoredSession, expected: int | None) -> None:
+        """Keep ``record`` (its revision already checked), numbered and expiring as set."""
+        if expected is None:
+            current = self._rows.get(key)
+            record = replace(record, revision=(current.revision if current else 0) + 1)
+        if self.ttl is not None:
+            expiry = self.clock() + self.ttl
+            if record.expires_at is None or expiry < record.expires_at:
+                record = replace(record, expires_at=expiry)
+        self._rows[key] = record
 
     def _check_revision(self, key: StorageKey, expected: int | None) -> None:
         if expected is None:
