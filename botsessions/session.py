@@ -44,7 +44,7 @@ from .storage.base import (
     UpdateMark,
     Write,
 )
-from .unit import current_unit
+from .unit import UnitOfWork, current_unit
 
 logger = logging.getLogger("botsessions")
 
@@ -109,7 +109,7 @@ class FragmentPlan:
 class Plan:
     """The per-update constants of a :class:`Sessions`."""
 
-    __slots__ = ("any_ttl", "fragments", "lock_order", "source")
+    __slots__ = ("any_ttl", "fragments", "lock_order", "mixed", "source")
 
     def __init__(self, sessions: Sessions) -> None:
         self.source = dict(sessions.fragments)
@@ -119,6 +119,8 @@ class Plan:
         names = [plan.name for plan in self.fragments]
         self.lock_order = tuple(sorted(range(len(names)), key=names.__getitem__))
         self.any_ttl = any(plan.fragment.ttl is not None for plan in self.fragments)
+        # Fragments in more than one storage (None: the database's, resolved per update).
+        self.mixed = len({id(plan.storage) for plan in self.fragments}) > 1
 
 
 def plan_of(sessions: Sessions) -> Plan:
@@ -438,6 +440,16 @@ class UpdateSessions:
             self._primary = (
                 plan.fragments[0].storage or plan.fragments[0].fragment.resolve_storage()
             )
+        #: Whether the other storages commit only once the primary's transaction has.
+        self._defer_others = False
+        if plan.mixed:
+            # The record lives in the storage that commits with the handlers' rows, so
+            # that storages outside the transaction never get ahead of it.
+            for fragment_plan in plan.fragments:
+                storage = fragment_plan.storage or fragment_plan.fragment.resolve_storage()
+                if storage.commits_with_unit():
+                    self._primary, self._defer_others = storage, True
+                    break
         # Every key in each storage, locked together on that storage's first read.
         self._unlocked: dict[int, list[StorageKey]] = {}
         if sessions.locking:
@@ -650,9 +662,51 @@ class UpdateSessions:
             return None
         count = len(own)
         for storage, batch in others.values():
-            await storage.commit(batch, None)
+            if self._defer_others and unit is not None:
+                self._commit_when_ended(unit, storage, batch)
+            else:
+                await storage.commit(batch, None)
             count += len(batch)
         return count
+
+    def _commit_when_ended(
+        self, unit: UnitOfWork, storage: SessionStorage, batch: list[Change]
+    ) -> None:
+        """Commit ``batch`` once the unit's transaction has committed; then unlock.
+
+        Until then the storage keeps its locks (they are not given back with the
+        others'), so the commit still finds them held. After a rollback nothing is
+        written and the locks are given back. A commit failing after the database's
+        cannot be undone: it is logged, and the update stays committed (a redelivery
+        is taken as a duplicate), so those fragments' changes are lost.
+        """
+        keys: list[StorageKey] = []
+        kept = []
+        for entry in self._locked_in:
+            if entry[0] is storage:
+                keys += entry[1]
+            else:
+                kept.append(entry)
+        self._locked_in = kept
+        update_id = self.mark.update_id if self.mark is not None else None
+
+        async def finish(committed: bool) -> None:
+            try:
+                if committed:
+                    await storage.commit(batch, None)
+            except Exception as exc:
+                logger.error(
+                    "botsessions: update %s is committed in the database, but its sessions "
+                    "in %r could not be saved and are lost: %s",
+                    update_id,
+                    storage,
+                    exc,
+                )
+            finally:
+                if keys:
+                    await storage.unlock(keys)
+
+        unit.when_ended(finish)
 
     async def unlock_storages(self) -> None:
         """Give back the locks the update's storages took (Redis's; the database's end

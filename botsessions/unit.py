@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("botsessions")
 
 AfterCommit = Awaitable[Any] | Callable[[], Awaitable[Any]]
+#: Called on the bot's loop once the update's transaction has ended: with ``True`` when
+#: it committed, ``False`` when it rolled back (see :meth:`UnitOfWork.when_ended`).
+WhenEnded = Callable[[bool], Awaitable[None]]
 
 _current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
     "botsessions_unit", default=None
@@ -90,6 +93,7 @@ class UnitOfWork:
         self._waiting_for_commit = False
         self._committed = False
         self._pending_writes: list[Callable[[], bool]] = []
+        self._when_ended: list[WhenEnded] = []
         self.begun = False
         #: Whether :meth:`end` left sends registered with :meth:`after_commit` to send now.
         self.sends_due = False
@@ -144,7 +148,7 @@ class UnitOfWork:
 
     @property
     def has_pending_writes(self) -> bool:
-        return bool(self._pending_writes)
+        return bool(self._pending_writes or self._when_ended)
 
     def remaining(self) -> float:
         """Seconds left of the update's lock-wait budget (``BOTSESSIONS_LOCK_TIMEOUT``)."""
@@ -171,6 +175,37 @@ class UnitOfWork:
         """
         self._pending_writes.append(write)
 
+    def when_ended(self, hook: WhenEnded) -> None:
+        """Call ``hook`` on the loop once the transaction has ended, committed or not.
+
+        For storages outside the transaction (Redis) whose writes must follow the
+        database's: the engine commits them only after the COMMIT, and gives back their
+        locks either way. :meth:`end` calls the hooks before the sends after commit.
+        """
+        self._when_ended.append(hook)
+
+    def _run_when_ended(self, committed: bool) -> None:
+        hooks, self._when_ended = self._when_ended, []
+        if not hooks:
+            return
+
+        async def run_all() -> None:
+            for hook in hooks:
+                try:
+                    await hook(committed)
+                except Exception:
+                    logger.exception("botsessions: finishing a storage after the commit failed")
+
+        assert self.loop is not None
+        try:
+            on_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:  # not reached by the engine (its hooks come with pending writes)
+            self.loop.create_task(run_all())
+        else:
+            asyncio.run_coroutine_threadsafe(run_all(), self.loop).result()
+
     def end(self, outcome: str | None) -> str:
         """Write what is pending, commit or roll back, and give back the locks.
 
@@ -186,9 +221,11 @@ class UnitOfWork:
             self.sends_due = commit and bool(self._after_commit)
             if not commit:
                 self.discard_after_commit()
+            self._run_when_ended(commit)
             return outcome or Outcome.HANDLER_FAILED
         connection = connections[self.using]
         token = _current.set(self)  # for the pending writes, which look the unit up
+        committed = False
         try:
             try:
                 if commit and _spoiled(connection, self.using):
@@ -211,6 +248,8 @@ class UnitOfWork:
             finally:
                 self._pending_writes = []
                 self._stack.close()
+            # Committed, or (inside a transaction of the caller's) its savepoint released.
+            committed = commit
         except BaseException:
             self.discard_after_commit()
             raise
@@ -224,6 +263,7 @@ class UnitOfWork:
             finally:
                 if self._fresh_connections:
                     close_old_connections()
+                self._run_when_ended(committed)
         self.sends_due, self._committed = self._committed, False
         if not commit or (not self.sends_due and not connection.in_atomic_block):
             self.discard_after_commit()  # rolled back: nothing may be sent

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.core.management import call_command
 from telegram.ext import MessageHandler, filters
 
@@ -164,25 +164,136 @@ def test_data_round_trips_as_json(make_bot, prefix):
     assert not bot.errors
 
 
-def test_redis_and_database_fragments_mix(make_bot, prefix):
-    """The record lives in the first keyed fragment's storage: here Redis."""
-    from botsessions.models import ProcessedUpdate, Session
-
-    async def both(update: Any, context: Any) -> None:
-        context.session.chat["count"] += 1
-        context.session.user["count"] += 1
-
-    sessions = Sessions.multi(
+def mixed(prefix: str) -> Sessions:
+    """The chat's fragment in Redis (first, so once it held the record), the user's in the
+    database."""
+    return Sessions.multi(
         chat=Fragment(initial=lambda: {"count": 0}, storage=storage(prefix)),
         user=Fragment(initial=lambda: {"count": 0}, key=per_user),
     )
-    bot = make_bot(sessions, [MessageHandler(filters.TEXT, both)])
+
+
+async def count_both(update: Any, context: Any) -> None:
+    context.session.chat["count"] += 1
+    context.session.user["count"] += 1
+
+
+CHAT_KEY = StorageKey(BOT, "chat", f"chat:{ALICE}")
+
+
+def test_redis_and_database_fragments_mix(make_bot, prefix, raw):
+    """With a fragment in the database, the exactly-once record lives there."""
+    from botsessions.models import ProcessedUpdate, Session
+
+    bot = make_bot(mixed(prefix), [MessageHandler(filters.TEXT, count_both)])
     update = message(chat_id=ALICE)
     assert bot.process(update) == Outcome.COMMITTED
     assert bot.process(update) == Outcome.DUPLICATE
-    assert stored_count(prefix, StorageKey(BOT, "chat", f"chat:{ALICE}")) == 1
+    assert stored_count(prefix, CHAT_KEY) == 1
     assert Session.objects.get(fragment="user").data == {"count": 1}
-    assert not ProcessedUpdate.objects.exists()
+    assert list(ProcessedUpdate.objects.values_list("update_id", flat=True)) == [
+        update["update_id"]
+    ]
+    assert [n for n in raw.keys(prefix + "*") if ":done:" in n or ":lock:" in n] == []
+
+
+def test_redis_commits_after_the_database_and_keeps_its_lock_until_then(
+    make_bot, prefix, raw, monkeypatch
+):
+    from botsessions.storage.db import DatabaseStorage
+
+    seen: list[tuple[int, int]] = []
+    apply = DatabaseStorage._apply
+
+    def look_at_redis(self: Any, connection: Any, cursor: Any, change: Any, now: Any) -> None:
+        # The database's writes run just before its COMMIT.
+        session, lock = store.name(CHAT_KEY), store.lock_name(CHAT_KEY)
+        seen.append((raw.exists(session), raw.exists(lock)))
+        apply(self, connection, cursor, change, now)
+
+    monkeypatch.setattr(DatabaseStorage, "_apply", look_at_redis)
+    sessions = mixed(prefix)
+    store = sessions.fragments["chat"].storage
+    bot = make_bot(sessions, [MessageHandler(filters.TEXT, count_both)])
+    assert bot.process(message(chat_id=ALICE)) == Outcome.COMMITTED
+    assert seen == [(0, 1)]  # not written yet, still locked
+    assert stored_count(prefix, CHAT_KEY) == 1
+    assert raw.exists(store.lock_name(CHAT_KEY)) == 0  # given back after its commit
+
+
+def test_a_failed_database_commit_leaves_redis_untouched(make_bot, prefix, raw, monkeypatch):
+    """The database's write fails after the handler: 503, nothing in Redis, and the
+    redelivery is processed once."""
+    from django.db import DatabaseError
+
+    from botsessions.models import ProcessedUpdate, Session
+    from botsessions.storage.db import DatabaseStorage
+
+    failures = {"left": 1}
+    apply = DatabaseStorage._apply
+
+    def fail_once(self: Any, connection: Any, cursor: Any, change: Any, now: Any) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise DatabaseError("the disk is full")
+        apply(self, connection, cursor, change, now)
+
+    monkeypatch.setattr(DatabaseStorage, "_apply", fail_once)
+    bot = make_bot(mixed(prefix), [MessageHandler(filters.TEXT, count_both)])
+    update = message(chat_id=ALICE)
+    with pytest.raises(StorageError, match="disk is full"):
+        bot.process(update)
+    assert raw.keys(prefix + "*") == []  # no session, no record, no lock
+    assert not Session.objects.exists() and not ProcessedUpdate.objects.exists()
+
+    assert bot.process(update) == Outcome.COMMITTED  # Telegram's redelivery
+    assert bot.process(update) == Outcome.DUPLICATE
+    assert stored_count(prefix, CHAT_KEY) == 1
+    assert Session.objects.get(fragment="user").data == {"count": 1}
+    assert ProcessedUpdate.objects.count() == 1
+
+
+def test_a_duplicate_found_at_the_database_commit_leaves_redis_untouched(make_bot, prefix):
+    """Another delivery recorded the update meanwhile: this one writes nothing anywhere."""
+    from botsessions.storage.base import UpdateMark
+    from botsessions.storage.db import DatabaseStorage
+
+    update = message(chat_id=ALICE)
+
+    async def record_meanwhile(update_: Any, context: Any) -> None:
+        await count_both(update_, context)
+        # Recorded before this delivery's own record is written at the end.
+        mark = UpdateMark(BOT, update["update_id"])
+        await sync_to_async(DatabaseStorage().commit_sync)([], mark)
+
+    bot = make_bot(mixed(prefix), [MessageHandler(filters.TEXT, record_meanwhile)])
+    assert bot.process(update) == Outcome.DUPLICATE
+    assert stored_count(prefix, CHAT_KEY) is None
+
+
+def test_redis_failing_after_the_database_commit_is_logged(make_bot, prefix, raw, caplog):
+    """The database has committed, record included: the update is done (200) and a
+    redelivery is a duplicate; the Redis fragment's change is lost, and the log says so."""
+    from botsessions.models import Session
+
+    sessions = mixed(prefix)
+    store = sessions.fragments["chat"].storage
+    original = store._run
+
+    async def no_commit(name: str, *args: Any) -> Any:
+        if name == "commit":
+            raise StorageError("saving sessions in Redis failed: connection reset")
+        return await original(name, *args)
+
+    store._run = no_commit
+    bot = make_bot(sessions, [MessageHandler(filters.TEXT, count_both)])
+    update = message(chat_id=ALICE)
+    assert bot.process(update) == Outcome.COMMITTED
+    assert "could not be saved and are lost" in caplog.text
+    assert Session.objects.get(fragment="user").data == {"count": 1}
+    assert raw.keys(prefix + "*") == []  # nothing written, the lock given back
+    store._run = original
+    assert bot.process(update) == Outcome.DUPLICATE
 
 
 # -- versions and bad data, as with the database -------------------------------------------

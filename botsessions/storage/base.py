@@ -118,6 +118,16 @@ class SessionStorage(ABC):
         records = await self.read_many(keys) if keys else {}
         return records, (await self.was_processed(mark)) if mark is not None else False
 
+    def commits_with_unit(self) -> bool:
+        """Whether :meth:`commit` joins the update's database transaction (its unit of work).
+
+        Such a storage's writes commit or roll back with the rows the handlers write
+        through the ORM. When a bot's fragments are in such a storage and in others, the
+        engine keeps the exactly-once record there and commits the others only once that
+        transaction has committed. The default: no (Redis, memory, your own).
+        """
+        return False
+
     async def unlock(self, keys: Sequence[StorageKey]) -> None:
         """Give back the locks :meth:`load` took of ``keys``; the update has ended.
 

@@ -101,6 +101,9 @@ class DatabaseStorage(SessionStorage):
             return True
         return await sync_to_async(self.commit_sync)(changes, mark)
 
+    def commits_with_unit(self) -> bool:
+        return self._unit() is not None
+
     async def was_processed(self, mark: UpdateMark) -> bool:
         _, processed = await self.load([], mark)
         return processed
