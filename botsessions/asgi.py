@@ -82,7 +82,8 @@ def _is_webhook(scope: Scope) -> bool:
 def _content_length(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name.lower() == b"content-length":
-            return value.decode("latin-1").strip()
+            text: str = value.decode("latin-1")
+            return text.strip()
     return None
 
 

@@ -272,7 +272,7 @@ def storable_key(text: str) -> bool:
 
 def chat_key_of(resolver: object) -> Callable[[int], str] | None:
     """How a resolver embeds a chat id: its ``chat_key`` (built-in keys by default)."""
-    return getattr(resolver, "chat_key", chat_key)  # type: ignore[no-any-return]
+    return getattr(resolver, "chat_key", chat_key)
 
 
 def is_under(key: str, head: str) -> bool:

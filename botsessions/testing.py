@@ -650,7 +650,8 @@ class BotClient:
     def _bot_id(self) -> int:
         runner = self._runner()
         runner.initialize()
-        return runner.application.bot.id
+        bot_id: int = runner.application.bot.id
+        return bot_id
 
 
 def _drop_applications() -> None:
@@ -699,8 +700,8 @@ def _serves(callback: Callable[..., Any], alias: str) -> bool:
     view_class = getattr(callback, "view_class", None)
     if not (isinstance(view_class, type) and issubclass(view_class, WebhookView)):
         return False
-    initkwargs = getattr(callback, "view_initkwargs", {})
-    return initkwargs.get("bot", view_class.bot) == alias
+    initkwargs: dict[str, Any] = getattr(callback, "view_initkwargs", {})
+    return bool(initkwargs.get("bot", view_class.bot) == alias)
 
 
 def _is_async_view(path: str) -> bool:

@@ -21,7 +21,7 @@ DATABASES = {
     )
 }
 # One test database per test process, so that concurrent runs never share one.
-if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+if str(DATABASES["default"]["ENGINE"]).endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {
         "NAME": str(_TEST_DIR / f"botsessions-test-{os.getpid()}.sqlite3")
     }

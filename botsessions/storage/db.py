@@ -416,9 +416,10 @@ def _aware(value: Any) -> datetime | None:
         value = parse_datetime(value)
         if value is None:
             return None
-    if timezone.is_naive(value):
-        return value.replace(tzinfo=UTC)
-    return value
+    stamp: datetime = value
+    if timezone.is_naive(stamp):
+        return stamp.replace(tzinfo=UTC)
+    return stamp
 
 
 def _json_text(value: Any) -> str:
