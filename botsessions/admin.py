@@ -53,6 +53,7 @@ from .maintenance import (
     unknown_fragments,
 )
 from .models import ProcessedUpdate, Session
+from .persistence import describe_ptb_row
 from .serializers import MAX_NESTING, Serializer, default_serializer
 
 PREVIEW_LENGTH = 80
@@ -881,6 +882,8 @@ class SessionAdmin(admin.ModelAdmin):
     @admin.display(description=_("key"))
     def key_meaning(self, obj: Session) -> SafeString:
         meaning = describe_key(obj.key, _prefix_of(obj))
+        # PTB's state (DjangoPersistence) says what it is: "user_data of user 42".
+        meaning = describe_ptb_row(obj.fragment, meaning) or meaning
         if meaning == obj.key:
             return format_html("<code>{}</code>", obj.key)
         return format_html('<code>{}</code><br><span class="quiet">{}</span>', obj.key, meaning)
@@ -998,6 +1001,11 @@ class SessionAdmin(admin.ModelAdmin):
             requested = {name for name in request.POST.getlist("action") if name}
             if requested - set(self.get_actions(request)):
                 raise PermissionDenied
+        from .admin_storages import has_other_storages
+
+        if has_other_storages():
+            url = reverse("admin:botsessions_storages", current_app=self.admin_site.name)
+            extra_context = {**(extra_context or {}), "other_storages_url": url}
         return super().changelist_view(request, extra_context)
 
     def get_urls(self) -> list[URLPattern]:
@@ -1005,7 +1013,10 @@ class SessionAdmin(admin.ModelAdmin):
         reset = path(
             "<path:object_id>/reset/", self.admin_site.admin_view(self.reset_view), name=name
         )
-        return [reset, *super().get_urls()]
+        # Sessions outside the database (Redis): pages of their own, before <object_id>/.
+        from .admin_storages import other_storage_urls
+
+        return [*other_storage_urls(self), reset, *super().get_urls()]
 
     def history_view(
         self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None

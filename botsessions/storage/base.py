@@ -128,6 +128,15 @@ class SessionStorage(ABC):
         """
         return False
 
+    async def close_for_loop(self) -> None:
+        """Close what this storage opened for the running event loop.
+
+        The admin and the session commands run each call on a short-lived loop of their
+        own; a storage holding connections per loop (Redis) closes that loop's here. The
+        default has nothing to close.
+        """
+        return None
+
     async def unlock(self, keys: Sequence[StorageKey]) -> None:
         """Give back the locks :meth:`load` took of ``keys``; the update has ended.
 

@@ -77,7 +77,8 @@ return out
 # three: one token per lock, then per change: kind ("w" or "d"), expected revision
 # ("" for none), new revision, the rest of the value, expiry in ms since the epoch ("").
 # Returns 1 when committed, 0 for a recorded update, {-1, i}: lock i is not ours,
-# {-2, i}: change i found another revision.
+# {-2, i}: change i found another revision. A change with no expected revision replaces
+# whatever the key holds, a value not in this format included (an operator's fix).
 _COMMIT = """
 local locks, changes, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 if keep ~= '' and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return 0 end
@@ -90,13 +91,17 @@ for i = 1, changes do
   local at = base + (i - 1) * 5
   local key = KEYS[locks + i]
   local stored = redis.pcall('GET', key)
-  local current = 0
-  if type(stored) == 'table' then return {-2, i} end
-  if stored then
-    current = tonumber(string.match(stored, '^(%d+)|'))
-    if not current then return {-2, i} end
-  end
   local expected = ARGV[at + 2]
+  local current = 0
+  if type(stored) == 'table' then
+    if expected ~= '' then return {-2, i} end
+  elseif stored then
+    current = tonumber(string.match(stored, '^(%d+)|'))
+    if not current then
+      if expected ~= '' then return {-2, i} end
+      current = 0
+    end
+  end
   if expected ~= '' and tonumber(expected) ~= current then return {-2, i} end
   if expected == '' then revisions[i] = current + 1 else revisions[i] = ARGV[at + 3] end
 end
@@ -421,6 +426,14 @@ class RedisStorage(SessionStorage):
                     yield key
             if not cursor:
                 return
+
+    async def close_for_loop(self) -> None:
+        """Close the client made for the running loop (not one passed as ``client``)."""
+        if self._client is not None:
+            return
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     async def aclose(self) -> None:
         """Close the clients this storage made (not one passed as ``client``)."""
