@@ -2,6 +2,8 @@
 
 ``/buy`` shows the unit of work: the handler writes a row of the project's own model and
 its session in one transaction, and its reply goes out only once both are committed.
+With the setting ``REDIS_URL`` (the environment variable of the same name) both
+fragments are kept in Redis instead; the purchases stay in the database.
 """
 
 from __future__ import annotations
@@ -12,12 +14,33 @@ from telegram import Update
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, MessageHandler, filters
 
 from botsessions import Fragment, SessionContext, Sessions, per_chat, per_user, use_sessions
+from botsessions.storage.base import SessionStorage
 
-sessions = Sessions.multi(
-    chat=Fragment(initial=lambda: {"pizza_count": 0}, key=per_chat),
-    user=Fragment(initial=lambda: {"messages": 0}, key=per_user),
-    migrate_chats=True,
-)
+
+def demo_sessions(storage: SessionStorage | None = None) -> Sessions:
+    """The demo's two fragments, in ``storage`` (``None``: the database)."""
+    return Sessions.multi(
+        chat=Fragment(initial=lambda: {"pizza_count": 0}, key=per_chat, storage=storage),
+        user=Fragment(initial=lambda: {"messages": 0}, key=per_user, storage=storage),
+        migrate_chats=True,
+    )
+
+
+sessions = demo_sessions()  # in the database
+
+
+def configured_sessions() -> Sessions:
+    """The sessions the settings ask for: in Redis when ``REDIS_URL`` is set.
+
+    Each application gets a storage of its own (with its own clients and lock tokens).
+    """
+    url = getattr(settings, "REDIS_URL", "")
+    if not url:
+        return sessions
+    from botsessions.storage.redis import RedisStorage
+
+    prefix = getattr(settings, "REDIS_PREFIX", "botsessions:")
+    return demo_sessions(RedisStorage(url=url, prefix=prefix))
 
 
 async def count_message(update: Update, context: SessionContext) -> None:
@@ -74,7 +97,7 @@ def build_application(token: str | None = None) -> Application:  # type: ignore[
     if settings.TELEGRAM_API_BASE_URL:
         base = settings.TELEGRAM_API_BASE_URL.rstrip("/")
         builder = builder.base_url(base).base_file_url(base.removesuffix("/bot") + "/file/bot")
-    application = use_sessions(builder, sessions).build()
+    application = use_sessions(builder, configured_sessions()).build()
     application.add_handler(CommandHandler("hunger", hunger))
     application.add_handler(CommandHandler("stats", stats))
     application.add_handler(CommandHandler("reset", reset))

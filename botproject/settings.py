@@ -110,6 +110,9 @@ STATIC_URL = "static/"
 # The demo bot.
 TELEGRAM_BOT_TOKEN = os.environ.get("TELEGRAM_BOT_TOKEN", "")
 TELEGRAM_API_BASE_URL = os.environ.get("TELEGRAM_API_BASE_URL", "")
+# Set: the demo bot keeps its fragments in Redis (redis://host:6379/0), under REDIS_PREFIX.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_PREFIX = os.environ.get("REDIS_PREFIX", "botsessions:")
 BOTSESSIONS_BOTS = {
     "default": {
         "APPLICATION": "botproject.bot.build_application",

@@ -106,7 +106,9 @@ def server_env(
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "TELEGRAM_")) and key != "DATABASE_URL"
+        # REDIS_URL would put the demo's sessions in Redis: only when a test asks.
+        if not key.startswith(("DJANGO_", "TELEGRAM_"))
+        and key not in ("DATABASE_URL", "REDIS_URL", "REDIS_PREFIX")
     }
     env.update(
         DJANGO_SETTINGS_MODULE="botproject.settings",

@@ -33,6 +33,7 @@ DEBUG = False
 ALLOWED_HOSTS = ["*"]
 TELEGRAM_BOT_TOKEN = "123456:TEST-token"
 TELEGRAM_API_BASE_URL = ""
+REDIS_URL = ""  # the demo's sessions in the database, whatever the environment says
 BOTSESSIONS_BOTS = {
     "default": {
         "APPLICATION": "botproject.bot.build_application",

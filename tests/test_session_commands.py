@@ -1,0 +1,143 @@
+"""showsession, resetsession and deletesession: one session, in Redis or in the database.
+
+The Redis sessions are those of the "cache" bot of ``tests/test_admin_storages.py``
+(fragments ``menu`` and ``draft`` in Redis, ``user`` in the database); the database
+ones those of the demo bot ("default", fragments ``chat`` and ``user``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from botsessions.models import Session
+
+from . import test_admin_storages
+from .fakebotapi import FakeBotAPI
+from .redis_support import URL
+from .servers import REPO, manage, server_env
+from .test_admin_storages import CHAT, USER, name, store, stored
+
+pytestmark = pytest.mark.django_db
+
+# The cache bot's fixtures: its Redis prefix (configured for the test) and a raw client.
+prefix = test_admin_storages.prefix
+raw = test_admin_storages.raw
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out, stderr=out)
+    return out.getvalue()
+
+
+def test_showsession_in_redis(prefix: str) -> None:
+    store("menu", f"m:chat:{CHAT}", {"step": "<pay>", "items": [1, 2]}, revision=3)
+    output = run("showsession", "menu", f"m:chat:{CHAT}", "--bot", "cache")
+    assert "Bot:       cache (555555)" in output
+    assert f"Key:       m:chat:{CHAT} (chat {CHAT})" in output
+    assert "RedisStorage" in output
+    assert "Revision:  3" in output and "Expires:   never" in output
+    assert '"step": "<pay>"' in output and '"items": [\n' in output  # indented JSON
+
+
+def test_showsession_in_the_database() -> None:
+    Session.objects.create(bot_id=123456, fragment="chat", key="chat:42", data={"pizza_count": 2})
+    output = run("showsession", "chat", "chat:42")
+    assert "default (123456)" in output and "DatabaseStorage" in output
+    assert '"pizza_count": 2' in output and "Revision:  1" in output
+
+
+def test_resetsession_in_redis_and_in_the_database(prefix: str, raw: Any) -> None:
+    store("menu", f"m:chat:{CHAT}", {"step": "pay"}, revision=3)
+    output = run("resetsession", "menu", f"m:chat:{CHAT}", "--bot", "cache")
+    assert "reset to its initial data" in output
+    assert stored(raw, prefix, "menu", f"m:chat:{CHAT}") == (4, {"step": "start"})
+
+    Session.objects.create(bot_id=123456, fragment="chat", key="chat:42", data={"pizza_count": 2})
+    run("resetsession", "chat", "chat:42")
+    row = Session.objects.get(key="chat:42")
+    assert (row.data, row.revision) == ({"pizza_count": 0}, 2)
+
+
+def test_resetting_to_initial_data_none_deletes(prefix: str, raw: Any) -> None:
+    store("draft", f"user:{USER}", {"text": "hi"})
+    assert "deleted (its initial data is None)" in run(
+        "resetsession", "draft", f"user:{USER}", "--bot", "cache"
+    )
+    assert raw.exists(name(prefix, "draft", f"user:{USER}")) == 0
+
+
+def test_deletesession_in_redis_and_in_the_database(prefix: str, raw: Any) -> None:
+    store("menu", f"m:chat:{CHAT}", {"step": "pay"})
+    assert "deleted" in run("deletesession", "menu", f"m:chat:{CHAT}", "--bot", "cache")
+    assert raw.exists(name(prefix, "menu", f"m:chat:{CHAT}")) == 0
+
+    Session.objects.create(bot_id=123456, fragment="user", key="user:1", data={"messages": 2})
+    run("deletesession", "user", "user:1")
+    assert not Session.objects.exists()
+
+
+def test_a_value_not_in_the_storages_format_can_be_shown_and_deleted(
+    prefix: str, raw: Any
+) -> None:
+    raw.hset(name(prefix, "menu", "m:chat:5"), "step", "x")
+    assert "the stored value cannot be read" in run(
+        "showsession", "menu", "m:chat:5", "--bot", "cache"
+    )
+    run("deletesession", "menu", "m:chat:5", "--bot", "cache")
+    assert raw.exists(name(prefix, "menu", "m:chat:5")) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["showsession", "chat", "chat:1", "--bot", "nosuch"], 'no bot "nosuch" with sessions'),
+        (["showsession", "nosuch", "chat:1"], 'has no fragment "nosuch" (fragments: chat, user)'),
+        (["resetsession", "chat", "chat:404"], "No session 'chat:404' in default (123456) · chat"),
+        (["deletesession", "chat", "k" * 300], "is not a session key"),
+        (["showsession", "chat", "a\x00b"], "is not a session key"),
+        (["showsession", "chat", ""], "is not a session key"),
+    ],
+)
+def test_bad_arguments_are_one_line_command_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(CommandError) as raised:
+        run(*argv)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_redis_going_away_is_a_command_error(prefix: str) -> None:
+    from botsessions import bots
+
+    test_admin_storages._prefix["url"] = "redis://127.0.0.1:1/0"
+    bots._forget_session_configs()
+    with pytest.raises(CommandError, match="Redis failed"):
+        run("showsession", "menu", "m:chat:1", "--bot", "cache")
+
+
+@pytest.mark.slow
+def test_from_a_terminal_bad_input_is_one_line_and_exit_code_1(
+    api: FakeBotAPI, tmp_path: Any
+) -> None:
+    """The demo with REDIS_URL: a session that is not there, and a bot that is not."""
+    env = server_env(
+        api_base_url=api.base_url,
+        database=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        REDIS_URL=URL,
+        REDIS_PREFIX="bstest:terminal:",
+    )
+    cases = {
+        ("showsession", "chat", "chat:1"): "No session 'chat:1' in default (123456) · chat",
+        ("deletesession", "chat", "chat:1", "--bot", "x"): 'no bot "x" with sessions here',
+    }
+    for argv, message in cases.items():
+        done = subprocess.run(manage(*argv), cwd=REPO, env=env, capture_output=True, timeout=60)
+        stderr = done.stderr.decode()
+        assert done.returncode == 1, stderr
+        assert stderr.startswith("CommandError: ") and len(stderr.splitlines()) == 1, stderr
+        assert message in stderr
