@@ -6,9 +6,13 @@ so tests never see each other's sessions and a shared Redis keeps nothing of the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
+import socket
+import threading
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -48,3 +52,77 @@ def forget(prefix: str) -> None:
     if names:
         client.delete(*names)
     client.close()
+
+
+class RedisProxy:
+    """A TCP proxy to the tests' Redis that a test can cut and restore: Redis going away.
+
+    ``url`` is the proxy's (same database number as :data:`URL`). While cut, every open
+    connection is closed and new ones are closed as soon as they are accepted.
+    """
+
+    def __init__(self) -> None:
+        target = urlsplit(URL)
+        self._upstream = (target.hostname or "127.0.0.1", target.port or 6379)
+        self._server = socket.create_server(("127.0.0.1", 0))
+        port = self._server.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{port}{target.path}"
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._cut = False
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            sockets, self._open = self._open, []
+        for sock in sockets:
+            _close(sock)
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        _close(self._server)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            with self._lock:
+                cut = self._cut
+            if cut:
+                _close(client)
+                continue
+            try:
+                upstream = socket.create_connection(self._upstream)
+            except OSError:
+                _close(client)
+                continue
+            with self._lock:
+                self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _close(source)
+        _close(sink)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
