@@ -9,6 +9,7 @@ from __future__ import annotations
 from .config import Fragment, Sessions
 from .errors import (
     ConfigurationError,
+    JobQueueNotRunning,
     MigrationError,
     SessionConflict,
     SessionDataError,
@@ -19,6 +20,7 @@ from .errors import (
     StoredDataError,
 )
 from .keys import per_chat, per_topic, per_user, per_user_in_chat
+from .persistence import DjangoPersistence
 from .ptb import MultiSession, Outcome, SessionApplication, SessionContext, use_sessions
 from .serializers import JSONSerializer
 from .storage import MemoryStorage, SessionStorage, StorageKey, StoredSession
@@ -27,8 +29,10 @@ from .versioning import DataMigrations
 __all__ = [
     "ConfigurationError",
     "DataMigrations",
+    "DjangoPersistence",
     "Fragment",
     "JSONSerializer",
+    "JobQueueNotRunning",
     "MemoryStorage",
     "MigrationError",
     "MultiSession",

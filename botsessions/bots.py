@@ -93,11 +93,14 @@ def session_configs() -> dict[int, tuple[str, Sessions]]:
             for alias in settings.BOTS:
                 try:
                     application = build_application(alias)
+                    if not isinstance(application, SessionApplication):
+                        continue
+                    # With PTB's state (DjangoPersistence), its fragments too.
+                    sessions = application.engine_sessions
                 except (ImproperlyConfigured, ImportError, ConfigurationError) as exc:
                     logger.warning("botsessions: bot %r is not available here: %s", alias, exc)
                     continue
-                if isinstance(application, SessionApplication):
-                    found.setdefault(application.session_bot_id, (alias, application.sessions))
+                found.setdefault(application.session_bot_id, (alias, sessions))
             _configs = found
         return _configs
 

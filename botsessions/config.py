@@ -45,6 +45,10 @@ class Fragment:
     lazy: bool = False
     prefix: str = ""
     serializer: Serializer = default_serializer
+    #: ``False``: the key is never locked, and a write is a compare-and-set on the
+    #: revision alone (a concurrent write fails the update with ``SessionConflict``, a
+    #: 503). For data every update reads and few write: PTB's ``bot_data``.
+    lock: bool = True
     data_migrations: DataMigrations | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -45,3 +45,7 @@ class LockTimeout(StorageError):
 
 class ConfigurationError(SessionError, ValueError):
     """The session configuration is invalid (caught when it is built, not per update)."""
+
+
+class JobQueueNotRunning(SessionError, RuntimeError):
+    """A job was about to be scheduled on a JobQueue that is not running (the webhook's)."""

@@ -7,6 +7,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .keys import describe_key
+from .persistence import describe_ptb_row
 
 
 class Session(models.Model):
@@ -41,6 +42,9 @@ class Session(models.Model):
 
     def __str__(self) -> str:
         label = describe_key(self.key)
+        ptb = describe_ptb_row(self.fragment, label)
+        if ptb is not None:
+            return ptb
         return f"{self.fragment or 'session'} · {label}"
 
     @property

@@ -11,6 +11,7 @@ the transaction around all of it is the update's unit of work (:mod:`botsessions
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -32,6 +33,7 @@ from .chat_migration import migration_of, move_chat
 from .config import Sessions
 from .errors import (
     ConfigurationError,
+    JobQueueNotRunning,
     SessionDataError,
     SessionNotLoadedError,
     StorageError,
@@ -40,10 +42,14 @@ from .errors import (
 from .key_parts import InvalidKeyPart, check_key_parts
 from .locks import KeyLocks
 from .outcome import Outcome
-from .session import UpdateSessions
+from .persistence import BOT_DATA, CHAT_DATA, USER_DATA, DjangoPersistence, PTBState
+from .session import UpdateSessions, is_internal
 from .unit import AfterCommit, DatabaseThreads, current_unit, process_as_unit
 
 logger = logging.getLogger("botsessions")
+
+# Returned by SessionContext._ptb_data when PTB keeps that piece of its state itself.
+_PTB_OWN = object()
 
 #: Idle database threads (each with its connection) an application keeps for next time.
 IDLE_DATABASE_THREADS = 8
@@ -82,8 +88,10 @@ class UpdateRun:
         if self.sessions is None:
             app = self.application
             self.sessions = UpdateSessions(
-                app.sessions, app.session_bot_id, self.update, app.key_locks
+                app.engine_sessions, app.session_bot_id, self.update, app.key_locks
             )
+            if app.ptb_state is not None:
+                app.ptb_state.prepared(self.sessions)
         return self.sessions
 
     async def begin(self) -> None:
@@ -105,6 +113,8 @@ class UpdateRun:
             self.outcome = Outcome.DUPLICATE
             self.failed = True
             raise ApplicationHandlerStop
+        if self.application.ptb_state is not None:
+            self.application.ptb_state.loaded(sessions)
 
     async def finish(self) -> None:
         """Wait for non-blocking handlers, then commit, unless something failed."""
@@ -118,6 +128,8 @@ class UpdateRun:
                 self.outcome = Outcome.HANDLER_FAILED
             return
         try:
+            if self.application.ptb_state is not None:
+                self.application.ptb_state.before_commit(self.sessions)
             changed = await self.sessions.commit()
         except SessionDataError as exc:
             self.outcome = Outcome.HANDLER_FAILED
@@ -158,10 +170,57 @@ class SessionContext(CallbackContext[ExtBot[Any], dict[Any, Any], dict[Any, Any]
         return context
 
     async def refresh_data(self) -> None:
-        await super().refresh_data()
         run: UpdateRun | None = getattr(self, "_botsessions_run", None)
         if run is not None and not run.begun:
             await run.begin()
+        if getattr(self.application, "ptb_state", None) is None:
+            # Another persistence (or none); DjangoPersistence's state was read by begin().
+            await super().refresh_data()
+
+    # -- PTB's own state, when DjangoPersistence stores it (botsessions.persistence) -------
+
+    def _ptb_data(self, name: str, what: str) -> Any:
+        """The update's ``name`` fragment's data, or ``_PTB_OWN`` when PTB keeps it."""
+        state = getattr(self.application, "ptb_state", None)
+        if state is None or name not in state.stored:
+            return _PTB_OWN
+        run: UpdateRun | None = getattr(self, "_botsessions_run", None)
+        if run is None or run.sessions is None or not run.begun:
+            raise SessionNotLoadedError(
+                f"context.{what} is stored with each update by DjangoPersistence, and exists "
+                "only while an update is processed (not in a job's context): give a job what "
+                "it needs in its data"
+            )
+        fragment = run.sessions.fragments[name]
+        return None if fragment.key is None else fragment.get()
+
+    @property
+    def chat_data(self) -> Any:
+        data = self._ptb_data(CHAT_DATA, "chat_data")
+        return super().chat_data if data is _PTB_OWN else data
+
+    @property
+    def user_data(self) -> Any:
+        data = self._ptb_data(USER_DATA, "user_data")
+        return super().user_data if data is _PTB_OWN else data
+
+    @property
+    def bot_data(self) -> Any:
+        data = self._ptb_data(BOT_DATA, "bot_data")
+        return super().bot_data if data is _PTB_OWN else data
+
+    @property
+    def job_queue(self) -> Any:
+        """PTB's JobQueue, refused where it is not running (the webhook never runs it)."""
+        queue = super().job_queue
+        if queue is not None and not queue.scheduler.running:
+            raise JobQueueNotRunning(
+                "the JobQueue is not running here, so a job scheduled now would never run: "
+                "the webhook view runs no JobQueue (a job would live in one web worker's "
+                "memory and die with it). Run jobs with `manage.py runbot`, which runs PTB's "
+                "JobQueue, or schedule work with a task queue or cron and a management command"
+            )
+        return queue
 
     def on_commit(self, send: AfterCommit) -> None:
         """Send something only once this update has committed.
@@ -184,6 +243,11 @@ class SessionContext(CallbackContext[ExtBot[Any], dict[Any, Any], dict[Any, Any]
         unit.after_commit(send)
 
     def _update_sessions(self) -> UpdateSessions:
+        if getattr(self.application, "sessions", None) is None:
+            raise SessionNotLoadedError(
+                "this bot has no sessions, only PTB's state: pass a botsessions.Sessions to "
+                "use_sessions(builder, sessions) to use context.session"
+            )
         run: UpdateRun | None = getattr(self, "_botsessions_run", None)
         if run is None or run.sessions is None or not run.begun:
             raise SessionNotLoadedError(
@@ -223,6 +287,8 @@ class MultiSession:
     def __getattr__(self, name: str) -> Any:
         try:
             fragment = self._sessions.fragments[name]
+            if is_internal(name):
+                raise KeyError(name)
         except KeyError:
             fragment = self._fragment(name)  # raises the AttributeError
         return fragment.awaitable() if fragment.fragment.lazy else fragment.get()
@@ -231,10 +297,12 @@ class MultiSession:
         self._fragment(name).set(value)
 
     def __dir__(self) -> list[str]:
-        return list(self._sessions.fragments)
+        return [name for name in self._sessions.fragments if not is_internal(name)]
 
     def _fragment(self, name: str) -> Any:
         try:
+            if is_internal(name):
+                raise KeyError(name)
             return self._sessions.fragments[name]
         except KeyError:
             raise AttributeError(
@@ -246,9 +314,20 @@ class MultiSession:
 class SessionApplication(Application):  # type: ignore[type-arg]
     """An :class:`~telegram.ext.Application` that loads and saves sessions per update."""
 
-    def __init__(self, *, sessions: Sessions, **kwargs: Any) -> None:
+    def __init__(self, *, sessions: Sessions | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not isinstance(sessions, Sessions):
+        #: PTB's own state, when a DjangoPersistence stores it (else ``None``).
+        self.ptb_state = (
+            PTBState(self, self.persistence)
+            if isinstance(self.persistence, DjangoPersistence)
+            else None
+        )
+        if sessions is None and self.ptb_state is None:
+            raise ConfigurationError(
+                "a SessionApplication needs a botsessions.Sessions, or a DjangoPersistence "
+                "given to the builder (.persistence(DjangoPersistence())) to store PTB's state"
+            )
+        if sessions is not None and not isinstance(sessions, Sessions):
             raise ConfigurationError("sessions must be a botsessions.Sessions")
         if not isinstance(self.context_types.context, type) or not issubclass(
             self.context_types.context, SessionContext
@@ -262,6 +341,81 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         # The threads of updates that no waiting thread brings (ASGI, long polling).
         self.database_threads = DatabaseThreads(keep=IDLE_DATABASE_THREADS)
         self._bot_id_of: tuple[str, int] | None = None  # (token, the id it starts with)
+        self._engine_sessions: Sessions | None = None
+
+    @property
+    def engine_sessions(self) -> Sessions:
+        """What the session engine reads and writes per update: the sessions, and the
+        fragments of PTB's state when a DjangoPersistence stores it."""
+        if self._engine_sessions is None:
+            if self.ptb_state is None:
+                assert self.sessions is not None
+                self._engine_sessions = self.sessions
+            else:
+                self._engine_sessions = self.ptb_state.combine(self.sessions)
+        return self._engine_sessions
+
+    async def initialize(self) -> None:
+        if self.ptb_state is not None and not self._initialized:
+            # The handlers are all added by now: their conversations become fragments.
+            self._engine_sessions = self.ptb_state.combine(self.sessions)
+        await super().initialize()  # PTB asks the persistence for its state: none
+        if self.ptb_state is not None:
+            self.ptb_state.install()
+
+    async def update_persistence(self) -> None:
+        """PTB's timer; under DjangoPersistence each update has written its state already."""
+        if self.ptb_state is None:
+            await super().update_persistence()
+
+    def _mark_for_persistence_update(self, *, update: object = None, job: Any = None) -> None:
+        # PTB remembers the ids for its timer; DjangoPersistence needs none of them.
+        if self.ptb_state is None:
+            super()._mark_for_persistence_update(update=update, job=job)
+
+    def drop_chat_data(self, chat_id: int) -> None:
+        """Drop a chat's chat_data; under DjangoPersistence, in the update's commit."""
+        if self.ptb_state is None:
+            return super().drop_chat_data(chat_id)
+        self.ptb_state.drop(self._ptb_sessions("drop_chat_data"), CHAT_DATA, "chat", chat_id)
+        return None
+
+    def drop_user_data(self, user_id: int) -> None:
+        """Drop a user's user_data; under DjangoPersistence, in the update's commit."""
+        if self.ptb_state is None:
+            return super().drop_user_data(user_id)
+        self.ptb_state.drop(self._ptb_sessions("drop_user_data"), USER_DATA, "user", user_id)
+        return None
+
+    def migrate_chat_data(
+        self,
+        message: Any = None,
+        old_chat_id: int | None = None,
+        new_chat_id: int | None = None,
+    ) -> None:
+        """Move chat_data to a supergroup; under DjangoPersistence, in the update's commit
+        (for the two chats the update's migration message names)."""
+        if self.ptb_state is None:
+            return super().migrate_chat_data(message, old_chat_id, new_chat_id)
+        if message is not None:
+            if old_chat_id or new_chat_id:
+                raise ValueError("give a message or the two chat ids, not both")
+            old_chat_id = message.migrate_from_chat_id or message.chat.id
+            new_chat_id = message.migrate_to_chat_id or message.chat.id
+        if not (isinstance(old_chat_id, int) and isinstance(new_chat_id, int)):
+            raise ValueError("migrate_chat_data needs a migration message or two chat ids")
+        sessions = self._ptb_sessions("migrate_chat_data")
+        self.ptb_state.migrate(sessions, old_chat_id, new_chat_id)
+        return None
+
+    def _ptb_sessions(self, what: str) -> UpdateSessions:
+        run = _current.get()
+        if run is None or run.sessions is None or not run.begun:
+            raise SessionNotLoadedError(
+                f"{what} under DjangoPersistence takes effect in the commit of the update "
+                "being processed; call it from a handler"
+            )
+        return run.sessions
 
     @property
     def session_bot_id(self) -> int:
@@ -281,7 +435,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         """The database alias of the update's transaction: where its sessions are stored."""
         from .storage.db import DatabaseStorage, default_database_storage
 
-        for fragment in self.sessions.fragments.values():
+        for fragment in self.engine_sessions.fragments.values():
             storage = fragment.resolve_storage()
             if isinstance(storage, DatabaseStorage):
                 return storage.using
@@ -311,14 +465,24 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         """
         run = UpdateRun(self, update)
         token = _current.set(run)
+        ptb = self.ptb_state
+        states = ptb.start() if ptb is not None else None
         try:
-            if self.sessions.migrate_chats and isinstance(update, Update):
+            if self.engine_sessions.migrate_chats and isinstance(update, Update):
                 ids = migration_of(update)
                 if ids is not None:
                     await move_chat(run.prepare(), *ids)
-            await super().process_update(update)
+            if ptb is not None and ptb.needs_early_read(run.prepare()):
+                # A persistent conversation can reach the update: its state is read before
+                # dispatch (check_update reads it synchronously), with everything else.
+                with contextlib.suppress(ApplicationHandlerStop):
+                    await run.begin()
+            if not run.failed:
+                await super().process_update(update)
             await run.finish()
         finally:
+            if states is not None:
+                ptb.finish(states)  # type: ignore[union-attr]
             _current.reset(token)
             if run.sessions is not None:
                 try:
@@ -358,15 +522,23 @@ class SessionApplication(Application):  # type: ignore[type-arg]
 
 
 def use_sessions(
-    builder: ApplicationBuilder[Any, Any, Any, Any, Any, Any], sessions: Sessions
+    builder: ApplicationBuilder[Any, Any, Any, Any, Any, Any], sessions: Sessions | None = None
 ) -> ApplicationBuilder[Any, Any, Any, Any, Any, Any]:
     """Configure an ``ApplicationBuilder`` so that the application it builds has sessions.
 
     It sets the application class to :class:`SessionApplication` and the context class
     to :class:`SessionContext`, keeping custom ``chat_data``/``user_data``/``bot_data``
-    types. A custom context class must subclass :class:`SessionContext`.
+    types. A custom context class must subclass :class:`SessionContext`. ``sessions``
+    may be left out when the builder has a
+    :class:`~botsessions.persistence.DjangoPersistence`: PTB's state is then all it stores.
     """
-    if not isinstance(sessions, Sessions):
+    if sessions is None:
+        if not isinstance(DefaultValue.get_value(builder._persistence), DjangoPersistence):
+            raise ConfigurationError(
+                "use_sessions() needs a botsessions.Sessions, or a builder with "
+                ".persistence(DjangoPersistence()) (PTB's state stored per update)"
+            )
+    elif not isinstance(sessions, Sessions):
         raise ConfigurationError("use_sessions() needs a botsessions.Sessions")
     # The builder keeps what it was given privately; PTB wraps unset values in DefaultValue.
     types: ContextTypes[Any, Any, Any, Any] = DefaultValue.get_value(builder._context_types)

@@ -60,6 +60,12 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _PLAIN_TYPES = frozenset((dict, list, str, int, float, bool, type(None)))
 
 
+def is_internal(name: str) -> bool:
+    """Whether a fragment is kept out of ``context.session``: a name with a dot, which a
+    session's fragment cannot have (PTB's state, :mod:`botsessions.persistence`)."""
+    return "." in name
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -455,8 +461,13 @@ class UpdateSessions:
         if sessions.locking:
             for index in plan.lock_order:
                 state = states[index]
-                if state.key is not None:
+                if state.key is not None and state.fragment.lock:
                     self._unlocked.setdefault(id(state.storage), []).append(state.key)
+        # Rows beside the fragments' own (PTB's migrate_chat_data): read and locked with
+        # the storage's first read; their records and the changes to them, for the commit.
+        self._extra_reads: dict[int, list[StorageKey]] = {}
+        self.extra_records: dict[StorageKey, StoredSession | None] = {}
+        self.extra_changes: list[tuple[SessionStorage, Change]] = []
         update_id = getattr(update, "update_id", None)
         self.mark = UpdateMark(bot_id, update_id) if isinstance(update_id, int) else None
         self._locks = locks if sessions.locking else None
@@ -469,6 +480,15 @@ class UpdateSessions:
 
     def __iter__(self) -> Iterator[FragmentSession]:
         return iter(self._states)
+
+    def also_read(self, storage: SessionStorage, keys: list[StorageKey]) -> None:
+        """Read and lock ``keys`` too, with the storage's first read (before :meth:`begin`);
+        their records land in :attr:`extra_records`."""
+        if not keys:
+            return
+        self._extra_reads.setdefault(id(storage), []).extend(keys)
+        if self.sessions.locking:
+            self._unlocked.setdefault(id(storage), []).extend(keys)
 
     @property
     def single(self) -> FragmentSession:
@@ -498,9 +518,11 @@ class UpdateSessions:
             return
         keys: list[StorageKey] = []
         for index in self._plan.lock_order:
-            key = self._states[index].key
-            if key is not None:
-                keys.append(key)
+            state = self._states[index]
+            if state.key is not None and state.fragment.lock:
+                keys.append(state.key)
+        if self._extra_reads:
+            keys = sorted({*keys, *(k for extra in self._extra_reads.values() for k in extra)})
         taken = locks.take_free(keys)
         if taken == len(keys):
             self._held = keys
@@ -543,14 +565,17 @@ class UpdateSessions:
             storage = group[0].storage
             assert storage is not None
             mark = self.mark if storage is primary else None
+            extra = self._extra_reads.pop(id(storage), [])
             records, processed = await storage.load(
-                [f.key for f in group],  # type: ignore[misc]
+                [*(f.key for f in group), *extra],  # type: ignore[misc]
                 mark,
                 lock=self.first_read(storage),
             )
             if processed:
                 self.already_processed = True
                 return
+            for key in extra:
+                self.extra_records[key] = records.get(key)
             for fragment in group:
                 record = records.get(fragment.key)  # type: ignore[arg-type]
                 if now is None and record is not None and record.expires_at is not None:
@@ -622,7 +647,7 @@ class UpdateSessions:
                 "assign its fragments one by one instead"
             )
         for fragment in self._states:
-            if fragment.key is not None:
+            if fragment.key is not None and not is_internal(fragment.name):
                 fragment.assigned = True
                 fragment.value = None
 
@@ -647,6 +672,11 @@ class UpdateSessions:
                 change = dataclasses.replace(change, expected_revision=None)
             storage = fragment.storage
             assert storage is not None
+            if storage is primary:
+                own.append(change)
+            else:
+                others.setdefault(id(storage), (storage, []))[1].append(change)
+        for storage, change in self.extra_changes:
             if storage is primary:
                 own.append(change)
             else:

@@ -1,0 +1,507 @@
+"""DjangoPersistence: PTB's own state stored per update, through the session engine.
+
+The cases follow the intent of PTB's own persistence suite (``test_basepersistence.py``)
+where it applies to a persistence that works per update: data written by a handler is
+stored (blocking or not), conversations are kept and end, ``drop_*`` and
+``migrate_chat_data`` take effect, nothing is loaded at start-up. Its timer cases
+(``update_interval``, flushing at shutdown) have no counterpart: every update commits
+its own state. Restarts are applications built afresh; processes, see
+``tests/test_persistence_processes.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.db.models import F
+from django.test.utils import CaptureQueriesContext
+from telegram.ext import (
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    ConversationHandler,
+    MessageHandler,
+    PersistenceInput,
+    TypeHandler,
+    filters,
+)
+
+from botsessions import (
+    ConfigurationError,
+    DjangoPersistence,
+    SessionNotLoadedError,
+    Sessions,
+    StorageError,
+    use_sessions,
+)
+from botsessions.models import ProcessedUpdate, Session
+from botsessions.persistence import ConversationStates, conversation_key
+from botsessions.ptb import SessionApplication
+
+from .harness import TOKEN
+from .sql import locked, statements
+from .updates import (
+    ALICE,
+    BOB,
+    CONNECTION,
+    GROUP,
+    SUPERGROUP,
+    business_message,
+    callback_query,
+    channel_post,
+    edited_message,
+    message,
+    service_message,
+)
+
+pytestmark = pytest.mark.django_db
+
+BOT = 123456
+
+
+def with_persistence(persistence: DjangoPersistence | None = None) -> Any:
+    """The harness's ``configure``: the one line a PicklePersistence bot changes."""
+    return lambda builder: builder.persistence(persistence or DjangoPersistence())
+
+
+def row(fragment: str, key: str) -> Any:
+    found = Session.objects.filter(bot_id=BOT, fragment=fragment, key=key).first()
+    return None if found is None else found.data
+
+
+def rows(prefix: str = "ptb.") -> dict[tuple[str, str], Any]:
+    return {
+        (r.fragment, r.key): r.data
+        for r in Session.objects.filter(bot_id=BOT, fragment__startswith=prefix)
+    }
+
+
+# -- chat_data, user_data, bot_data ---------------------------------------------------
+
+
+async def remember(update: Any, context: Any) -> None:
+    context.chat_data["chat"] = context.chat_data.get("chat", 0) + 1
+    context.user_data["user"] = context.user_data.get("user", 0) + 1
+    context.bot_data["bot"] = context.bot_data.get("bot", 0) + 1
+
+
+async def recall(update: Any, context: Any) -> None:
+    counts = (context.chat_data.get("chat"), context.user_data.get("user"))
+    await update.message.reply_text(f"{counts} {context.bot_data.get('bot')}")
+
+
+def counting_bot(make_bot: Any, sessions: Sessions | None = None) -> Any:
+    return make_bot(
+        sessions,
+        [CommandHandler("recall", recall), MessageHandler(filters.TEXT, remember)],
+        configure=with_persistence(),
+    )
+
+
+def test_handler_state_is_stored_with_its_update_and_survives_a_restart(make_bot, api):
+    bot = counting_bot(make_bot)
+    assert bot.process(message("hi", chat_id=GROUP, user_id=ALICE)) == "committed"
+    assert bot.process(message("hi", chat_id=GROUP, user_id=BOB)) == "committed"
+    # Stored at once, in the update's commit: no timer, no shutdown needed.
+    assert rows() == {
+        ("ptb.chat_data", f"chat:{GROUP}"): {"chat": 2},
+        ("ptb.user_data", f"user:{ALICE}"): {"user": 1},
+        ("ptb.user_data", f"user:{BOB}"): {"user": 1},
+        ("ptb.bot_data", "bot"): {"bot": 2},
+    }
+    bot.close()
+    restarted = counting_bot(make_bot)
+    restarted.process(message("/recall", chat_id=GROUP, user_id=BOB))
+    assert api.sent_texts()[-1] == "(2, 1) 2"
+
+
+def test_nothing_is_loaded_at_start_up_nor_kept_after_an_update(make_bot):
+    bot = counting_bot(make_bot)
+    bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    bot.close()
+    restarted = counting_bot(make_bot)
+    with CaptureQueriesContext(connection) as captured:
+        restarted.runner.initialize()
+    assert statements(captured) == []
+    application = restarted.application
+    assert not application.chat_data and not application.user_data
+    assert not application.bot_data
+    restarted.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    # PTB's in-memory mappings stay empty: each update reads its own state afresh.
+    assert not application.chat_data and not application.user_data
+    assert not application.bot_data
+
+
+def test_read_only_state_costs_one_read_and_no_write(make_bot, api):
+    bot = counting_bot(make_bot)
+    bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("/recall", chat_id=GROUP, user_id=ALICE)) == "unchanged"
+    assert statements(captured) == locked("SELECT")
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("hi", chat_id=GROUP, user_id=ALICE)) == "committed"
+    # The record, then the three rows that changed.
+    assert statements(captured) == locked("SELECT", "INSERT", "UPDATE", "UPDATE", "UPDATE")
+
+
+def test_an_update_no_handler_takes_costs_nothing_without_persistent_conversations(make_bot):
+    bot = counting_bot(make_bot)
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(callback_query(chat_id=GROUP, user_id=ALICE)) == "skipped"
+    assert statements(captured) == []
+
+
+def test_a_failing_handler_rolls_back_user_data_with_everything_else(make_bot):
+    async def pay(update: Any, context: Any) -> None:
+        context.user_data["paid"] = True
+        context.chat_data["orders"] = 1
+        await Session.objects.acreate(bot_id=1, fragment="audit", key="k", data={})
+        raise RuntimeError("card declined")
+
+    bot = make_bot(None, [CommandHandler("pay", pay)], configure=with_persistence())
+    assert bot.process(message("/pay", chat_id=GROUP, user_id=ALICE)) == "handler_failed"
+    assert rows() == {}
+    assert not Session.objects.filter(fragment="audit").exists()
+    assert not ProcessedUpdate.objects.exists()
+    assert [type(e) for e in bot.errors] == [RuntimeError]
+
+
+def test_a_redelivered_update_is_not_run_again(make_bot):
+    bot = counting_bot(make_bot)
+    update = message("hi", chat_id=GROUP, user_id=ALICE)
+    assert bot.process(update) == "committed"
+    assert bot.process(update) == "duplicate"
+    assert row("ptb.chat_data", f"chat:{GROUP}") == {"chat": 1}
+
+
+def test_non_blocking_handlers_are_stored_once_they_finish(make_bot):
+    async def slow(update: Any, context: Any) -> None:
+        await asyncio.sleep(0.05)
+        context.user_data["slow"] = True
+
+    bot = make_bot(
+        None, [MessageHandler(filters.TEXT, slow, block=False)], configure=with_persistence()
+    )
+    bot.process(message("hi", chat_id=ALICE, user_id=ALICE))
+    assert row("ptb.user_data", f"user:{ALICE}") == {"slow": True}
+
+
+def test_data_that_json_would_change_is_refused_not_stored_changed(make_bot):
+    async def tuple_data(update: Any, context: Any) -> None:
+        context.chat_data["pair"] = (1, 2)
+
+    bot = make_bot(None, [MessageHandler(filters.TEXT, tuple_data)], configure=with_persistence())
+    assert bot.process(message("hi")) == "handler_failed"
+    assert rows() == {}
+
+
+def test_store_data_turns_pieces_off_as_in_ptb(make_bot):
+    persistence = DjangoPersistence(PersistenceInput(bot_data=False, user_data=False))
+    bot = make_bot(
+        None, [MessageHandler(filters.TEXT, remember)], configure=with_persistence(persistence)
+    )
+    bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    # What is not stored is PTB's own in-memory data, as without a persistence.
+    assert rows() == {("ptb.chat_data", f"chat:{GROUP}"): {"chat": 1}}
+    assert bot.application.user_data[ALICE] == {"user": 1}
+
+
+def test_business_chats_have_chat_data_of_their_own(make_bot):
+    async def note(update: Any, context: Any) -> None:
+        context.chat_data["seen"] = update.effective_message.text
+
+    bot = make_bot(None, [TypeHandler(object, note)], configure=with_persistence())
+    bot.process(message("own", chat_id=BOB, user_id=BOB))
+    bot.process(business_message("business", chat_id=BOB, user_id=BOB))
+    assert row("ptb.chat_data", f"chat:{BOB}") == {"seen": "own"}
+    assert row("ptb.chat_data", f"business:{CONNECTION}:chat:{BOB}") == {"seen": "business"}
+
+
+def test_sessions_and_ptb_state_share_one_read_and_one_commit(make_bot):
+    async def both(update: Any, context: Any) -> None:
+        context.session["n"] += 1
+        context.user_data["n"] = context.session["n"]
+
+    bot = make_bot(
+        Sessions(initial=lambda: {"n": 0}),
+        [MessageHandler(filters.TEXT, both)],
+        configure=with_persistence(),
+    )
+    with CaptureQueriesContext(connection) as captured:
+        bot.process(message("hi", chat_id=ALICE, user_id=ALICE))
+    # The record, the session and user_data; chat_data and bot_data did not change.
+    assert statements(captured) == locked("SELECT", "INSERT", "INSERT", "INSERT")
+    assert row("", f"chat:{ALICE}") == {"n": 1}
+    assert row("ptb.user_data", f"user:{ALICE}") == {"n": 1}
+
+
+def test_without_sessions_context_session_says_what_to_do(make_bot):
+    seen: list[BaseException] = []
+
+    async def touch(update: Any, context: Any) -> None:
+        try:
+            context.session  # noqa: B018
+        except SessionNotLoadedError as exc:
+            seen.append(exc)
+
+    bot = make_bot(None, [MessageHandler(filters.TEXT, touch)], configure=with_persistence())
+    bot.process(message("hi"))
+    assert "use_sessions(builder, sessions)" in str(seen[0])
+
+
+# -- bot_data ---------------------------------------------------------------------------
+
+
+def test_bot_data_written_meanwhile_refuses_the_update_instead_of_losing_a_write(make_bot):
+    async def bump(update: Any, context: Any) -> None:
+        context.bot_data["n"] = context.bot_data.get("n", 0) + 1
+        if update.message.text == "race":
+            # Another update wrote bot_data after this one read it.
+            await sync_to_async(Session.objects.filter(fragment="ptb.bot_data").update)(
+                revision=F("revision") + 1, data={"n": 10}
+            )
+
+    bot = make_bot(None, [MessageHandler(filters.TEXT, bump)], configure=with_persistence())
+    bot.process(message("hi"))
+    with pytest.raises(StorageError):  # the webhook answers 503: Telegram delivers it again
+        bot.process(message("race"))
+    assert row("ptb.bot_data", "bot") == {"n": 1}
+
+
+def test_updates_that_do_not_write_bot_data_do_not_lock_it(make_bot):
+    bot = counting_bot(make_bot)
+    bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    run_keys: list[Any] = []
+    original = bot.application.key_locks.take_free
+
+    def spy(keys: Any) -> int:
+        run_keys.append([k.fragment for k in keys])
+        return original(keys)
+
+    bot.application.key_locks.take_free = spy  # type: ignore[method-assign]
+    bot.process(message("/recall", chat_id=GROUP, user_id=ALICE))
+    assert run_keys == [["ptb.chat_data", "ptb.user_data"]]
+
+
+# -- drop_chat_data, drop_user_data, migrate_chat_data ------------------------------------
+
+
+def test_drop_chat_and_user_data_take_effect_in_the_update_commit(make_bot):
+    async def forget(update: Any, context: Any) -> None:
+        context.application.drop_chat_data(update.effective_chat.id)
+        context.application.drop_user_data(BOB)  # another user's: deleted as it stands
+
+    bot = make_bot(
+        None,
+        [CommandHandler("forget", forget), MessageHandler(filters.TEXT, remember)],
+        configure=with_persistence(),
+    )
+    bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    bot.process(message("hi", chat_id=GROUP, user_id=BOB))
+    bot.process(message("/forget", chat_id=GROUP, user_id=ALICE))
+    assert set(rows()) == {("ptb.user_data", f"user:{ALICE}"), ("ptb.bot_data", "bot")}
+
+
+def test_drop_outside_an_update_says_why(make_bot):
+    bot = counting_bot(make_bot)
+    with pytest.raises(SessionNotLoadedError, match="call it from a handler"):
+        bot.application.drop_chat_data(GROUP)
+
+
+@pytest.mark.parametrize("announcement", ["migrate_to_chat_id", "migrate_from_chat_id"])
+def test_migrate_chat_data_moves_the_group_data_to_the_supergroup(make_bot, announcement):
+    async def migrate(update: Any, context: Any) -> None:
+        context.application.migrate_chat_data(message=update.message)
+
+    bot = make_bot(
+        None,
+        [
+            MessageHandler(filters.StatusUpdate.MIGRATE, migrate),
+            MessageHandler(filters.TEXT, remember),
+        ],
+        configure=with_persistence(),
+    )
+    bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    bot.process(message("hi", chat_id=SUPERGROUP, user_id=ALICE))  # overwritten, as in PTB
+    if announcement == "migrate_to_chat_id":
+        update = service_message(GROUP, migrate_to_chat_id=SUPERGROUP)
+    else:
+        update = service_message(SUPERGROUP, migrate_from_chat_id=GROUP)
+    assert bot.process(update) == "committed"
+    assert row("ptb.chat_data", f"chat:{GROUP}") is None
+    assert row("ptb.chat_data", f"chat:{SUPERGROUP}") == {"chat": 1}
+
+
+# -- conversations ----------------------------------------------------------------------
+
+NAME, AGE, DONE = range(3)
+
+
+async def start(update: Any, context: Any) -> int:
+    await update.message.reply_text("Your name?")
+    return NAME
+
+
+async def got_name(update: Any, context: Any) -> int:
+    context.user_data["name"] = update.message.text
+    await update.message.reply_text("Your age?")
+    return AGE
+
+
+async def got_age(update: Any, context: Any) -> int:
+    await update.message.reply_text(f"{context.user_data['name']} is {update.message.text}.")
+    return ConversationHandler.END
+
+
+def signup(**options: Any) -> ConversationHandler[Any]:
+    return ConversationHandler(
+        entry_points=[CommandHandler("signup", start)],
+        states={
+            NAME: [MessageHandler(filters.TEXT & ~filters.COMMAND, got_name)],
+            AGE: [MessageHandler(filters.Regex(r"^\d+$"), got_age)],
+        },
+        fallbacks=[],
+        name="signup",
+        persistent=True,
+        **options,
+    )
+
+
+def signup_bot(make_bot: Any, **options: Any) -> Any:
+    return make_bot(None, [signup(**options)], configure=with_persistence())
+
+
+def test_a_conversation_continues_across_applications_and_restarts(make_bot, api):
+    # Step 1 in one application, step 2 in another (a second worker), step 3 after both
+    # were shut down and a third was built: each reads the state the last one stored.
+    first, second = signup_bot(make_bot), signup_bot(make_bot)
+    first.process(message("/signup", chat_id=ALICE, user_id=ALICE))
+    assert row("ptb.conversation.signup", f"chat:{ALICE}:user:{ALICE}") == NAME
+    second.process(message("Alice", chat_id=ALICE, user_id=ALICE))
+    assert row("ptb.conversation.signup", f"chat:{ALICE}:user:{ALICE}") == AGE
+    first.close()
+    second.close()
+    third = signup_bot(make_bot)
+    third.process(message("30", chat_id=ALICE, user_id=ALICE))
+    assert api.sent_texts()[-3:] == ["Your name?", "Your age?", "Alice is 30."]
+    # The conversation ended: its row is gone.
+    assert row("ptb.conversation.signup", f"chat:{ALICE}:user:{ALICE}") is None
+
+
+def test_a_conversation_state_is_the_updates_own_not_the_processes(make_bot, api):
+    bot = signup_bot(make_bot)
+    bot.process(message("/signup", chat_id=ALICE, user_id=ALICE))
+    handler = bot.application.handlers[0][0]
+    assert isinstance(handler._conversations, ConversationStates)
+    assert dict(handler._conversations) == {}  # nothing kept between updates
+    # The stored row is what counts: reset in the admin (or by another process), the
+    # conversation is over here too.
+    Session.objects.filter(fragment="ptb.conversation.signup").delete()
+    assert bot.process(message("Alice", chat_id=ALICE, user_id=ALICE)) == "unchanged"
+    assert api.sent_texts()[-1] == "Your name?"
+
+
+def test_conversations_are_read_before_dispatch_only_for_updates_they_can_reach(make_bot):
+    bot = signup_bot(make_bot)
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(channel_post()) == "skipped"  # conversations ignore channels
+    assert statements(captured) == []
+    with CaptureQueriesContext(connection) as captured:
+        # Reachable, though no handler takes it: the price of persistent conversations.
+        assert bot.process(edited_message()) == "unchanged"
+    assert statements(captured) == locked("SELECT")
+
+
+def test_conversation_keys_are_the_handlers_own(make_bot):
+    per_message = ConversationHandler(
+        entry_points=[CallbackQueryHandler(start)],
+        states={},
+        fallbacks=[],
+        per_message=True,
+        name="menu",
+        persistent=True,
+    )
+    update = callback_query(chat_id=GROUP, user_id=ALICE)
+    from telegram import Update
+
+    decoded = Update.de_json(update, None)
+    assert conversation_key(per_message, decoded) == per_message._get_key(decoded)
+    plain = signup()
+    decoded = Update.de_json(message("x", chat_id=GROUP, user_id=BOB), None)
+    assert conversation_key(plain, decoded) == plain._get_key(decoded) == (GROUP, BOB)
+
+
+def test_business_conversations_are_apart_from_the_bots_own(make_bot, api):
+    bot = signup_bot(make_bot)
+    bot.process(message("/signup", chat_id=BOB, user_id=BOB))
+    assert row("ptb.conversation.signup", f"chat:{BOB}:user:{BOB}") == NAME
+    assert row("ptb.conversation.signup", f"business:{CONNECTION}:chat:{BOB}:user:{BOB}") is None
+
+
+def test_a_failing_step_keeps_the_previous_state(make_bot):
+    async def broken(update: Any, context: Any) -> int:
+        raise RuntimeError("boom")
+
+    handler = ConversationHandler(
+        entry_points=[CommandHandler("signup", start)],
+        states={NAME: [MessageHandler(filters.TEXT, broken)]},
+        fallbacks=[],
+        name="signup",
+        persistent=True,
+    )
+    bot = make_bot(None, [handler], configure=with_persistence())
+    bot.process(message("/signup", chat_id=ALICE, user_id=ALICE))
+    assert bot.process(message("Alice", chat_id=ALICE, user_id=ALICE)) == "handler_failed"
+    assert row("ptb.conversation.signup", f"chat:{ALICE}:user:{ALICE}") == NAME
+
+
+def test_non_blocking_conversation_steps_are_stored_when_done(make_bot):
+    bot = make_bot(None, [signup(block=False)], configure=with_persistence())
+    bot.process(message("/signup", chat_id=ALICE, user_id=ALICE))
+    assert row("ptb.conversation.signup", f"chat:{ALICE}:user:{ALICE}") == NAME
+
+
+def test_a_persistent_conversation_with_a_timeout_is_refused_at_start_up(make_bot):
+    bot = signup_bot(make_bot, conversation_timeout=60)
+    with pytest.raises(ConfigurationError, match="conversation_timeout"):
+        bot.runner.initialize()
+
+
+# -- set-up --------------------------------------------------------------------------------
+
+
+def test_a_plain_application_gets_an_error_saying_what_to_do(api):
+    application = (
+        ApplicationBuilder()
+        .token(TOKEN)
+        .base_url(api.base_url)
+        .updater(None)
+        .persistence(DjangoPersistence())
+        .build()
+    )
+    with pytest.raises(ConfigurationError, match="use_sessions"):
+        asyncio.run(application.initialize())
+
+
+def test_use_sessions_without_sessions_needs_the_persistence():
+    with pytest.raises(ConfigurationError, match="DjangoPersistence"):
+        use_sessions(ApplicationBuilder().token(TOKEN))
+    application = use_sessions(
+        ApplicationBuilder().token(TOKEN).persistence(DjangoPersistence())
+    ).build()
+    assert isinstance(application, SessionApplication)
+    assert application.sessions is None
+
+
+def test_arbitrary_callback_data_is_refused_until_it_is_stored():
+    builder = ApplicationBuilder().token(TOKEN).arbitrary_callback_data(True)
+    with pytest.raises(ConfigurationError, match="callback data"):
+        use_sessions(builder.persistence(DjangoPersistence())).build()
+    # Said not to be stored, it is not: the cache stays in memory, as without persistence.
+    persistence = DjangoPersistence(PersistenceInput(callback_data=False))
+    builder = ApplicationBuilder().token(TOKEN).arbitrary_callback_data(True)
+    assert use_sessions(builder.persistence(persistence)).build().ptb_state is not None
