@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -33,6 +34,8 @@ from .worker import ANSWER, PLAIN
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PG_URL = "postgres://postgres@127.0.0.1:5432/botsessions_bench"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS = "redis"  # BENCH_BOT of the demo with its sessions in Redis (bench.settings)
 Runs = list[dict[str, Any]]
 
 
@@ -90,6 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=MAX_CONNECTIONS, help="HTTP clients")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL))
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)
+    )
+    parser.add_argument("--no-redis", action="store_true", help="skip the Redis rows")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
     args = parser.parse_args(argv)
     reps = args.reps
@@ -159,8 +166,9 @@ def bench_env(**extra: str) -> dict[str, str]:
 class Worker:
     """A bench.worker process measuring one bot on one database, kept between commands."""
 
-    def __init__(self, stack: ExitStack, bot: str, database_url: str) -> None:
+    def __init__(self, stack: ExitStack, bot: str, database_url: str, redis_url: str = "") -> None:
         self.errors = stack.enter_context(tempfile.TemporaryFile("w+"))  # noqa: SIM115
+        env = bench_env(BENCH_BOT=bot, DATABASE_URL=database_url, BENCH_REDIS_URL=redis_url)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.worker"],
             stdin=subprocess.PIPE,
@@ -168,7 +176,7 @@ class Worker:
             stderr=self.errors,
             text=True,
             cwd=REPO,
-            env=bench_env(BENCH_BOT=bot, DATABASE_URL=database_url),
+            env=env,
         )
         stack.callback(self.close)
 
@@ -206,7 +214,31 @@ class Bench:
         return self._next_id
 
     def worker(self, bot: str, database: str) -> Worker:
-        return Worker(self.stack, bot, self.databases[database])
+        return Worker(self.stack, bot, self.databases[database], self.o.redis_url)
+
+    @cached_property
+    def redis(self) -> bool:
+        """Whether the Redis rows run: Redis reachable and not turned off; its bench
+        keys are deleted now and at the end."""
+        if self.o.no_redis:
+            return False
+        import redis
+
+        client = redis.Redis.from_url(self.o.redis_url, socket_connect_timeout=2)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            out(f"   (Redis rows skipped: {self.o.redis_url} unreachable: {exc})")
+            return False
+
+        def forget() -> None:
+            names = list(client.scan_iter(match="botsessions-bench:*", count=1000))
+            for start in range(0, len(names), 1000):
+                client.delete(*names[start : start + 1000])
+
+        forget()
+        self.stack.callback(forget)
+        return True
 
     def target(self, measure: str, goal: str, measured: str, met: bool | None) -> None:
         verdict = "printed" if met is None else "met" if met else "NOT MET"
@@ -303,13 +335,21 @@ class Bench:
             "baseline: plain Application, handed over": self.worker(PLAIN, "sqlite"),
             "sessions: the demo, BotRunner.process": self.worker("sessions", "sqlite"),
         }
+        if self.redis:
+            workers["sessions in Redis: the same"] = self.worker(REDIS, "sqlite")
         for worker in workers.values():
             worker("warmup", chats=o.chats, first_update_id=self.ids())
         runs = self.interleave(workers, self.run_updates(o.chats, o.updates))
         self.table(runs, {"µs/update": "per_update_us", "p50 µs": "p50_us", "p99 µs": "p99_us"})
-        base, sessions = runs.values()
+        base, sessions, *in_redis = runs.values()
         on = ratio(sessions, base)
         self.target("in-process, SQLite: sessions vs plain", "≥ 0.60×", f"{on:.2f}×", on >= 0.6)
+        if in_redis:
+            measured = ratio(in_redis[0], base)
+            self.target(
+                "in-process, Redis: sessions vs plain", f"≥ SQLite's {on:.2f}×",
+                f"{measured:.2f}×", measured >= on,
+            )  # fmt: skip
 
     def table(self, runs: dict[str, Runs], columns: dict[str, str], digits: int = 0) -> None:
         """Medians of ``columns`` (heading: key) after updates/s, then each run's updates/s."""
@@ -357,13 +397,15 @@ class Bench:
                 DATABASE_URL=self.databases["pg"],
                 TELEGRAM_API_BASE_URL=api.base_url,
                 BENCH_BOT=bot,
+                BENCH_REDIS_URL=o.redis_url,
             )
             server = start_server(
                 deployment.server, env, workers=deployment.workers, quiet=True, timeout=60,
                 worker_class=deployment.worker_class or "sync", threads=deployment.threads,
             )  # fmt: skip
             self.stack.callback(server.stop)
-            servers[f"{deployment.name}, sessions {'on' if bot == 'sessions' else 'off'}"] = server
+            label = {"sessions": "on", REDIS: "in Redis"}.get(bot, "off")
+            servers[f"{deployment.name}, sessions {label}"] = server
             post_all(server.port, updates.warmup(o.chats, self.ids()), o.clients)
 
         name = urlsplit(self.databases["pg"]).path.lstrip("/")
@@ -403,9 +445,8 @@ class Bench:
     def http_targets(self) -> None:
         if not self.http_intro():
             return
-        off, on, plain, asgi = self.http(
-            [(WSGI, "off"), (WSGI, "sessions"), (PLAIN_SYNC, "off"), (ASGI, "sessions")]
-        )
+        deployments = [(WSGI, "off"), (WSGI, "sessions"), (PLAIN_SYNC, "off"), (ASGI, "sessions")]
+        off, on, plain, asgi, *in_redis = self.http(deployments + [(WSGI, REDIS)] * self.redis)
         measured, spread = ratio(on, off), median(r["p99_ms"] / r["p50_ms"] for r in on)
         met = measured >= 0.7 and spread < 3
         text = f"{measured:.2f}×, p99 {spread:.1f}× p50"
@@ -416,6 +457,12 @@ class Bench:
         )
         measured = ratio(asgi, on)
         self.target("HTTP, on: ASGI vs WSGI", "≥ 0.70×", f"{measured:.2f}×", measured >= 0.7)
+        if in_redis:
+            pg, measured = ratio(on, off), ratio(in_redis[0], off)
+            self.target(
+                "HTTP, WSGI: sessions in Redis vs off", f"≥ PostgreSQL's {pg:.2f}×",
+                f"{measured:.2f}×", measured >= pg,
+            )  # fmt: skip
 
     def explore(self) -> None:
         """Each candidate with and without sessions, interleaved; one candidate at a time."""

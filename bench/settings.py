@@ -26,10 +26,15 @@ if not DATABASES["default"].get("OPTIONS", {}).get("pool"):  # type: ignore[unio
 TELEGRAM_BOT_TOKEN = "123456:BENCH"
 TELEGRAM_API_BASE_URL = os.environ.get("TELEGRAM_API_BASE_URL", "")
 
+# BENCH_BOT=redis: the demo with both fragments in Redis (botproject.bot reads these).
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "") if os.environ.get("BENCH_BOT") == "redis" else ""
+REDIS_PREFIX = "botsessions-bench:"
+
 BOTSESSIONS_BOTS = {
     "default": {
         "APPLICATION": {
             "sessions": "botproject.bot.build_application",
+            "redis": "botproject.bot.build_application",
             "off": "bench.bots.sessions_off_application",
         }.get(os.environ.get("BENCH_BOT", "sessions"), "bench.bots.sessions_off_application"),
         "WEBHOOK_SECRET": "bench-secret",
