@@ -321,9 +321,7 @@ class UnitExecutor(Executor):
         self._thread = thread
         self._threads = threads
 
-    def submit(
-        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> Future[Any]:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         return self._borrow().submit(self.unit.run, fn, *args, **kwargs)
 
     def _borrow(self) -> Executor:
