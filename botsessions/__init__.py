@@ -20,19 +20,22 @@ from .errors import (
     StoredDataError,
 )
 from .keys import per_chat, per_topic, per_user, per_user_in_chat
+from .outcome import Outcome
 from .persistence import DjangoPersistence
-from .ptb import MultiSession, Outcome, SessionApplication, SessionContext, use_sessions
-from .serializers import JSONSerializer
+from .ptb import Lazy, MultiSession, SessionApplication, SessionContext, use_sessions
+from .serializers import DataclassSerializer, JSONSerializer
 from .storage import MemoryStorage, SessionStorage, StorageKey, StoredSession
 from .versioning import DataMigrations
 
 __all__ = [
     "ConfigurationError",
     "DataMigrations",
+    "DataclassSerializer",
     "DjangoPersistence",
     "Fragment",
     "JSONSerializer",
     "JobQueueNotRunning",
+    "Lazy",
     "MemoryStorage",
     "MigrationError",
     "MultiSession",

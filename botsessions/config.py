@@ -8,10 +8,12 @@ checked when it is built, so a mistake fails at start-up, not on the first updat
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Generic
+
+from typing_extensions import TypeVar
 
 from .errors import ConfigurationError
 from .keys import KeyResolver, per_chat, storable_key
@@ -19,13 +21,16 @@ from .serializers import Serializer, default_serializer
 from .storage.base import SessionStorage
 from .versioning import DataMigrations, Migration
 
-Initial = Callable[[], Any]
+D = TypeVar("D", default=Any)
+
+#: A function returning a new session's data, or an awaitable of it.
+Initial = Callable[[], D | Awaitable[D]]
 
 _FRAGMENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 @dataclass(frozen=True)
-class Fragment:
+class Fragment(Generic[D]):
     """The configuration of one session (or one fragment of a multi session).
 
     ``initial`` builds the data of a new session (it may be async) and is called for
@@ -35,9 +40,12 @@ class Fragment:
     database. ``ttl`` expires sessions that long after their last write. ``migrations``
     maps versions to upgrade functions. ``lazy`` loads the session only when a handler
     awaits it.
+
+    ``Fragment[D]`` is the fragment of data ``D``, inferred from ``initial`` (or
+    written out), for :meth:`~botsessions.SessionContext.session_data`.
     """
 
-    initial: Initial | None = None
+    initial: Initial[D] | None = None
     key: KeyResolver = per_chat
     storage: SessionStorage | None = None
     ttl: timedelta | None = None

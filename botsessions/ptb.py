@@ -15,7 +15,9 @@ import contextlib
 import contextvars
 import inspect
 import logging
-from typing import Any
+import types
+from collections.abc import Awaitable
+from typing import Any, Generic, TypeAlias, cast, overload
 
 from django.db import DatabaseError, InterfaceError, OperationalError
 from telegram import Update
@@ -27,10 +29,12 @@ from telegram.ext import (
     CallbackContext,
     ContextTypes,
     ExtBot,
+    JobQueue,
 )
+from typing_extensions import TypeVar
 
 from .chat_migration import migration_of, move_chat
-from .config import Sessions
+from .config import Fragment, Sessions
 from .errors import (
     ConfigurationError,
     JobQueueNotRunning,
@@ -43,10 +47,17 @@ from .key_parts import InvalidKeyPart, check_key_parts
 from .locks import KeyLocks
 from .outcome import Outcome
 from .persistence import BOT_DATA, CHAT_DATA, USER_DATA, DjangoPersistence, PTBState
-from .session import UpdateSessions, is_internal
+from .session import FragmentSession, UpdateSessions, is_internal
 from .unit import AfterCommit, DatabaseThreads, current_unit, process_as_unit
 
 logger = logging.getLogger("botsessions")
+
+#: What ``context.session`` holds: the data, ``Lazy[data]``, or a class naming the fragments.
+S = TypeVar("S", default=Any)
+D = TypeVar("D")
+
+#: The type of a lazy session (or fragment): ``SessionContext[Lazy[PizzaData]]``.
+Lazy: TypeAlias = Awaitable[D]
 
 # Returned by SessionContext._ptb_data when PTB keeps that piece of its state itself.
 _PTB_OWN = object()
@@ -148,22 +159,55 @@ class UpdateRun:
             self.outcome = Outcome.COMMITTED if changed else Outcome.UNCHANGED
 
 
-class SessionContext(CallbackContext[ExtBot[Any], dict[Any, Any], dict[Any, Any], dict[Any, Any]]):
+class SessionContext(
+    CallbackContext[ExtBot[Any], dict[Any, Any], dict[Any, Any], dict[Any, Any]], Generic[S]
+):
     """The callback context with ``context.session``.
 
     For a single strict session, ``context.session`` is the data; assign to replace it,
-    assign ``None`` to delete it. For a lazy session it is an awaitable of the data.
-    For multi sessions it is an object whose attributes are the fragments.
+    assign ``None`` (or ``del`` it) to delete it. For a lazy session it is an awaitable
+    of the data. For multi sessions it is an object whose attributes are the fragments.
+    Shared code that must work in every mode awaits :meth:`session_data` instead.
+
+    The type parameter says what ``context.session`` is, for the type checker:
+    ``SessionContext[PizzaData]``, ``SessionContext[Lazy[PizzaData]]``, or for multi
+    sessions a class (a ``Protocol``) with one attribute per fragment. Bare
+    ``SessionContext`` leaves it untyped.
     """
 
     # The update's run, set by from_update; unset (read as None) in other contexts, such
     # as a job's, so that building a context costs no extra __init__.
     __slots__ = ("_botsessions_run",)
 
+    _botsessions_run: UpdateRun | None
+    _concrete: dict[Any, type[SessionContext[Any]]] = {}
+
+    def __class_getitem__(cls, params: Any) -> Any:
+        """``SessionContext[PizzaData]`` as a real subclass, when the data is known.
+
+        PTB's ``ContextTypes(context=...)`` takes only classes, and a typing alias is
+        not one: this lets the configuration name the same type as the handlers'
+        annotations. With type variables still open it stays a plain typing alias, so
+        that generic subclasses keep working.
+        """
+        alias = super().__class_getitem__(params)  # type: ignore[misc]
+        if getattr(alias, "__parameters__", ()):
+            return alias
+        concrete = cls._concrete.get(alias)
+        if concrete is None:
+            name = repr(alias).removeprefix(f"{cls.__module__}.")
+            concrete = types.new_class(
+                name,
+                (alias,),
+                exec_body=lambda ns: ns.update(__slots__=(), __module__=cls.__module__),
+            )
+            concrete = cls._concrete.setdefault(alias, concrete)
+        return concrete
+
     @classmethod
     def from_update(
         cls, update: object, application: Application[Any, Any, Any, Any, Any, Any]
-    ) -> SessionContext:  # type: ignore[override]
+    ) -> SessionContext[S]:
         context = super().from_update(update, application)
         run = _current.get()
         context._botsessions_run = run if run is not None and run.update is update else None
@@ -257,29 +301,65 @@ class SessionContext(CallbackContext[ExtBot[Any], dict[Any, Any], dict[Any, Any]
         return run.sessions
 
     @property
-    def session(self) -> Any:
+    def session(self) -> S:
         sessions = self._update_sessions()
         if sessions.is_multi:
             view = sessions.view
             if view is None:
                 view = sessions.view = MultiSession(sessions)
-            return view
+            return cast(S, view)
         fragment = sessions.single
-        return fragment.awaitable() if fragment.fragment.lazy else fragment.get()
+        return cast(S, fragment.awaitable() if fragment.fragment.lazy else fragment.get())
 
     @session.setter
-    def session(self, value: Any) -> None:
+    def session(self, value: S | None) -> None:
         sessions = self._update_sessions()
         if sessions.is_multi:
             sessions.assign_all(value)
         else:
             sessions.single.set(value)
 
+    @session.deleter
+    def session(self) -> None:
+        """``del context.session``: delete the session (every fragment of a multi one)."""
+        self.session = None
+
+    @overload
+    async def session_data(self: SessionContext[Lazy[D]]) -> D: ...
+    @overload
+    async def session_data(self: SessionContext[D]) -> D: ...
+    @overload
+    async def session_data(self, fragment: Fragment[D]) -> D: ...
+    @overload
+    async def session_data(self, fragment: str) -> object: ...
+    async def session_data(self, fragment: Fragment[Any] | str | None = None) -> Any:
+        """The session's data, read if it is lazy: one call for strict and lazy alike.
+
+        Without an argument it is ``context.session``, awaited when the session is
+        lazy (for multi sessions, the object of fragments). With a fragment, given by
+        its name or by the :class:`~botsessions.Fragment` it was configured with, it is
+        that fragment's data. Reusable handlers call this, so that they work whichever
+        mode the bot that installs them chose; a typed ``Fragment[D]`` gives data typed
+        ``D``.
+        """
+        sessions = self._update_sessions()
+        if fragment is None:
+            if sessions.is_multi:
+                return self.session
+            state = sessions.single
+        else:
+            state = _fragment_session(sessions, fragment)
+        if state.fragment.lazy:
+            return await state.awaitable()
+        return state.get()
+
 
 class MultiSession:
     """``context.session`` of a multi session: one attribute per fragment."""
 
     __slots__ = ("_sessions",)
+
+    _sessions: UpdateSessions
 
     def __init__(self, sessions: UpdateSessions) -> None:
         object.__setattr__(self, "_sessions", sessions)
@@ -296,10 +376,14 @@ class MultiSession:
     def __setattr__(self, name: str, value: Any) -> None:
         self._fragment(name).set(value)
 
+    def __delattr__(self, name: str) -> None:
+        """``del context.session.chat`` deletes that fragment, as assigning ``None`` does."""
+        self._fragment(name).set(None)
+
     def __dir__(self) -> list[str]:
         return [name for name in self._sessions.fragments if not is_internal(name)]
 
-    def _fragment(self, name: str) -> Any:
+    def _fragment(self, name: str) -> FragmentSession:
         try:
             if is_internal(name):
                 raise KeyError(name)
@@ -426,7 +510,8 @@ class SessionApplication(Application):  # type: ignore[type-arg]
             return known[1]
         head = token.split(":", 1)[0]
         if not head.isdigit():
-            return self.bot.id
+            bot_id: int = self.bot.id
+            return bot_id
         self._bot_id_of = (token, int(head))
         return self._bot_id_of[1]
 
@@ -510,7 +595,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
                 run.storage_error = _storage_error(error)
         return await super().process_error(update, error, job, coroutine)
 
-    def create_task(  # type: ignore[override]
+    def create_task(
         self, coroutine: Any, update: object | None = None, *, name: str | None = None
     ) -> asyncio.Task[Any]:
         task = super().create_task(coroutine, update=update, name=name)
@@ -521,6 +606,23 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         return task
 
 
+# The builder's other type parameters, kept as they are by use_sessions.
+_BT = TypeVar("_BT", bound=ExtBot[Any])
+_SC = TypeVar("_SC", bound=SessionContext[Any])
+_UD = TypeVar("_UD")
+_CD = TypeVar("_CD")
+_BD = TypeVar("_BD")
+_JQ = TypeVar("_JQ", bound=JobQueue[Any] | None)
+
+
+@overload
+def use_sessions(
+    builder: ApplicationBuilder[_BT, _SC, _UD, _CD, _BD, _JQ], sessions: Sessions | None = None
+) -> ApplicationBuilder[_BT, _SC, _UD, _CD, _BD, _JQ]: ...
+@overload
+def use_sessions(
+    builder: ApplicationBuilder[_BT, Any, _UD, _CD, _BD, _JQ], sessions: Sessions | None = None
+) -> ApplicationBuilder[_BT, SessionContext[Any], _UD, _CD, _BD, _JQ]: ...
 def use_sessions(
     builder: ApplicationBuilder[Any, Any, Any, Any, Any, Any], sessions: Sessions | None = None
 ) -> ApplicationBuilder[Any, Any, Any, Any, Any, Any]:
@@ -568,6 +670,26 @@ def use_sessions(
     kwargs["sessions"] = sessions
     builder.application_class(app_class, kwargs=kwargs)
     return builder
+
+
+def _fragment_session(sessions: UpdateSessions, fragment: Fragment[Any] | str) -> FragmentSession:
+    """The update's session of a fragment given by name or by its configuration."""
+    names = [name for name in sessions.fragments if not is_internal(name)]
+    if isinstance(fragment, str):
+        if not sessions.is_multi or fragment not in names:
+            configured = ", ".join(names) if sessions.is_multi else "a single session"
+            raise ConfigurationError(
+                f"no session fragment named {fragment!r}; configured: {configured}"
+            )
+        return sessions.fragments[fragment]
+    found = [sessions.fragments[n] for n in names if sessions.fragments[n].fragment is fragment]
+    if len(found) != 1:
+        raise ConfigurationError(
+            "that Fragment is not one of this application's sessions"
+            if not found
+            else "that Fragment is configured under several names: pass the name instead"
+        )
+    return found[0]
 
 
 def _storage_error(exc: Exception) -> StorageError:

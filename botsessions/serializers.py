@@ -12,12 +12,18 @@ decoder are built once, not per call as ``json.dumps(..., **options)`` does.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import types
+import typing
 from collections.abc import Callable
 from json.encoder import encode_basestring
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-from .errors import SessionDataError
+from .errors import ConfigurationError, SessionDataError
+
+T = TypeVar("T")
 
 
 class Serializer(Protocol):
@@ -33,7 +39,10 @@ class Serializer(Protocol):
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-_scan_once = json.JSONDecoder().scan_once  # what json.loads runs, minus its checks
+# What json.loads runs, minus its checks (set by JSONDecoder.__init__; typeshed omits it).
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+# The C accelerator json.encoder uses when it is built (typeshed does not declare it).
+_c_make_encoder: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
 
 
 # Idle C encoders, each with its own circular-reference markers (empty between calls).
@@ -47,7 +56,7 @@ def _c_encode(value: Any) -> str:
     try:
         encoder, markers = _idle_encoders.pop()
     except IndexError:
-        make = json.encoder.c_make_encoder
+        make = _c_make_encoder
         assert make is not None
         markers = {}
         encoder = make(
@@ -61,7 +70,7 @@ def _c_encode(value: Any) -> str:
 
 def _pick_encode() -> Callable[[Any], str]:
     """The C encoder when it gives exactly ``_ENCODER.encode``'s results, else that."""
-    if json.encoder.c_make_encoder is None:
+    if _c_make_encoder is None:
         return _ENCODER.encode
     sample = {"a": [1, -2.5, True, None, 'é\n"\ud800'], "b": {"": 10**20}, "c": "x"}
     same = False
@@ -127,6 +136,73 @@ class JSONSerializer:
                 if end == len(text):
                     return value
         return json.loads(text)
+
+
+class DataclassSerializer(Generic[T]):
+    """Session data as a dataclass, stored as the JSON object of its fields.
+
+    A dataclass gives handlers attribute access that a type checker follows; the
+    storages keep plain JSON. Fields are converted both ways, nested dataclasses
+    included (also inside ``list``, ``dict`` and ``X | None``), and the plain data must
+    pass :class:`JSONSerializer`'s checks. Change detection compares the encoded
+    fields, so changing an attribute is a change. A stored object with a field the
+    class lacks is refused as bad stored data rather than silently dropped; a missing
+    field takes its default.
+    """
+
+    def __init__(self, cls: type[T]) -> None:
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise ConfigurationError("DataclassSerializer needs a dataclass")
+        self.cls = cls
+        self._json = JSONSerializer()
+
+    def _plain(self, value: T) -> Any:
+        if type(value) is not self.cls:
+            raise TypeError(
+                f"session data must be a {self.cls.__name__}, not {type(value).__name__}"
+            )
+        return dataclasses.asdict(value)  # type: ignore[call-overload]  # checked: a dataclass
+
+    def encode(self, value: T) -> str:
+        """Encode without checking: enough to tell whether data changed since it was loaded."""
+        return json_encode(self._plain(value))
+
+    def dumps(self, value: T) -> str:
+        try:
+            plain = self._plain(value)
+        except TypeError as exc:
+            raise SessionDataError(str(exc)) from exc
+        text = self._json.dumps(plain)
+        # The engine measures the nesting of the value it holds: here, of the fields.
+        if text.count("[") + text.count("{") > MAX_NESTING and deeper_than(plain, MAX_NESTING):
+            raise SessionDataError(f"session data nests deeper than {MAX_NESTING} levels")
+        return text
+
+    def loads(self, text: str) -> T:
+        return typing.cast(T, _from_plain(self.cls, self._json.loads(text)))
+
+
+# A dataclass's field types, resolved once: loads runs on every update.
+_type_hints = functools.cache(typing.get_type_hints)
+
+
+def _from_plain(kind: Any, data: Any) -> Any:
+    """``data`` (decoded JSON) as ``kind``: dataclasses are rebuilt, the rest kept."""
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        if not isinstance(data, dict):
+            raise TypeError(f"{kind.__name__} is stored as an object, found {type(data).__name__}")
+        hints = _type_hints(kind)
+        return kind(**{name: _from_plain(hints.get(name, Any), v) for name, v in data.items()})
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is list and args and isinstance(data, list):
+        return [_from_plain(args[0], item) for item in data]
+    if origin is dict and len(args) == 2 and isinstance(data, dict):
+        return {key: _from_plain(args[1], item) for key, item in data.items()}
+    if origin in (typing.Union, types.UnionType) and data is not None:
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:
+            return _from_plain(options[0], data)
+    return data
 
 
 def _same_shape(value: Any) -> bool:

@@ -22,7 +22,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from .conf import settings
 from .config import Fragment, Sessions
@@ -70,7 +70,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _is_awaitable(value: Any) -> bool:
+def _is_awaitable(value: Any) -> TypeGuard[Awaitable[Any]]:
     return type(value) not in _PLAIN_TYPES and inspect.isawaitable(value)
 
 
@@ -92,7 +92,7 @@ class FragmentPlan:
         # JSONSerializer.dumps is encode + verify: once the data is encoded to compare
         # it, verifying that text is all that is left to do.
         self.verify: Callable[[Any, str], str] | None = (
-            serializer.verify  # type: ignore[attr-defined]
+            serializer.verify
             if isinstance(serializer, JSONSerializer)
             and type(serializer).dumps is JSONSerializer.dumps
             else None
@@ -354,12 +354,10 @@ class FragmentSession:
         fragment = self.fragment
         migrations = fragment.data_migrations
         ttl = fragment.ttl
-        if ttl is not None and now is None:
-            now = utcnow()
         record = StoredSession(
             text,
             migrations.latest if migrations is not None else None,
-            now + ttl if ttl is not None else None,  # type: ignore[operator]
+            (now or utcnow()) + ttl if ttl is not None else None,
             (expected or 0) + 1,
         )
         return Write(key, record, expected)
@@ -607,9 +605,9 @@ class UpdateSessions:
             if embed is None:
                 continue
             prefix = fragment.fragment.prefix
-            heads = (prefix + embed(old_chat_id), prefix + embed(new_chat_id))
+            pair = (prefix + embed(old_chat_id), prefix + embed(new_chat_id))
             storage = fragment.storage or fragment.fragment.resolve_storage()
-            by_storage.setdefault(id(storage), (storage, {}))[1][fragment.name] = heads
+            by_storage.setdefault(id(storage), (storage, {}))[1][fragment.name] = pair
         moved: list[StorageKey] = []
         for storage, heads in by_storage.values():
             # Built-in keys without a prefix: the storage's own search (one query in the
