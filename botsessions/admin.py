@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from decimal import Decimal, DecimalException
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -39,6 +39,9 @@ from django.utils.safestring import SafeString
 from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 from .bots import session_configs, sessions_for_bot_id
 from .errors import SessionDataError
@@ -63,7 +66,7 @@ SINGLE_FRAGMENT = "-"  # the filter's value for the unnamed fragment of a single
 # -- counting without counting everything ---------------------------------------------
 
 
-class CappedCountPaginator(Paginator):
+class CappedCountPaginator(Paginator):  # type: ignore[type-arg]  # not subscriptable at runtime
     """Counts at most ``count_limit`` rows, so no page load counts a million of them.
 
     The count is a bounded ``SELECT COUNT(*) FROM (... LIMIT n)``; past the limit an
@@ -85,7 +88,7 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        rows = self.object_list
+        rows = cast("QuerySet[Any]", self.object_list)  # the admin paginates querysets
         if self.one_pass:
             self.matched_ids = list(rows.values_list("pk", flat=True)[: self.count_limit + 1])
             found = len(self.matched_ids)
@@ -107,12 +110,13 @@ class CappedCountPaginator(Paginator):
         if self.matched_ids is None:
             return super().page(number)
         first = (number - 1) * self.per_page
-        return self._get_page(self.rows_with_ids(first, first + self.per_page), number, self)
+        rows = self.rows_with_ids(first, first + self.per_page)
+        return self._get_page(rows, number, self)  # type: ignore[attr-defined]  # Django's, unstubbed
 
     def rows_with_ids(self, start: int, stop: int) -> QuerySet[Any]:
         """Matched rows ``start:stop``, read by primary key (the filters stay as a check)."""
         assert self.matched_ids is not None
-        return self.object_list.filter(pk__in=self.matched_ids[start:stop])
+        return cast("QuerySet[Any]", self.object_list).filter(pk__in=self.matched_ids[start:stop])
 
 
 class OnePassChangeList(ChangeList):
@@ -404,7 +408,7 @@ class FragmentFilter(UsableValueFilter):
         # What the fragment column can hold (PostgreSQL refuses NUL in any text).
         return 0 < len(value) <= 64 and not _UNSTORABLE_CHARACTER.search(value)
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, StrOrPromise]]:
         names = _known_fragments()
         current = self.value()
         if current and current != SINGLE_FRAGMENT and current not in names:
@@ -683,11 +687,12 @@ def editable(text: str | None) -> Any:
     return forms.fields.InvalidJSONInput(text or "")
 
 
-class SessionDataForm(forms.ModelForm):
+class SessionDataForm(forms.ModelForm):  # type: ignore[type-arg]  # not subscriptable at runtime
     """Edits only ``data``, validated the way the bot's serializer and the database will
     store it."""
 
-    data = PrettyJSONField(label=_("Data"), required=False)
+    # A form field, which the form's metaclass moves to base_fields (not BaseForm.data).
+    data = PrettyJSONField(label=_("Data"), required=False)  # type: ignore[assignment]
     loaded_revision = forms.IntegerField(
         widget=forms.HiddenInput, min_value=1, max_value=2**63 - 1
     )
@@ -779,6 +784,7 @@ class SessionDataForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        assert cleaned is not None  # ModelForm.clean returns cleaned_data
         loaded = cleaned.get("loaded_revision")
         if self.instance.pk is None or loaded is None:
             return cleaned
@@ -803,7 +809,7 @@ class SessionDataForm(forms.ModelForm):
 
 
 @admin.register(Session)
-class SessionAdmin(admin.ModelAdmin):
+class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscriptable at runtime
     """Browse, search, inspect, edit, reset and delete stored sessions."""
 
     form = SessionDataForm
@@ -938,7 +944,10 @@ class SessionAdmin(admin.ModelAdmin):
         whole list for everyone.
         """
         stored = Cast("data", output_field=TextField())
-        return super().get_queryset(request).defer("data").annotate(stored_data=stored)
+        rows: QuerySet[Session] = (
+            super().get_queryset(request).defer("data").annotate(stored_data=stored)
+        )
+        return rows
 
     def get_object(
         self, request: HttpRequest, object_id: str, from_field: str | None = None
@@ -1032,7 +1041,11 @@ class SessionAdmin(admin.ModelAdmin):
             raise PermissionDenied  # before the lookup: the same answer for any id
         obj = self.get_object(request, unquote(object_id))
         if obj is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            # Django's own answer for a missing id (not in the stubs).
+            not_found: HttpResponse = self._get_obj_does_not_exist_redirect(  # type: ignore[attr-defined]
+                request, self.opts, object_id
+            )
+            return not_found
         if not self.has_change_permission(request, obj):
             raise PermissionDenied
         rows = self.get_queryset(request).filter(pk=obj.pk)
@@ -1198,7 +1211,7 @@ class SessionAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProcessedUpdate)
-class ProcessedUpdateAdmin(admin.ModelAdmin):
+class ProcessedUpdateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscriptable at runtime
     """The exactly-once records, for looking only: the engine writes and prunes them."""
 
     list_display = ("update_id", "bot_id", "processed_at")

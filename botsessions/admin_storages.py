@@ -259,7 +259,9 @@ class StorageViews:
             **extra,
         }
 
-    def _render(self, request: HttpRequest, template: str, context: dict[str, Any]) -> Any:
+    def _render(
+        self, request: HttpRequest, template: str, context: dict[str, Any]
+    ) -> TemplateResponse:
         request.current_app = self.model_admin.admin_site.name
         return TemplateResponse(request, f"admin/botsessions/session/{template}", context)
 

@@ -238,17 +238,17 @@ class SessionContext(
         fragment = run.sessions.fragments[name]
         return None if fragment.key is None else fragment.get()
 
-    @property
+    @property  # type: ignore[misc]  # PTB's setter only refuses assignment, as no setter does
     def chat_data(self) -> Any:
         data = self._ptb_data(CHAT_DATA, "chat_data")
         return super().chat_data if data is _PTB_OWN else data
 
-    @property
+    @property  # type: ignore[misc]  # read-only, as in PTB
     def user_data(self) -> Any:
         data = self._ptb_data(USER_DATA, "user_data")
         return super().user_data if data is _PTB_OWN else data
 
-    @property
+    @property  # type: ignore[misc]  # read-only, as in PTB
     def bot_data(self) -> Any:
         data = self._ptb_data(BOT_DATA, "bot_data")
         return super().bot_data if data is _PTB_OWN else data

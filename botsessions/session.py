@@ -565,7 +565,7 @@ class UpdateSessions:
             mark = self.mark if storage is primary else None
             extra = self._extra_reads.pop(id(storage), [])
             records, processed = await storage.load(
-                [*(f.key for f in group), *extra],  # type: ignore[misc]
+                [*(f.key for f in group if f.key is not None), *extra],
                 mark,
                 lock=self.first_read(storage),
             )

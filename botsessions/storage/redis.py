@@ -153,7 +153,7 @@ class RedisStorage(SessionStorage):
         self.url = url
         self.prefix = prefix
         self._client = client
-        self._client_options = {"socket_connect_timeout": 5, "socket_timeout": 5}
+        self._client_options: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 5}
         self._client_options.update(client_options)
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Redis] = (
             weakref.WeakKeyDictionary()

@@ -17,7 +17,7 @@ class Command(SessionCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         with self.plainly():
             ref, found = self.find(options)
-        rows = [
+        rows: list[tuple[str, object]] = [
             ("Bot", f"{ref.alias} ({ref.bot_id})"),
             ("Fragment", ref.name or "- (single session)"),
             ("Key", self.describe(found)),
