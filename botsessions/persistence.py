@@ -238,21 +238,30 @@ def _bot_key(update: object) -> str:
 _bot_key.chat_key = None  # type: ignore[attr-defined]  # bot_data never moves with a chat
 
 
-def persistent_conversations(
+def conversation_handlers(
     application: Application[Any, Any, Any, Any, Any, Any],
-) -> dict[str, ConversationHandler[Any]]:
-    """Every persistent, named ConversationHandler of the application, nested ones too."""
-    found: dict[str, ConversationHandler[Any]] = {}
+) -> list[ConversationHandler[Any]]:
+    """Every ConversationHandler of the application, nested ones too."""
+    found: list[ConversationHandler[Any]] = []
     pending = [h for handlers in application.handlers.values() for h in handlers]
     while pending:
         handler = pending.pop()
-        if not isinstance(handler, ConversationHandler):
-            continue
-        if handler.persistent and handler.name:
-            found[handler.name] = handler
-        for children in (handler.entry_points, handler.fallbacks, *handler.states.values()):
-            pending.extend(children)
+        if isinstance(handler, ConversationHandler):
+            found.append(handler)
+            for children in (handler.entry_points, handler.fallbacks, *handler.states.values()):
+                pending.extend(children)
     return found
+
+
+def persistent_conversations(
+    application: Application[Any, Any, Any, Any, Any, Any],
+) -> dict[str, ConversationHandler[Any]]:
+    """Every persistent, named ConversationHandler of the application, by name."""
+    return {
+        handler.name: handler
+        for handler in conversation_handlers(application)
+        if handler.persistent and handler.name
+    }
 
 
 # -- the state of one update -------------------------------------------------------------
@@ -391,7 +400,7 @@ class PTBState:
     def install(self) -> None:
         """Make every persistent ConversationHandler keep its states per update."""
         for name, handler in self.conversations.items():
-            handler._conversations = ConversationStates(name)  # type: ignore[assignment]
+            handler._conversations = ConversationStates(name)
 
     # -- per update ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ messages sent to both at once are all counted.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from botsessions.models import Session
 
 from .fakebotapi import FakeBotAPI
-from .servers import Server, server_env, start_server
+from .servers import Server, manage, server_env, start_process, start_server, wait_until
 from .test_reliability_processes import deliver
 from .updates import ALICE, BOB, message
 
@@ -97,3 +98,26 @@ def test_two_processes_lose_no_write_to_chat_data_user_data_or_bot_data(
     for user in (ALICE, BOB):
         row = Session.objects.get(fragment="ptb.user_data", key=f"user:{user}")
         assert row.data == {"item": "tea", "orders": 1}
+
+
+def test_runbot_polls_as_ptb_does_and_the_webhook_takes_over(api: FakeBotAPI) -> None:
+    """The same conversation under ``runbot`` (PTB's own polling), then the webhook."""
+    bot = start_process("runbot", manage("runbot"), env(api), ready="Polling for updates")
+    try:
+        api.queue_update(message("/checkout", chat_id=BOB, user_id=BOB))
+        api.queue_update(message("cake", chat_id=BOB, user_id=BOB))
+        wait_until(
+            lambda: (
+                Session.objects.filter(fragment="ptb.conversation.checkout").exists()
+                and api.sent_texts()[-1:] == ["Where to?"]
+            ),
+            20,
+            "two steps by polling",
+        )
+        assert bot.stop(signal.SIGINT, timeout=20) == 0
+        assert "Traceback" not in bot.log()
+    finally:
+        bot.stop(signal.SIGKILL, timeout=5)
+    with start_server("gunicorn", env(api)) as server:
+        assert send(server, "Park Lane", chat_id=BOB, user_id=BOB) == "committed"
+    assert api.sent_texts()[-1] == "cake to Park Lane, order 1."

@@ -1,0 +1,109 @@
+"""PTB's JobQueue with sessions: it runs where PTB runs it, and is refused elsewhere.
+
+The webhook view never starts a JobQueue (a job would live in one web worker's memory
+and die with it), so scheduling there fails loudly instead of never running; so does a
+``conversation_timeout``, at start-up. Where the JobQueue runs (``runbot``, which runs
+PTB's own polling), jobs run as PTB runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from telegram.ext import CommandHandler, ConversationHandler, MessageHandler, filters
+
+from botsessions import (
+    ConfigurationError,
+    DjangoPersistence,
+    JobQueueNotRunning,
+    SessionNotLoadedError,
+    Sessions,
+)
+
+from .updates import ALICE, message
+
+pytestmark = pytest.mark.django_db
+
+pytest.importorskip("apscheduler", reason="PTB's JobQueue: python-telegram-bot[job-queue]")
+
+ran: list[str] = []
+
+
+async def job(context: Any) -> None:
+    ran.append(context.job.name)
+
+
+async def schedule(update: Any, context: Any) -> None:
+    context.job_queue.run_once(job, 0.01, name="reminder", chat_id=ALICE)
+    await update.message.reply_text("scheduled")
+
+
+def test_scheduling_where_no_job_queue_runs_fails_loudly(make_bot, api):
+    bot = make_bot(Sessions(initial=dict), [CommandHandler("remind", schedule)])
+    assert bot.application.job_queue is not None  # installed, as with the job-queue extra
+    assert bot.process(message("/remind", chat_id=ALICE)) == "handler_failed"
+    assert api.sent_texts() == []  # no "scheduled" for a job that would never run
+    [error] = bot.errors
+    assert isinstance(error, JobQueueNotRunning)
+    assert "runbot" in str(error)
+
+
+def test_where_the_job_queue_runs_jobs_run(make_bot, api):
+    ran.clear()
+    bot = make_bot(Sessions(initial=dict), [CommandHandler("remind", schedule)])
+    bot.runner.initialize()
+    queue = bot.application.job_queue
+    bot.runner.run(queue.start())  # what runbot's polling does
+    try:
+        assert bot.process(message("/remind", chat_id=ALICE)) == "unchanged"
+        bot.runner.run(asyncio.sleep(0.2))
+    finally:
+        bot.runner.run(queue.stop())
+    assert ran == ["reminder"]
+    assert api.sent_texts() == ["scheduled"]
+
+
+def test_a_job_cannot_touch_state_stored_per_update(make_bot):
+    touched: list[BaseException] = []
+
+    async def job_writing_chat_data(context: Any) -> None:
+        try:
+            context.chat_data["x"] = 1
+        except SessionNotLoadedError as exc:
+            touched.append(exc)
+
+    async def later(update: Any, context: Any) -> None:
+        context.job_queue.run_once(job_writing_chat_data, 0.01, chat_id=ALICE)
+
+    bot = make_bot(
+        None,
+        [CommandHandler("later", later)],
+        configure=lambda builder: builder.persistence(DjangoPersistence()),
+    )
+    bot.runner.initialize()
+    queue = bot.application.job_queue
+    bot.runner.run(queue.start())
+    try:
+        bot.process(message("/later", chat_id=ALICE))
+        bot.runner.run(asyncio.sleep(0.2))
+    finally:
+        bot.runner.run(queue.stop())
+    # Not written to a dict nobody stores: refused, with what to do instead.
+    assert "exists only while an update is processed" in str(touched[0])
+
+
+def test_a_conversation_timeout_is_refused_where_no_job_queue_runs(make_bot):
+    async def start(update: Any, context: Any) -> int:
+        return 1
+
+    handler = ConversationHandler(
+        entry_points=[CommandHandler("start", start)],
+        states={1: [MessageHandler(filters.TEXT, start)]},
+        fallbacks=[],
+        conversation_timeout=60,
+    )
+    bot = make_bot(Sessions(initial=dict), [handler])
+    with pytest.raises(ConfigurationError, match="conversation_timeout"):
+        bot.runner.initialize()
