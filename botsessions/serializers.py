@@ -147,7 +147,8 @@ class DataclassSerializer(Generic[T]):
     pass :class:`JSONSerializer`'s checks. Change detection compares the encoded
     fields, so changing an attribute is a change. A stored object with a field the
     class lacks is refused as bad stored data rather than silently dropped; a missing
-    field takes its default.
+    field takes its default. Data migrations see the stored JSON object, not the class:
+    they upgrade an old shape the class could not be built from.
     """
 
     def __init__(self, cls: type[T]) -> None:
@@ -179,7 +180,15 @@ class DataclassSerializer(Generic[T]):
         return text
 
     def loads(self, text: str) -> T:
-        return typing.cast(T, _from_plain(self.cls, self._json.loads(text)))
+        return self.build(self._json.loads(text))
+
+    def loads_plain(self, text: str) -> Any:
+        """The stored JSON as it is: what data migrations upgrade, before :meth:`build`."""
+        return self._json.loads(text)
+
+    def build(self, plain: Any) -> T:
+        """The dataclass of decoded (and upgraded) JSON."""
+        return typing.cast(T, _from_plain(self.cls, plain))
 
 
 # A dataclass's field types, resolved once: loads runs on every update.

@@ -34,7 +34,13 @@ from .errors import (
 )
 from .keys import chat_key, chat_key_of, rekey, storable_key, update_kind
 from .locks import KeyLocks
-from .serializers import MAX_NESTING, JSONSerializer, deeper_than, json_encode
+from .serializers import (
+    MAX_NESTING,
+    DataclassSerializer,
+    JSONSerializer,
+    deeper_than,
+    json_encode,
+)
 from .storage.base import (
     Change,
     Delete,
@@ -45,6 +51,7 @@ from .storage.base import (
     Write,
 )
 from .unit import UnitOfWork, current_unit
+from .versioning import DataMigrations
 
 logger = logging.getLogger("botsessions")
 
@@ -282,16 +289,34 @@ class FragmentSession:
             # Reads as absent; the row is deleted or replaced at commit.
             self.expired = True
             return True
-        try:
-            data = self._plan.loads(record.data)
-        except Exception as exc:
-            raise StoredDataError(f"stored data cannot be decoded: {exc}") from exc
         migrations = self.fragment.data_migrations
-        if migrations is not None and record.version != migrations.latest:
-            data = migrations.upgrade(data, record.version)
+        if migrations is None or record.version == migrations.latest:
+            data = self._decode(self._plan.loads, record)
+        else:
+            data = self._upgrade(record, migrations)
             self.migrated = True
         self.start_with(data)
         return False
+
+    def _upgrade(self, record: StoredSession, migrations: DataMigrations) -> Any:
+        """Decode and upgrade old data. Dataclass data is upgraded as the stored JSON,
+        and built from what the migrations return: an old shape need not fit the class."""
+        serializer = self.fragment.serializer
+        if not isinstance(serializer, DataclassSerializer):
+            return migrations.upgrade(self._decode(self._plan.loads, record), record.version)
+        data = migrations.upgrade(self._decode(serializer.loads_plain, record), record.version)
+        try:
+            return serializer.build(data)
+        except Exception as exc:
+            name = serializer.cls.__name__
+            raise StoredDataError(f"migrated data does not fit {name}: {exc}") from exc
+
+    @staticmethod
+    def _decode(loads: Callable[[str], Any], record: StoredSession) -> Any:
+        try:
+            return loads(record.data)
+        except Exception as exc:
+            raise StoredDataError(f"stored data cannot be decoded: {exc}") from exc
 
     def start_with(self, value: Any) -> None:
         """Make ``value`` the data as loaded."""

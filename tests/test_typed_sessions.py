@@ -232,3 +232,55 @@ def test_the_typed_example_bot_runs(make_bot, probe, api, monkeypatch):
     assert user == {"messages": 2, "purchases": 0}
     basket = json.loads(probe.stored_text(BOT, "basket", f"user:{ALICE}"))
     assert basket == {"items": ["cake"]}
+
+
+@dataclass
+class OldCard:
+    name: str = ""
+
+
+@dataclass
+class Card:
+    first_name: str = ""
+    stamps: int = 0
+
+
+def test_migrations_upgrade_dataclass_data_as_stored_json(make_bot, probe):
+    """A renamed field: the old JSON cannot build the new class, so the migrations get the
+    JSON and the class is built from what they return."""
+    seen: list[Card] = []
+
+    async def old(update: Update, context: SessionContext[OldCard]) -> None:
+        context.session.name = "Alice"
+
+    async def new(update: Update, context: SessionContext[Card]) -> None:
+        context.session.stamps += 1
+        seen.append(context.session)
+
+    def rename(data: dict[str, Any]) -> dict[str, Any]:
+        return {"first_name": data.pop("name"), **data}
+
+    before = Sessions(
+        initial=OldCard, storage=probe.storage, serializer=DataclassSerializer(OldCard)
+    )
+    assert make_bot(before, [every_update(old)]).process(message("hi")) == Outcome.COMMITTED
+    after = Sessions(
+        initial=Card,
+        storage=probe.storage,
+        serializer=DataclassSerializer(Card),
+        migrations={1: rename},
+    )
+    assert make_bot(after, [every_update(new)]).process(message("hi")) == Outcome.COMMITTED
+    assert seen == [Card("Alice", 1)]
+    stored = json.loads(probe.stored_text(BOT, "", f"chat:{ALICE}"))
+    assert stored == {"first_name": "Alice", "stamps": 1}
+
+    broken = Sessions(
+        initial=Card,
+        storage=probe.storage,
+        serializer=DataclassSerializer(Card),
+        migrations={1: rename, 2: lambda data: {**data, "unknown": 1}},
+    )
+    outcome = make_bot(broken, [every_update(new)]).process(message("hi"))
+    assert outcome == Outcome.BAD_STORED_DATA
+    assert json.loads(probe.stored_text(BOT, "", f"chat:{ALICE}")) == stored  # left as it was
