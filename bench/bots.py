@@ -23,7 +23,7 @@ from telegram.ext import Application, ApplicationBuilder, CommandHandler, Messag
 
 from botproject.bot import build_application
 from botproject.bot import sessions as demo_sessions
-from botsessions import MemoryStorage, Sessions, use_sessions
+from botsessions import DjangoPersistence, MemoryStorage, Sessions, use_sessions
 from botsessions.ptb import Outcome, SessionApplication
 
 # What the session-free handlers count: chat id → 🍕 count, user id → messages.
@@ -95,6 +95,38 @@ def memory_application() -> SessionApplication:
     application = build_application()
     assert isinstance(application, SessionApplication)
     application.sessions = Sessions.multi(migrate_chats=demo_sessions.migrate_chats, **fragments)
+    return application
+
+
+async def count_in_ptb_state(update: Update, context: Any) -> None:
+    """The demo's counter in PTB's chat_data and user_data instead of the session."""
+    assert update.effective_message is not None
+    context.user_data["messages"] = context.user_data.get("messages", 0) + 1
+    if "🍕" in (update.effective_message.text or ""):
+        context.chat_data["pizza_count"] = context.chat_data.get("pizza_count", 0) + 1
+
+
+async def reply_from_ptb_state(update: Update, context: Any) -> None:
+    assert update.effective_message is not None
+    count = context.chat_data.get("pizza_count", 0)
+    await update.effective_message.reply_text(f"Your hunger level is {count}!")
+
+
+def ptb_state_application() -> SessionApplication:
+    """The demo's handlers written for PTB's persistence, on DjangoPersistence (no Sessions)."""
+    base = settings.TELEGRAM_API_BASE_URL.rstrip("/")
+    builder = ApplicationBuilder().token(settings.TELEGRAM_BOT_TOKEN).updater(None)
+    if base:
+        builder = builder.base_url(base).base_file_url(base.removesuffix("/bot") + "/file/bot")
+    application = use_sessions(builder.persistence(DjangoPersistence())).build()
+    for command in ("hunger", "stats", "reset", "buy"):
+        application.add_handler(CommandHandler(command, reply_from_ptb_state))
+    application.add_handler(
+        MessageHandler(
+            filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND, count_in_ptb_state
+        )
+    )
+    assert isinstance(application, SessionApplication)
     return application
 
 

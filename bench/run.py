@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PG_URL = "postgres://postgres@127.0.0.1:5432/botsessions_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 REDIS = "redis"  # BENCH_BOT of the demo with its sessions in Redis (bench.settings)
+PTB = "ptb"  # BENCH_BOT of the demo's handlers on chat_data/user_data (DjangoPersistence)
 Runs = list[dict[str, Any]]
 
 
@@ -337,13 +338,19 @@ class Bench:
         }
         if self.redis:
             workers["sessions in Redis: the same"] = self.worker(REDIS, "sqlite")
+        workers["chat_data/user_data: DjangoPersistence"] = self.worker(PTB, "sqlite")
         for worker in workers.values():
             worker("warmup", chats=o.chats, first_update_id=self.ids())
         runs = self.interleave(workers, self.run_updates(o.chats, o.updates))
         self.table(runs, {"µs/update": "per_update_us", "p50 µs": "p50_us", "p99 µs": "p99_us"})
-        base, sessions, *in_redis = runs.values()
+        base, sessions, *in_redis, in_ptb_state = runs.values()
         on = ratio(sessions, base)
         self.target("in-process, SQLite: sessions vs plain", "≥ 0.60×", f"{on:.2f}×", on >= 0.6)
+        measured = ratio(in_ptb_state, base)
+        self.target(
+            "in-process, SQLite: chat_data/user_data vs plain", f"sessions' {on:.2f}×",
+            f"{measured:.2f}×", None,
+        )  # fmt: skip
         if in_redis:
             measured = ratio(in_redis[0], base)
             self.target(

@@ -36,6 +36,7 @@ BOTSESSIONS_BOTS = {
             "sessions": "botproject.bot.build_application",
             "redis": "botproject.bot.build_application",
             "off": "bench.bots.sessions_off_application",
+            "ptb": "bench.bots.ptb_state_application",
         }.get(os.environ.get("BENCH_BOT", "sessions"), "bench.bots.sessions_off_application"),
         "WEBHOOK_SECRET": "bench-secret",
     }

@@ -67,7 +67,7 @@ class Worker:
         gc.collect()
         result = measure(self.runner, work)
         expected = updates.expected_outcomes(work)
-        with_sessions = os.environ.get("BENCH_BOT") in ("sessions", "redis")
+        with_sessions = os.environ.get("BENCH_BOT") in ("sessions", "redis", "ptb")
         if with_sessions and result["outcomes"] != expected:
             raise RuntimeError(f"outcomes {result['outcomes']}, expected {expected}")
         return result
