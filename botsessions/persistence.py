@@ -452,7 +452,7 @@ class PTBState:
                 state = state.resolve() if state.done() else state.old_state
             if state == ConversationHandler.END:
                 state = None
-            fragment.value = state
+            fragment.value = _plain_state(state)
 
     # -- drop_chat_data, drop_user_data, migrate_chat_data ---------------------------------
 
@@ -523,6 +523,21 @@ class PTBState:
             sessions.extra_changes.append((storage, Delete(new, None)))
         if fragment.key != old and sessions.extra_records[old] is not None:
             sessions.extra_changes.append((storage, Delete(old, None)))
+
+
+def _plain_state(state: object) -> object:
+    """A state of an int or str enum (``class Step(IntEnum)``) as its plain value.
+
+    It reads back equal to the member (``Step.NAME == 1``), so ``states[...]`` finds
+    its handlers; other objects go to the serializer as they are (JSON refuses them).
+    """
+    if isinstance(state, bool):
+        return state
+    if isinstance(state, int):
+        return int(state)
+    if isinstance(state, str):
+        return str(state)
+    return state
 
 
 def _record(text: str, revision: int) -> Any:

@@ -557,7 +557,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
                 ids = migration_of(update)
                 if ids is not None:
                     await move_chat(run.prepare(), *ids)
-            if ptb is not None and ptb.needs_early_read(run.prepare()):
+            if ptb is not None and ptb.conversations and ptb.needs_early_read(run.prepare()):
                 # A persistent conversation can reach the update: its state is read before
                 # dispatch (check_update reads it synchronously), with everything else.
                 with contextlib.suppress(ApplicationHandlerStop):

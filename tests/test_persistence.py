@@ -12,6 +12,7 @@ its own state. Restarts are applications built afresh; processes, see
 from __future__ import annotations
 
 import asyncio
+import enum
 from typing import Any
 
 import pytest
@@ -463,6 +464,37 @@ def test_non_blocking_conversation_steps_are_stored_when_done(make_bot):
     bot = make_bot(None, [signup(block=False)], configure=with_persistence())
     bot.process(message("/signup", chat_id=ALICE, user_id=ALICE))
     assert row("ptb.conversation.signup", f"chat:{ALICE}:user:{ALICE}") == NAME
+
+
+class Step(enum.IntEnum):
+    NAME = 1
+    AGE = 2
+
+
+def test_enum_states_are_stored_as_their_values_and_found_again(make_bot, api):
+    async def ask(update: Any, context: Any) -> Step:
+        await update.message.reply_text("Your name?")
+        return Step.NAME
+
+    async def named(update: Any, context: Any) -> Step:
+        await update.message.reply_text(f"Hello {update.message.text}.")
+        return Step.AGE
+
+    def build() -> Any:
+        handler = ConversationHandler(
+            entry_points=[CommandHandler("signup", ask)],
+            states={Step.NAME: [MessageHandler(filters.TEXT & ~filters.COMMAND, named)]},
+            fallbacks=[],
+            name="signup",
+            persistent=True,
+        )
+        return make_bot(None, [handler], configure=with_persistence())
+
+    build().process(message("/signup", chat_id=ALICE, user_id=ALICE))
+    assert row("ptb.conversation.signup", f"chat:{ALICE}:user:{ALICE}") == 1
+    build().process(message("Ann", chat_id=ALICE, user_id=ALICE))
+    assert api.sent_texts()[-1] == "Hello Ann."
+    assert row("ptb.conversation.signup", f"chat:{ALICE}:user:{ALICE}") == 2
 
 
 def test_a_persistent_conversation_with_a_timeout_is_refused_at_start_up(make_bot):
