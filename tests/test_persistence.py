@@ -537,3 +537,51 @@ def test_arbitrary_callback_data_is_refused_until_it_is_stored():
     persistence = DjangoPersistence(PersistenceInput(callback_data=False))
     builder = ApplicationBuilder().token(TOKEN).arbitrary_callback_data(True)
     assert use_sessions(builder.persistence(persistence)).build().ptb_state is not None
+
+
+# -- the switch from PicklePersistence ------------------------------------------------------
+
+
+def test_a_picklepersistence_bot_behaves_the_same_after_the_one_line_change(
+    make_bot, api, tmp_path
+):
+    """The same handlers and updates, with a restart before the last step: what
+    PicklePersistence replies, DjangoPersistence replies."""
+    from telegram import Update
+    from telegram.ext import PicklePersistence
+
+    from .persistencebot import add_handlers
+
+    script = [
+        [message("/checkout", chat_id=ALICE, user_id=ALICE)],
+        [message("tea", chat_id=ALICE, user_id=ALICE)],  # after a restart
+        [message("Home", chat_id=ALICE, user_id=ALICE), message("/stats", chat_id=ALICE)],
+    ]
+
+    async def pickle_run(updates: list[dict[str, Any]]) -> None:
+        builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url).updater(None)
+        application = builder.persistence(PicklePersistence(tmp_path / "bot.pickle")).build()
+        add_handlers(application)
+        async with application:  # shutting down writes the pickle file
+            for data in updates:
+                await application.process_update(Update.de_json(data, application.bot))
+
+    api.reset()
+    for updates in script:
+        asyncio.run(pickle_run(updates))
+    with_pickle = api.sent_texts()
+
+    api.reset()
+    for updates in script:
+        bot = make_bot(None, [], configure=with_persistence())
+        add_handlers(bot.application)
+        for data in updates:
+            bot.process(data)
+        bot.close()
+    assert with_pickle == [
+        "What would you like?",
+        "Where to?",
+        "tea to Home, order 1.",
+        "2 messages here, 1 orders in all.",
+    ]
+    assert api.sent_texts() == with_pickle
