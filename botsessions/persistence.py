@@ -44,14 +44,15 @@ from .config import Fragment, Sessions
 from .errors import ConfigurationError, SessionNotLoadedError
 from .keys import per_chat, per_user, place_of
 from .serializers import Serializer, default_serializer
-from .storage.base import Delete, StorageKey
+from .storage.base import Delete, StorageKey, StoredSession, Write
 
 if TYPE_CHECKING:
     from telegram.ext import Application
 
     from .session import UpdateSessions
 
-#: Fragment names that start with this hold PTB's state; a session's name never does.
+#: Fragment names that start with this hold PTB's state; a session's name never does
+#: (it cannot hold a dot: :func:`botsessions.session.is_internal`).
 PTB_PREFIX = "ptb."
 CHAT_DATA = "ptb.chat_data"
 USER_DATA = "ptb.user_data"
@@ -67,11 +68,6 @@ ConversationKey = tuple[int | str, ...]
 _states: contextvars.ContextVar[dict[str, dict[ConversationKey, object]] | None] = (
     contextvars.ContextVar("botsessions_conversation_states", default=None)
 )
-
-
-def is_ptb_fragment(name: str) -> bool:
-    """Whether a fragment holds PTB's state rather than a session of ``context.session``."""
-    return name.startswith(PTB_PREFIX)
 
 
 class DjangoPersistence(BasePersistence[dict[Any, Any], dict[Any, Any], dict[Any, Any]]):
@@ -490,8 +486,6 @@ class PTBState:
     def migrate(self, sessions: UpdateSessions, old_chat_id: int, new_chat_id: int) -> None:
         """``migrate_chat_data``: the new chat's data becomes the old one's, the old one's
         is deleted, both in the update's commit (as PTB does, overwriting the new chat's)."""
-        from .storage.base import Write
-
         fragment = sessions.fragments.get(CHAT_DATA)
         if fragment is None:
             return
@@ -510,17 +504,17 @@ class PTBState:
         else:
             record = sessions.extra_records[old]
             data = None if record is None else fragment.fragment.serializer.loads(record.data)
+        if data is None:  # the group had none: the supergroup's becomes empty, as in PTB
+            data = self.application.context_types.chat_data()
         if fragment.key == new:
             fragment.set(data)
-        elif data is not None:
+        else:
             record = sessions.extra_records[new]
             text = fragment.fragment.serializer.dumps(data)
             expected = record.revision if record is not None else 0
             sessions.extra_changes.append(
-                (storage, Write(new, _record(text, expected + 1), expected))
+                (storage, Write(new, StoredSession(text, revision=expected + 1), expected))
             )
-        else:
-            sessions.extra_changes.append((storage, Delete(new, None)))
         if fragment.key != old and sessions.extra_records[old] is not None:
             sessions.extra_changes.append((storage, Delete(old, None)))
 
@@ -538,12 +532,6 @@ def _plain_state(state: object) -> object:
     if isinstance(state, str):
         return str(state)
     return state
-
-
-def _record(text: str, revision: int) -> Any:
-    from .storage.base import StoredSession
-
-    return StoredSession(text, None, None, revision)
 
 
 def describe_ptb_row(fragment: str, meaning: str) -> str | None:

@@ -337,6 +337,15 @@ def test_migrate_chat_data_moves_the_group_data_to_the_supergroup(make_bot, anno
     assert row("ptb.chat_data", f"chat:{SUPERGROUP}") == {"chat": 1}
 
 
+def test_migrate_chat_data_outside_a_migration_update_says_why(make_bot):
+    async def migrate(update: Any, context: Any) -> None:
+        context.application.migrate_chat_data(old_chat_id=GROUP, new_chat_id=SUPERGROUP)
+
+    bot = make_bot(None, [CommandHandler("move", migrate)], configure=with_persistence())
+    assert bot.process(message("/move", chat_id=GROUP, user_id=ALICE)) == "handler_failed"
+    assert "does not announce a migration" in str(bot.errors[0])
+
+
 # -- conversations ----------------------------------------------------------------------
 
 NAME, AGE, DONE = range(3)
