@@ -92,13 +92,13 @@ class Fragment(Generic[D]):
         """The storage this fragment uses (the shared database storage by default)."""
         if self.storage is not None:
             return self.storage
-        return _database_storage()
+        return database_storage()
 
 
 _default_database_storage: Callable[[], SessionStorage] | None = None
 
 
-def _database_storage() -> SessionStorage:
+def database_storage() -> SessionStorage:
     """The shared database storage; imported on first use (it needs Django's models)."""
     global _default_database_storage
     if _default_database_storage is None:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
 from .conf import settings
-from .config import Fragment, Sessions
+from .config import Fragment, Sessions, database_storage
 from .errors import (
     LockTimeout,
     SessionDataError,
@@ -709,6 +709,18 @@ class UpdateSessions:
         if not own and not others and not must_record:
             return 0
         assert primary is not None
+        if unit is not None and unit.wrote and not primary.commits_with_unit():
+            database = database_storage()
+            if database.commits_with_unit():
+                # Sessions outside the database (Redis), handlers' rows in it: the record
+                # commits with those rows, and the sessions follow the COMMIT, so a
+                # redelivery after a failed COMMIT finds neither and runs once more.
+                if not await database.commit([], self.mark):
+                    return None
+                self._commit_when_ended(unit, primary, own, self.mark)
+                for storage, batch in others.values():
+                    self._commit_when_ended(unit, storage, batch)
+                return len(own) + sum(len(batch) for _, batch in others.values())
         # The primary storage commits first, with the record, even with nothing of its own:
         # an update whose handlers wrote rows must not write them again when redelivered.
         if not await primary.commit(own, self.mark):
@@ -723,7 +735,11 @@ class UpdateSessions:
         return count
 
     def _commit_when_ended(
-        self, unit: UnitOfWork, storage: SessionStorage, batch: list[Change]
+        self,
+        unit: UnitOfWork,
+        storage: SessionStorage,
+        batch: list[Change],
+        mark: UpdateMark | None = None,
     ) -> None:
         """Commit ``batch`` once the unit's transaction has committed; then unlock.
 
@@ -746,7 +762,7 @@ class UpdateSessions:
         async def finish(committed: bool) -> None:
             try:
                 if committed:
-                    await storage.commit(batch, None)
+                    await storage.commit(batch, mark)
             except Exception as exc:
                 logger.error(
                     "botsessions: update %s is committed in the database, but its sessions "

@@ -296,6 +296,62 @@ def test_redis_failing_after_the_database_commit_is_logged(make_bot, prefix, raw
     assert bot.process(update) == Outcome.DUPLICATE
 
 
+async def count_and_buy(update: Any, context: Any) -> None:
+    from botproject.models import Purchase
+
+    context.session["count"] += 1
+    await Purchase.objects.acreate(chat_id=ALICE, user_id=ALICE, item="pizza")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sessions_in_redis_and_handler_rows_a_failed_commit_loses_neither(
+    make_bot, prefix, raw, monkeypatch
+):
+    """Every fragment in Redis, a handler writing rows: the record commits with the rows in
+    the database and Redis follows that COMMIT. A failed COMMIT leaves Redis untouched, so
+    the redelivery writes the row (once) instead of being taken as a duplicate."""
+    from django.db import DatabaseError
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from botproject.models import Purchase
+    from botsessions.models import ProcessedUpdate
+
+    failures = {"left": 1}
+    commit = BaseDatabaseWrapper.commit
+
+    def fail_once(self: Any) -> None:
+        if failures["left"] and self.in_atomic_block is False:
+            failures["left"] -= 1
+            raise DatabaseError("the server went away at COMMIT")
+        commit(self)
+
+    bot = make_bot(counter(prefix), [MessageHandler(filters.TEXT, count_and_buy)])
+    update = message(chat_id=ALICE)
+    monkeypatch.setattr(BaseDatabaseWrapper, "commit", fail_once)
+    with pytest.raises(DatabaseError, match="went away"):  # the webhook's 503
+        bot.process(update)
+    assert raw.keys(prefix + "*") == []  # no session, no record, no lock
+    assert not Purchase.objects.exists() and not ProcessedUpdate.objects.exists()
+
+    assert bot.process(update) == Outcome.COMMITTED  # the redelivery
+    assert bot.process(update) == Outcome.DUPLICATE
+    assert Purchase.objects.count() == 1
+    assert stored_count(prefix) == 1
+    assert ProcessedUpdate.objects.count() == 1  # the record went with the row
+
+
+def test_sessions_in_redis_and_no_rows_keep_the_record_in_redis(make_bot, prefix, raw):
+    """Handlers that write no rows cost the database nothing: the record stays in Redis."""
+    from botsessions.models import ProcessedUpdate
+
+    bot = make_bot(counter(prefix), [MessageHandler(filters.TEXT, count)])
+    update = message(chat_id=ALICE)
+    assert bot.process(update) == Outcome.COMMITTED
+    assert bot.process(update) == Outcome.DUPLICATE
+    assert not ProcessedUpdate.objects.exists()
+    assert [n for n in raw.keys(prefix + "*") if ":done:" in n] != []
+
+
 # -- versions and bad data, as with the database -------------------------------------------
 
 
