@@ -201,7 +201,16 @@ def _from_plain(kind: Any, data: Any) -> Any:
         if not isinstance(data, dict):
             raise TypeError(f"{kind.__name__} is stored as an object, found {type(data).__name__}")
         hints = _type_hints(kind)
-        return kind(**{name: _from_plain(hints.get(name, Any), v) for name, v in data.items()})
+        init = {f.name: f.init for f in dataclasses.fields(kind)}
+        unknown = data.keys() - init.keys()
+        if unknown:
+            raise TypeError(f"{kind.__name__} has no field {', '.join(sorted(unknown))}")
+        values = {name: _from_plain(hints.get(name, Any), v) for name, v in data.items()}
+        built = kind(**{name: v for name, v in values.items() if init[name]})
+        for name, v in values.items():
+            if not init[name]:  # field(init=False): stored, so set back as it was
+                object.__setattr__(built, name, v)
+        return built
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is list and args and isinstance(data, list):
         return [_from_plain(args[0], item) for item in data]

@@ -469,15 +469,13 @@ class UpdateSessions:
             self._primary = (
                 plan.fragments[0].storage or plan.fragments[0].fragment.resolve_storage()
             )
-        #: Whether the other storages commit only once the primary's transaction has.
-        self._defer_others = False
         if plan.mixed:
             # The record lives in the storage that commits with the handlers' rows, so
             # that storages outside the transaction never get ahead of it.
             for fragment_plan in plan.fragments:
                 storage = fragment_plan.storage or fragment_plan.fragment.resolve_storage()
                 if storage.commits_with_unit():
-                    self._primary, self._defer_others = storage, True
+                    self._primary = storage
                     break
         # Every key in each storage, locked together on that storage's first read.
         self._unlocked: dict[int, list[StorageKey]] = {}
@@ -709,30 +707,52 @@ class UpdateSessions:
         if not own and not others and not must_record:
             return 0
         assert primary is not None
-        if unit is not None and unit.wrote and not primary.commits_with_unit():
+        database = self._record_storage(primary, unit)
+        if database is None or unit is None:
+            # The primary storage commits first, with the record, even with nothing of its
+            # own: an update whose handlers wrote rows must not write them again.
+            if not await primary.commit(own, self.mark):
+                return None
+            for storage, batch in others.values():
+                await storage.commit(batch, None)
+        else:
+            # The record commits in the update's transaction, with the handlers' rows and
+            # the database's fragments; storages outside it (Redis) follow its COMMIT, so
+            # that a failed COMMIT leaves them untouched for the redelivery.
+            if not await database.commit(own if primary is database else [], self.mark):
+                return None
+            deferred = [] if primary is database else [(primary, own, self.mark)]
+            for storage, batch in others.values():
+                if storage.commits_with_unit():
+                    await storage.commit(batch, None)
+                else:
+                    deferred.append((storage, batch, None))
+            for storage, batch, mark in deferred:
+                self._commit_when_ended(unit, storage, batch, mark)
+            if deferred and self._held:
+                # Same-key updates of this process wait until those commits are done.
+                held, self._held = self._held, []
+                unit.when_ended(lambda committed: self._release_held(held))
+        return len(own) + sum(len(batch) for _, batch in others.values())
+
+    @staticmethod
+    def _record_storage(primary: SessionStorage, unit: UnitOfWork | None) -> SessionStorage | None:
+        """The storage that commits in the update's transaction and keeps its record:
+        the primary one when it does (a fragment in the database), else the database's
+        when the handlers wrote rows there; ``None`` when neither."""
+        if unit is None:
+            return None
+        if primary.commits_with_unit():
+            return primary
+        if unit.wrote:
             database = database_storage()
             if database.commits_with_unit():
-                # Sessions outside the database (Redis), handlers' rows in it: the record
-                # commits with those rows, and the sessions follow the COMMIT, so a
-                # redelivery after a failed COMMIT finds neither and runs once more.
-                if not await database.commit([], self.mark):
-                    return None
-                self._commit_when_ended(unit, primary, own, self.mark)
-                for storage, batch in others.values():
-                    self._commit_when_ended(unit, storage, batch)
-                return len(own) + sum(len(batch) for _, batch in others.values())
-        # The primary storage commits first, with the record, even with nothing of its own:
-        # an update whose handlers wrote rows must not write them again when redelivered.
-        if not await primary.commit(own, self.mark):
-            return None
-        count = len(own)
-        for storage, batch in others.values():
-            if self._defer_others and unit is not None:
-                self._commit_when_ended(unit, storage, batch)
-            else:
-                await storage.commit(batch, None)
-            count += len(batch)
-        return count
+                return database
+        return None
+
+    async def _release_held(self, held: list[StorageKey]) -> None:
+        assert self._locks is not None
+        self._locks.release(held)
 
     def _commit_when_ended(
         self,
@@ -744,10 +764,11 @@ class UpdateSessions:
         """Commit ``batch`` once the unit's transaction has committed; then unlock.
 
         Until then the storage keeps its locks (they are not given back with the
-        others'), so the commit still finds them held. After a rollback nothing is
-        written and the locks are given back. A commit failing after the database's
-        cannot be undone: it is logged, and the update stays committed (a redelivery
-        is taken as a duplicate), so those fragments' changes are lost.
+        others'), so the commit still finds them held, and the update keeps its keys in
+        this process. After a rollback nothing is written and the locks are given back.
+        A commit failing after the database's cannot be undone: it is logged, and the
+        update stays committed (a redelivery is taken as a duplicate), so those
+        fragments' changes are lost.
         """
         keys: list[StorageKey] = []
         kept = []

@@ -196,15 +196,10 @@ class UnitOfWork:
                 except Exception:
                     logger.exception("botsessions: finishing a storage after the commit failed")
 
+        # end() runs on the update's database thread, never on the loop (hooks count as
+        # pending writes for UnitExecutor.end), so the loop is free to run them.
         assert self.loop is not None
-        try:
-            on_loop = asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop:  # not reached by the engine (its hooks come with pending writes)
-            self.loop.create_task(run_all())
-        else:
-            asyncio.run_coroutine_threadsafe(run_all(), self.loop).result()
+        asyncio.run_coroutine_threadsafe(run_all(), self.loop).result()
 
     def end(self, outcome: str | None) -> str:
         """Write what is pending, commit or roll back, and give back the locks.

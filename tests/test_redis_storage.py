@@ -352,6 +352,80 @@ def test_sessions_in_redis_and_no_rows_keep_the_record_in_redis(make_bot, prefix
     assert [n for n in raw.keys(prefix + "*") if ":done:" in n] != []
 
 
+async def count_chat_and_buy(update: Any, context: Any) -> None:
+    from botproject.models import Purchase
+
+    context.session.chat["count"] += 1
+    await Purchase.objects.acreate(chat_id=ALICE, user_id=ALICE, item="pizza")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("bot_kind", ["mixed", "all in Redis, rows"])
+@pytest.mark.parametrize("path", ["wsgi", "asgi"])
+def test_same_key_updates_whose_redis_commit_follows_the_database_lose_nothing(
+    make_bot, prefix, bot_kind, path
+):
+    """Redis commits after the database's COMMIT: the next update of the same key in this
+    process must wait for that commit (and its lock), not read what it is replacing."""
+    from botproject.models import Purchase
+
+    if bot_kind == "mixed":
+        bot = make_bot(mixed(prefix), [MessageHandler(filters.TEXT, count_both)])
+    else:
+        sessions = Sessions.multi(
+            chat=Fragment(initial=lambda: {"count": 0}, storage=storage(prefix))
+        )
+        bot = make_bot(sessions, [MessageHandler(filters.TEXT, count_chat_and_buy)])
+
+    def deliver(_: int) -> str:
+        update = bot.runner.decode(message(chat_id=ALICE))
+        if path == "wsgi":
+            return bot.runner.process(update)
+        return asyncio.run(bot.runner.aprocess(update))
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(deliver, range(12)))
+    assert outcomes == [Outcome.COMMITTED] * 12
+    assert stored_count(prefix, CHAT_KEY) == 12
+    if bot_kind != "mixed":
+        assert Purchase.objects.count() == 12
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_database_storages_write_in_the_update_transaction(make_bot, monkeypatch):
+    """A fragment given a DatabaseStorage of its own beside the default one: both are
+    written by the unit, in its transaction, not deferred past its COMMIT."""
+    from django.db import connection
+
+    from botsessions.models import Session
+    from botsessions.storage.db import DatabaseStorage
+
+    seen: list[bool] = []
+    commit_sync = DatabaseStorage.commit_sync
+
+    def spy(self: Any, changes: Any, mark: Any = None) -> bool:
+        seen.append(connection.in_atomic_block)
+        return commit_sync(self, changes, mark)
+
+    monkeypatch.setattr(DatabaseStorage, "commit_sync", spy)
+    sessions = Sessions.multi(
+        a=Fragment(initial=lambda: {"count": 0}),
+        b=Fragment(initial=lambda: {"count": 0}, storage=DatabaseStorage()),
+    )
+
+    async def count_a_and_b(update: Any, context: Any) -> None:
+        context.session.a["count"] += 1
+        context.session.b["count"] += 1
+
+    bot = make_bot(sessions, [MessageHandler(filters.TEXT, count_a_and_b)])
+    assert bot.process(message(chat_id=ALICE)) == Outcome.COMMITTED
+    assert seen == [True, True]
+    assert sorted(Session.objects.values_list("fragment", "data")) == [
+        ("a", {"count": 1}),
+        ("b", {"count": 1}),
+    ]
+
+
 # -- versions and bad data, as with the database -------------------------------------------
 
 
@@ -373,13 +447,19 @@ def test_newer_data_is_refused_and_left_alone(make_bot, prefix, raw):
     assert raw.get(name) == before
 
 
-@pytest.mark.parametrize("kind", ["not json", "not our format", "a hash"])
+@pytest.mark.parametrize(
+    "kind", ["not json", "not our format", "a hash", "a year past 9999", "400 digits"]
+)
 def test_bad_stored_data_is_left_alone_and_other_chats_go_on(make_bot, prefix, raw, kind):
     name = f"{prefix}{{{BOT}}}:s::chat:{ALICE}"
     if kind == "not json":
         raw.set(name, "1|||{not json")
     elif kind == "not our format":
         raw.set(name, '{"count": 1}')
+    elif kind == "a year past 9999":
+        raw.set(name, '1||99999999999999999999|{"count": 1}')
+    elif kind == "400 digits":
+        raw.set(name, "1||" + "9" * 400 + '|{"count": 1}')
     else:
         raw.hset(name, "count", 1)
     bot = make_bot(counter(prefix), [MessageHandler(filters.TEXT, count)])

@@ -284,3 +284,29 @@ def test_migrations_upgrade_dataclass_data_as_stored_json(make_bot, probe):
     outcome = make_bot(broken, [every_update(new)]).process(message("hi"))
     assert outcome == Outcome.BAD_STORED_DATA
     assert json.loads(probe.stored_text(BOT, "", f"chat:{ALICE}")) == stored  # left as it was
+
+
+@dataclass
+class Tally:
+    items: list[str] = field(default_factory=list)
+    total: int = field(default=0, init=False)
+
+
+@dataclass(frozen=True)
+class Stamp:
+    at: str = ""
+    seen: bool = field(default=False, init=False)
+
+
+def test_fields_not_taken_by_init_come_back_as_stored():
+    tally = Tally(["a"])
+    tally.total = 3
+    serializer = DataclassSerializer(Tally)
+    assert serializer.loads(serializer.dumps(tally)) == tally
+    assert serializer.loads(serializer.dumps(tally)).total == 3
+    stamp = Stamp("noon")
+    object.__setattr__(stamp, "seen", True)
+    frozen = DataclassSerializer(Stamp)
+    assert frozen.loads(frozen.dumps(stamp)).seen is True
+    with pytest.raises(TypeError, match="has no field renamed"):
+        serializer.loads('{"items": [], "renamed": 1}')

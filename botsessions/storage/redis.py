@@ -39,13 +39,22 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from ..conf import settings
 from ..errors import LockTimeout, SessionConflict, StorageError, StoredDataError
 from ..unit import current_unit
-from .base import Change, Delete, SessionStorage, StorageKey, StoredSession, UpdateMark, Write
+from .base import (
+    Change,
+    Delete,
+    SessionStorage,
+    StorageKey,
+    StoredSession,
+    UpdateMark,
+    Write,
+    on_short_lived_loop,
+)
 
 logger = logging.getLogger("botsessions")
 
@@ -136,7 +145,9 @@ class RedisStorage(SessionStorage):
     """Sessions in Redis: pass ``url`` (``"redis://host:6379/0"``) or ``client``.
 
     ``client`` is a ``redis.asyncio.Redis`` of yours, used as it is (on the bot's event
-    loop). With ``url``, the storage makes one client per event loop that uses it.
+    loop), except by the admin and the session commands: their short-lived loops get a
+    client of their own with its connection settings. With ``url``, the storage makes
+    one client per event loop that uses it.
     ``prefix`` starts every key name, so several projects can share a database.
     """
 
@@ -171,16 +182,28 @@ class RedisStorage(SessionStorage):
 
     @property
     def client(self) -> Redis:
-        """The client for the running event loop."""
-        if self._client is not None:
+        """The client for the running event loop.
+
+        A given client's connections are bound to the loop that opened them (the
+        bot's), so a lookup's short-lived loop gets one made here instead.
+        """
+        if self._client is not None and not on_short_lived_loop.get():
             return self._client
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            assert self.url is not None
-            client = Redis.from_url(self.url, **self._client_options)
-            self._clients[loop] = client
+            client = self._clients[loop] = self._new_client()
         return client
+
+    def _new_client(self) -> Redis:
+        """A client of this storage's own: from ``url``, or with the given client's settings."""
+        if self._client is None:
+            assert self.url is not None
+            return Redis.from_url(self.url, **self._client_options)
+        pool = self._client.connection_pool
+        return Redis.from_pool(
+            ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
+        )
 
     def _script(self, name: str, client: Redis) -> Any:
         scripts = self._scripts.get(client)
@@ -428,9 +451,7 @@ class RedisStorage(SessionStorage):
                 return
 
     async def close_for_loop(self) -> None:
-        """Close the client made for the running loop (not one passed as ``client``)."""
-        if self._client is not None:
-            return
+        """Close the client made for the running loop (never one passed as ``client``)."""
         client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
@@ -466,5 +487,6 @@ def _decode(key: StorageKey, value: Any) -> StoredSession | None:
             expires_at=datetime.fromtimestamp(int(expiry) / 1000, UTC) if expiry else None,
             revision=int(revision),
         )
-    except (UnicodeDecodeError, ValueError, InvalidOperation) as exc:
+    except (UnicodeDecodeError, ValueError, InvalidOperation, OverflowError, OSError) as exc:
+        # OverflowError, OSError: an expiry no datetime can hold (a tampered value).
         raise StoredDataError(f"session {key} is not in this storage's format: {exc}") from exc
