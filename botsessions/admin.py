@@ -9,7 +9,6 @@ data fails its compare-and-set rather than overwriting the operator's change.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -44,6 +43,7 @@ if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
 
 from .bots import session_configs, sessions_for_bot_id
+from .display import decode_stored, printable, shortened, shown_data
 from .errors import SessionDataError
 from .keys import describe_key
 from .maintenance import (
@@ -59,7 +59,6 @@ from .models import ProcessedUpdate, Session
 from .persistence import describe_ptb_row
 from .serializers import MAX_NESTING, Serializer, default_serializer
 
-PREVIEW_LENGTH = 80
 SINGLE_FRAGMENT = "-"  # the filter's value for the unnamed fragment of a single session
 
 
@@ -170,44 +169,6 @@ MAX_DEPTH = MAX_NESTING
 # NUL: PostgreSQL stores it in no text, JSON included. A lone surrogate: no valid Unicode,
 # so no database stores it as text, and a page holding one cannot be encoded at all.
 _UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def printable(text: str) -> str:
-    """``text`` with every surrogate written as a JSON escape (``\\ud800``).
-
-    JSON may escape a lone surrogate and SQLite keeps such data, but a page holding one
-    raw cannot be encoded as UTF-8. Inside a JSON string the escape means the same.
-    """
-    if not _SURROGATE.search(text):
-        return text
-    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
-
-
-def decode_stored(text: str | None) -> tuple[bool, Any]:
-    """``(True, value)`` for stored JSON text Python can read, else ``(False, None)``.
-
-    Rows written before the admin checked edits, or by other code, may hold what
-    Python's JSON cannot read: numbers of more than 4,300 digits, nesting deeper than
-    its recursion limit.
-    """
-    if text is None:
-        return False, None
-    try:
-        return True, json.loads(text)
-    except (ValueError, RecursionError):
-        return False, None
-
-
-def shown_data(text: str | None, *, indent: int | None = None) -> str:
-    """Stored JSON text as a page shows it: re-encoded when Python can, else as stored."""
-    if text is None:
-        return ""
-    readable, value = decode_stored(text)
-    if readable:
-        with contextlib.suppress(ValueError, RecursionError):  # too deep for indenting
-            text = json.dumps(value, indent=indent, ensure_ascii=False)
-    return printable(text)
 
 
 def parse_edit(text: str) -> Any:
@@ -896,10 +857,7 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
 
     @admin.display(description=_("data"))
     def data_preview(self, obj: Session) -> SafeString:
-        text = shown_data(_stored_text(obj))
-        if len(text) > PREVIEW_LENGTH:
-            text = text[: PREVIEW_LENGTH - 1] + "…"
-        return format_html("<code>{}</code>", text)
+        return format_html("<code>{}</code>", shortened(shown_data(_stored_text(obj))))
 
     @admin.display(description=_("data"))
     def data_pretty(self, obj: Session) -> SafeString:

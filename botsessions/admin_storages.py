@@ -8,7 +8,9 @@ delete, each checked before anything is looked up, so a user without it gets the
 403 for any session. A session is named by the query string (``bot``, ``fragment``,
 ``key``); anything typed there that names no session leads back to the search with a
 message, never to a server error. Resets and deletes are compare-and-set on the
-revision the confirmation page showed (:mod:`botsessions.lookup`).
+revision the confirmation page showed (:mod:`botsessions.lookup`), which must be the
+session's current one when it can be read: "none" skips the check only for a stored
+value that cannot be read.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 
-from .admin import SessionAdmin, _bot_id, printable, shown_data
+from .admin import SessionAdmin, _bot_id
+from .display import printable, shortened, shown_data
 from .errors import SessionDataError, StorageError
 from .keys import describe_key
 from .lookup import (
@@ -44,7 +47,6 @@ from .lookup import (
 )
 from .maintenance import initial_data
 
-PREVIEW_LENGTH = 80
 _REVISION = re.compile(r"\d{1,18}")
 
 
@@ -135,6 +137,10 @@ class StorageViews:
                 return HttpResponseRedirect(show_url)
             revision = None if shown == "none" else int(shown)
             try:
+                if revision != found.revision:
+                    # The server, not the form, decides when the compare-and-set is
+                    # skipped: only for a value that cannot be read now.
+                    raise SessionChanged(found.key)
                 if verb == "reset":
                     kept = reset_session(found.ref, found.key, revision=revision)
                 else:
@@ -164,7 +170,7 @@ class StorageViews:
             except SessionDataError as exc:
                 self._error(request, _("The bot's initial data cannot be stored: %s") % exc)
                 return HttpResponseRedirect(show_url)
-            writes = "" if plan.deletes else _shown(json.dumps(plan.data), indent=2)
+            writes = "" if plan.deletes else shown_data(json.dumps(plan.data), indent=2)
         title = (
             _("Reset this session to initial data?")
             if verb == "reset"
@@ -203,7 +209,7 @@ class StorageViews:
                 request,
                 _("No session %(key)s in %(where)s.")
                 % {
-                    "key": _printable(key),
+                    "key": printable(key),
                     "where": ref.label,
                 },
             )
@@ -214,13 +220,10 @@ class StorageViews:
 
     def _row(self, request: HttpRequest, found: Found) -> dict[str, Any]:
         details = self._details(found)
-        preview = details["data"].replace("\n", " ")
-        preview = re.sub(r"\s+", " ", preview)
-        if len(preview) > PREVIEW_LENGTH:
-            preview = preview[: PREVIEW_LENGTH - 1] + "…"
+        preview = re.sub(r"\s+", " ", details["data"])  # the indented JSON on one line
         return {
             **details,
-            "preview": preview,
+            "preview": shortened(preview),
             "url": self._url("botsessions_storage_session", found),
         }
 
@@ -230,8 +233,8 @@ class StorageViews:
         details: dict[str, Any] = {
             "where": found.ref.label,
             "storage": repr(found.ref.storage),
-            "key": _printable(found.key),
-            "meaning": "" if meaning == found.key else _printable(meaning),
+            "key": printable(found.key),
+            "meaning": "" if meaning == found.key else printable(meaning),
             "problem": found.problem,
             "data": "",
             "revision": None,
@@ -239,7 +242,7 @@ class StorageViews:
             "expiry": _("never"),
         }
         if record is not None:
-            details["data"] = _shown(record.data, indent=2)
+            details["data"] = shown_data(record.data, indent=2)
             details["revision"] = record.revision
             if record.version is not None:
                 details["version"] = format(record.version.normalize(), "f")
@@ -285,12 +288,4 @@ class StorageViews:
             raise PermissionDenied
 
     def _error(self, request: HttpRequest, message: str) -> None:
-        self.model_admin.message_user(request, _printable(message), messages.ERROR)
-
-
-def _shown(text: str, *, indent: int | None = None) -> str:
-    return shown_data(text, indent=indent)
-
-
-def _printable(text: str) -> str:
-    return printable(text)
+        self.model_admin.message_user(request, printable(message), messages.ERROR)

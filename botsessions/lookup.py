@@ -8,14 +8,19 @@ session's lock: a reset or a delete is a compare-and-set on the revision the ope
 was shown, so it never overwrites a write the bot made meanwhile, and a bot holding the
 older data fails its own compare-and-set (a 503, then a redelivery that reads the fix).
 
-Each call runs on a short-lived event loop of its own and closes what the storage
-opened for it (:meth:`~botsessions.storage.base.SessionStorage.close_for_loop`).
+Each call runs on a short-lived event loop of its own, even under ASGI (never the bot's:
+a storage's connections of that loop are the bot's), and closes what the storage opened
+for it (:meth:`~botsessions.storage.base.SessionStorage.close_for_loop`). A storage
+failing in any way there (a connection error of its client library, a loop error) is a
+:class:`~botsessions.errors.StorageError`, which the admin and the commands report as an
+unreachable storage.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -26,11 +31,21 @@ from asgiref.sync import async_to_sync
 
 from .bots import session_configs
 from .config import Fragment
-from .errors import SessionConflict, StoredDataError
+from .display import shown_data
+from .errors import SessionConflict, SessionError, StorageError, StoredDataError
 from .keys import chat_key, storable_key
 from .maintenance import initial_data
 from .session import MAX_KEY_LENGTH
-from .storage.base import Delete, SessionStorage, StorageKey, StoredSession, Write
+from .storage.base import (
+    Delete,
+    SessionStorage,
+    StorageKey,
+    StoredSession,
+    Write,
+    on_short_lived_loop,
+)
+
+logger = logging.getLogger("botsessions")
 
 T = TypeVar("T")
 
@@ -199,8 +214,6 @@ def delete_session(ref: FragmentRef, key: str, *, revision: int | None) -> None:
 
 def shown_json(text: str) -> str:
     """Stored data as a page or a terminal shows it: indented JSON when Python reads it."""
-    from .admin import shown_data
-
     return shown_data(text, indent=2)
 
 
@@ -209,12 +222,28 @@ def shown_json(text: str) -> str:
 
 def _run(storage: SessionStorage, work: Callable[[], Awaitable[T]]) -> T:
     async def call() -> T:
+        # Reset at the end: asgiref copies the context back to the caller's thread.
+        token = on_short_lived_loop.set(True)
         try:
             return await work()
         finally:
-            await storage.close_for_loop()
+            try:
+                await storage.close_for_loop()
+            except Exception:  # the loop ends anyway; the work's outcome is what counts
+                logger.warning(
+                    "botsessions: closing %r's connections failed", storage, exc_info=True
+                )
+            on_short_lived_loop.reset(token)
 
-    return async_to_sync(call)()
+    try:
+        return async_to_sync(call, force_new_loop=True)()
+    except SessionError:
+        raise
+    except Exception as exc:
+        # Not only StorageError: a client failing otherwise (a connection bound to
+        # another loop, a closed loop) is as unreachable for the operator.
+        logger.warning("botsessions: %r failed", storage, exc_info=True)
+        raise StorageError(f"{storage!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 async def _read(ref: FragmentRef, keys: Sequence[str]) -> list[Found]:

@@ -33,13 +33,19 @@ CHAT = -4012345678
 USER = 111
 FIND = "admin:botsessions_storages"
 
-_prefix = {"value": "", "url": URL}
+_prefix: dict[str, Any] = {"value": "", "url": URL, "client": False}
 
 
 def build_cache_application() -> Application:  # type: ignore[type-arg]
+    from redis.asyncio import Redis
+
     from botsessions.storage.redis import RedisStorage
 
-    redis = RedisStorage(url=_prefix["url"], prefix=_prefix["value"])
+    if _prefix["client"]:  # a client of the bot's own, as client= takes it
+        client = Redis.from_url(_prefix["url"], decode_responses=True)
+        redis = RedisStorage(client=client, prefix=_prefix["value"])
+    else:
+        redis = RedisStorage(url=_prefix["url"], prefix=_prefix["value"])
     sessions = Sessions.multi(
         menu=Fragment(
             initial=lambda: {"step": "start"},
@@ -58,6 +64,7 @@ def prefix(settings: Any) -> Iterator[str]:
     require_redis()
     _prefix["value"] = prefix = new_prefix()
     _prefix["url"] = URL
+    _prefix["client"] = False
     settings.BOTSESSIONS_BOTS = {
         **settings.BOTSESSIONS_BOTS,
         "cache": {"APPLICATION": "tests.test_admin_storages.build_cache_application"},
@@ -303,6 +310,63 @@ def test_redis_going_away_is_a_message_not_an_error(admin_client: Client, prefix
     assert response.status_code == 200 and "could not be searched" in response.text
     response = admin_client.get(page("session"), follow=True)
     assert response.status_code == 200 and "could not be read" in response.text
+
+
+def test_a_storage_given_its_client_is_found_shown_reset_and_deleted(
+    admin_client: Client, prefix: str, raw: Any
+) -> None:
+    """client=: each page's lookups run on a loop of their own, on a client of their own."""
+    from botsessions import bots
+
+    _prefix["client"] = True
+    bots._forget_session_configs()
+    store("menu", f"m:chat:{CHAT}", {"step": "pay"}, revision=2)
+    for _ in range(2):  # the second page's loop is another one
+        found = admin_client.get(reverse(FIND), {"q": str(CHAT)})
+        assert found.status_code == 200 and f"<code>m:chat:{CHAT}</code>" in found.text
+        assert admin_client.get(page("session")).status_code == 200
+    response = admin_client.post(page("reset"), {"post": "yes", "revision": "2"})
+    assert notes(response) == [f"Reset session m:chat:{CHAT} to its initial data."]
+    assert stored(raw, prefix, "menu", f"m:chat:{CHAT}") == (3, {"step": "start"})
+    admin_client.post(page("delete"), {"post": "yes", "revision": "3"})
+    assert raw.exists(name(prefix, "menu", f"m:chat:{CHAT}")) == 0
+
+
+def test_any_failure_of_the_storage_is_a_message_not_an_error(
+    admin_client: Client, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only StorageError: a client failing otherwise (a loop error) reads the same."""
+    from botsessions.storage.redis import RedisStorage
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("Event loop is closed")
+
+    monkeypatch.setattr(RedisStorage, "read_many", broken)
+    monkeypatch.setattr(RedisStorage, "keys_under", broken)
+    response = admin_client.get(reverse(FIND), {"q": str(CHAT)}, follow=True)
+    assert response.status_code == 200 and "could not be searched" in response.text
+    response = admin_client.get(page("session"), follow=True)
+    assert response.status_code == 200 and "could not be read" in response.text
+    assert "Event loop is closed" in response.text
+
+
+@pytest.mark.parametrize("view", ["reset", "delete"])
+def test_the_server_decides_whether_a_revision_is_needed(
+    admin_client: Client, prefix: str, raw: Any, view: str
+) -> None:
+    """A readable session needs its revision: a crafted "none" skips no compare-and-set."""
+    conflict = ["The bot changed this session after you opened it; nothing was done."]
+    store("menu", f"m:chat:{CHAT}", {"step": "pay"}, revision=4)
+    for revision in ("none", "3"):
+        response = admin_client.post(page(view), {"post": "yes", "revision": revision})
+        assert response.status_code == 302 and notes(response)[-1:] == conflict
+    assert stored(raw, prefix, "menu", f"m:chat:{CHAT}") == (4, {"step": "pay"})
+    # The other way round: a value that cannot be read is acted on only with "none".
+    raw.delete(name(prefix, "menu", f"m:chat:{CHAT}"))
+    raw.hset(name(prefix, "menu", f"m:chat:{CHAT}"), "step", "x")
+    response = admin_client.post(page(view), {"post": "yes", "revision": "4"})
+    assert notes(response)[-1:] == conflict
+    assert raw.type(name(prefix, "menu", f"m:chat:{CHAT}")) == "hash"
 
 
 # -- permissions -------------------------------------------------------------------------

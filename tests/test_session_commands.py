@@ -120,6 +120,33 @@ def test_redis_going_away_is_a_command_error(prefix: str) -> None:
         run("showsession", "menu", "m:chat:1", "--bot", "cache")
 
 
+def test_the_commands_work_on_a_storage_given_its_client(prefix: str, raw: Any) -> None:
+    """client=: every lookup of a command runs on a loop of its own, on a client of its own."""
+    from botsessions import bots
+
+    test_admin_storages._prefix["client"] = True
+    bots._forget_session_configs()
+    store("menu", f"m:chat:{CHAT}", {"step": "pay"}, revision=3)
+    assert "Revision:  3" in run("showsession", "menu", f"m:chat:{CHAT}", "--bot", "cache")
+    run("resetsession", "menu", f"m:chat:{CHAT}", "--bot", "cache")
+    assert stored(raw, prefix, "menu", f"m:chat:{CHAT}") == (4, {"step": "start"})
+    run("deletesession", "menu", f"m:chat:{CHAT}", "--bot", "cache")
+    assert raw.exists(name(prefix, "menu", f"m:chat:{CHAT}")) == 0
+
+
+def test_any_failure_of_the_storage_is_a_command_error(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botsessions.storage.redis import RedisStorage
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("Event loop is closed")
+
+    monkeypatch.setattr(RedisStorage, "read_many", broken)
+    with pytest.raises(CommandError, match="Event loop is closed"):
+        run("showsession", "menu", "m:chat:1", "--bot", "cache")
+
+
 @pytest.mark.slow
 def test_from_a_terminal_bad_input_is_one_line_and_exit_code_1(
     api: FakeBotAPI, tmp_path: Any

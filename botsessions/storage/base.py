@@ -16,9 +16,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+
+#: True while the admin or a session command runs a call on a short-lived event loop
+#: of its own (:mod:`botsessions.lookup`). A connection bound to the bot's loop cannot
+#: be used there, so a storage holding one opens that loop's own, and closes it in
+#: :meth:`SessionStorage.close_for_loop`.
+on_short_lived_loop: ContextVar[bool] = ContextVar("botsessions_short_lived_loop", default=False)
 
 
 @dataclass(frozen=True, order=True)
