@@ -150,9 +150,24 @@ class Sessions:
                 )
             if not isinstance(fragment, Fragment):
                 raise ConfigurationError(f"fragment {name!r} must be a Fragment")
+        return cls.of_fragments(
+            fragments, is_multi=True, migrate_chats=migrate_chats, locking=locking
+        )
+
+    @classmethod
+    def of_fragments(
+        cls,
+        fragments: Mapping[str, Fragment],
+        *,
+        is_multi: bool,
+        migrate_chats: bool = False,
+        locking: bool = True,
+    ) -> Sessions:
+        """Sessions of fragments whose names are checked already: :meth:`multi`'s, or
+        the engine's own combination of a bot's sessions with PTB's state."""
         sessions = cls(migrate_chats=migrate_chats, locking=locking)
         sessions.fragments = dict(fragments)
-        sessions.is_multi = True
+        sessions.is_multi = is_multi
         return sessions
 
     def __repr__(self) -> str:

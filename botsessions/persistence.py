@@ -33,16 +33,18 @@ states and nothing is kept in memory afterwards.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator, MutableMapping
+import enum
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from telegram import Update
 from telegram.ext import BasePersistence, ConversationHandler, PersistenceInput
 from telegram.ext._handlers.conversationhandler import PendingState
 
+from .chat_migration import migration_of
 from .config import Fragment, Sessions
-from .errors import ConfigurationError, SessionNotLoadedError
-from .keys import per_chat, per_user, place_of
+from .errors import ConfigurationError, SessionDataError, SessionNotLoadedError
+from .keys import describe_key, per_chat, per_user, place_of
 from .serializers import Serializer, default_serializer
 from .storage.base import Delete, StorageKey, StoredSession, Write
 
@@ -82,8 +84,11 @@ class DjangoPersistence(BasePersistence[dict[Any, Any], dict[Any, Any], dict[Any
     Each update reads only its own chat's, user's and conversations' state (and
     ``bot_data``), in the statement that reads its sessions, and writes what changed in
     its transaction: nothing is loaded at start-up and nothing waits for a timer.
-    ``store_data`` turns pieces off as in PTB; ``serializer`` (JSON by default) is the
-    one all of them are stored with. Arbitrary callback data is not persisted yet.
+    ``store_data`` turns pieces off as in PTB. ``serializer`` (JSON by default) stores
+    every piece, conversation states included, except those given one of their own:
+    ``chat_data_serializer``, ``user_data_serializer``, ``bot_data_serializer`` (each
+    piece can have a class of its own in ``ContextTypes``, so each needs a serializer
+    that builds it). Arbitrary callback data is not persisted yet.
     """
 
     def __init__(
@@ -91,10 +96,19 @@ class DjangoPersistence(BasePersistence[dict[Any, Any], dict[Any, Any], dict[Any
         store_data: PersistenceInput | None = None,
         *,
         serializer: Serializer = default_serializer,
+        chat_data_serializer: Serializer | None = None,
+        user_data_serializer: Serializer | None = None,
+        bot_data_serializer: Serializer | None = None,
     ) -> None:
         # The interval only paces PTB's timer, which has nothing to write here.
         super().__init__(store_data=store_data, update_interval=3600)
         self.serializer = serializer
+        #: The serializer of each piece of PTB's data, by its name in ``store_data``.
+        self.serializers: dict[str, Serializer] = {
+            "chat_data": chat_data_serializer or serializer,
+            "user_data": user_data_serializer or serializer,
+            "bot_data": bot_data_serializer or serializer,
+        }
         self.application: Application[Any, Any, Any, Any, Any, Any] | None = None
 
     def attach(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
@@ -238,8 +252,13 @@ def conversation_handlers(
     application: Application[Any, Any, Any, Any, Any, Any],
 ) -> list[ConversationHandler[Any]]:
     """Every ConversationHandler of the application, nested ones too."""
+    return conversations_in(h for handlers in application.handlers.values() for h in handlers)
+
+
+def conversations_in(handlers: Iterable[object]) -> list[ConversationHandler[Any]]:
+    """The ConversationHandlers among ``handlers``, and those nested in them."""
     found: list[ConversationHandler[Any]] = []
-    pending = [h for handlers in application.handlers.values() for h in handlers]
+    pending = list(handlers)
     while pending:
         handler = pending.pop()
         if isinstance(handler, ConversationHandler):
@@ -252,12 +271,22 @@ def conversation_handlers(
 def persistent_conversations(
     application: Application[Any, Any, Any, Any, Any, Any],
 ) -> dict[str, ConversationHandler[Any]]:
-    """Every persistent, named ConversationHandler of the application, by name."""
-    return {
-        handler.name: handler
-        for handler in conversation_handlers(application)
-        if handler.persistent and handler.name
-    }
+    """Every persistent, named ConversationHandler of the application, by name.
+
+    Two of them with one name would share one row per key, each taking the other's
+    state for its own: refused.
+    """
+    found: dict[str, ConversationHandler[Any]] = {}
+    for handler in conversation_handlers(application):
+        if not (handler.persistent and handler.name):
+            continue
+        other = found.setdefault(handler.name, handler)
+        if other is not handler:
+            raise ConfigurationError(
+                f"two persistent ConversationHandlers are named {handler.name!r}: each "
+                "conversation's state is stored under its name, so give each a name of its own"
+            )
+    return found
 
 
 # -- the state of one update -------------------------------------------------------------
@@ -329,12 +358,13 @@ class PTBState:
             if (
                 getattr(store, name)
                 and kind is not dict
-                and persistence.serializer is default_serializer
+                and persistence.serializers[name] is default_serializer
             ):
                 raise ConfigurationError(
                     f"DjangoPersistence stores {name} as JSON, so ContextTypes({name}=...) must "
-                    f"be dict (it is {kind.__name__}); or give DjangoPersistence a serializer "
-                    "that stores your type"
+                    f"be dict (it is {kind.__name__}); or give DjangoPersistence a "
+                    f"{name}_serializer that stores your type "
+                    f"(DjangoPersistence({name}_serializer=DataclassSerializer(...)))"
                 )
         self.conversations: dict[str, ConversationHandler[Any]] = {}
         #: The names of the fragments PTB's state is stored in.
@@ -346,33 +376,37 @@ class PTBState:
         ``context.session`` sees only the bot's own (PTB's have a dot in their name).
         """
         fragments = self.fragments()
-        combined = Sessions(
-            migrate_chats=sessions.migrate_chats if sessions is not None else False,
-            locking=sessions.locking if sessions is not None else True,
-        )
-        combined.fragments = {**(sessions.fragments if sessions is not None else {}), **fragments}
-        combined.is_multi = sessions.is_multi if sessions is not None else False
         self.stored = frozenset(fragments)
-        return combined
+        if sessions is None:
+            return Sessions.of_fragments(fragments, is_multi=False)
+        return Sessions.of_fragments(
+            {**sessions.fragments, **fragments},
+            is_multi=sessions.is_multi,
+            migrate_chats=sessions.migrate_chats,
+            locking=sessions.locking,
+        )
 
     def fragments(self) -> dict[str, Fragment]:
         """The fragments PTB's state is stored in, for the handlers added so far."""
         store = self.persistence.store_data
-        serializer = self.persistence.serializer
+        serializers = self.persistence.serializers
         types = self.application.context_types
         fragments: dict[str, Fragment] = {}
         if store.chat_data:
             fragments[CHAT_DATA] = Fragment(
-                initial=types.chat_data, key=per_chat, serializer=serializer
+                initial=types.chat_data, key=per_chat, serializer=serializers["chat_data"]
             )
         if store.user_data:
             fragments[USER_DATA] = Fragment(
-                initial=types.user_data, key=per_user, serializer=serializer
+                initial=types.user_data, key=per_user, serializer=serializers["user_data"]
             )
         if store.bot_data:
             # Read by every update, locked by none: a write is a compare-and-set.
             fragments[BOT_DATA] = Fragment(
-                initial=types.bot_data, key=_bot_key, serializer=serializer, lock=False
+                initial=types.bot_data,
+                key=_bot_key,
+                serializer=serializers["bot_data"],
+                lock=False,
             )
         self.conversations = persistent_conversations(self.application)
         for name, handler in sorted(self.conversations.items()):
@@ -381,15 +415,8 @@ class PTBState:
                     f"a persistent ConversationHandler's name must be printable and at most "
                     f"{MAX_CONVERSATION_NAME} characters to be stored: {name!r:.80}"
                 )
-            if handler.conversation_timeout:
-                raise ConfigurationError(
-                    f"ConversationHandler {name!r} is persistent and has a conversation_timeout: "
-                    "timeouts are jobs of PTB's JobQueue, which live in one process's memory, "
-                    "and DjangoPersistence does not run them. End such conversations with a "
-                    "state or a command of your own, or store a deadline in chat_data"
-                )
             fragments[CONVERSATION + name] = Fragment(
-                key=_conversation_resolver(handler), serializer=serializer
+                key=_conversation_resolver(handler), serializer=self.persistence.serializer
             )
         return fragments
 
@@ -445,10 +472,10 @@ class PTBState:
             state = states.get(name, {}).get(key) if key is not None else None
             if isinstance(state, PendingState):
                 # Non-blocking handlers have finished by now (the engine waited for them).
-                state = state.resolve() if state.done() else state.old_state
+                state = state.resolve()
             if state == ConversationHandler.END:
                 state = None
-            fragment.value = _plain_state(state)
+            fragment.value = _plain_state(name, state)
 
     # -- drop_chat_data, drop_user_data, migrate_chat_data ---------------------------------
 
@@ -472,8 +499,6 @@ class PTBState:
     def migration_keys(self, sessions: UpdateSessions) -> list[StorageKey]:
         """The other chat's chat_data key of an update announcing a supergroup migration:
         read and locked with the update's own, so ``migrate_chat_data`` can move it."""
-        from .chat_migration import migration_of
-
         fragment = sessions.fragments.get(CHAT_DATA)
         update = sessions.update
         if fragment is None or fragment.key is None or not isinstance(update, Update):
@@ -519,12 +544,25 @@ class PTBState:
             sessions.extra_changes.append((storage, Delete(old, None)))
 
 
-def _plain_state(state: object) -> object:
-    """A state of an int or str enum (``class Step(IntEnum)``) as its plain value.
+def _plain_state(name: str, state: object) -> object:
+    """A state of an int or str enum (``IntEnum``, ``StrEnum``, ``class S(str, Enum)``)
+    as its plain value.
 
-    It reads back equal to the member (``Step.NAME == 1``), so ``states[...]`` finds
-    its handlers; other objects go to the serializer as they are (JSON refuses them).
+    The value reads back equal to the member (``Step.NAME == 1``, with the same hash),
+    so the handler's ``states`` finds it. A plain ``Enum`` member equals nothing it
+    could be stored as, so its conversation would never find its state again: refused.
+    Other objects go to the serializer as they are (JSON refuses what it would change).
     """
+    if isinstance(state, enum.Enum):
+        value: object = state.value
+        plain = isinstance(value, int | str) and not isinstance(value, bool)
+        if not (plain and value == state):
+            raise SessionDataError(
+                f"conversation {name!r} returned {state!r}, a member of a plain Enum: stored, it "
+                "would not read back as that member, and the conversation would not find its "
+                "state. Use an IntEnum or StrEnum (or int and str constants) for its states"
+            )
+        state = value
     if isinstance(state, bool):
         return state
     if isinstance(state, int):
@@ -544,5 +582,11 @@ def describe_ptb_row(fragment: str, meaning: str) -> str | None:
     if fragment == BOT_DATA:
         return "bot_data of the bot"
     if fragment.startswith(CONVERSATION):
-        return f"conversation {fragment[len(CONVERSATION) :]}, {meaning}"
+        name = fragment[len(CONVERSATION) :]
+        # A per_message key is no built-in key: ``meaning`` is still the key itself.
+        for marker, what in ((":message:", "message"), (":inline:", "inline message")):
+            head, found, message = meaning.rpartition(marker)
+            if found and head:
+                return f"conversation {name}, {what} {message} of {describe_key(head)}"
+        return f"conversation {name}, {meaning}"
     return None

@@ -46,7 +46,15 @@ from .errors import (
 from .key_parts import InvalidKeyPart, check_key_parts
 from .locks import KeyLocks
 from .outcome import Outcome
-from .persistence import BOT_DATA, CHAT_DATA, USER_DATA, DjangoPersistence, PTBState
+from .persistence import (
+    BOT_DATA,
+    CHAT_DATA,
+    USER_DATA,
+    DjangoPersistence,
+    PTBState,
+    conversation_handlers,
+    conversations_in,
+)
 from .session import FragmentSession, UpdateSessions, is_internal
 from .unit import AfterCommit, DatabaseThreads, current_unit, process_as_unit
 
@@ -61,6 +69,18 @@ Lazy: TypeAlias = Awaitable[D]
 
 # Returned by SessionContext._ptb_data when PTB keeps that piece of its state itself.
 _PTB_OWN = object()
+
+# PTB's slots for its in-memory state, still used for the pieces DjangoPersistence does
+# not store (SessionApplication's properties stand in front of them).
+_PTB_SLOTS: dict[str, Any] = {
+    name: Application.__dict__[name] for name in ("bot_data", "chat_data", "user_data")
+}
+
+JOB_QUEUE_NOT_RUNNING = (
+    "the webhook view runs no JobQueue (a job would live in one web worker's memory and "
+    "die with it). Run jobs with `manage.py runbot`, which runs PTB's JobQueue, or "
+    "schedule work with a task queue or cron and a management command"
+)
 
 #: Idle database threads (each with its connection) an application keeps for next time.
 IDLE_DATABASE_THREADS = 8
@@ -260,9 +280,7 @@ class SessionContext(
         if queue is not None and not queue.scheduler.running:
             raise JobQueueNotRunning(
                 "the JobQueue is not running here, so a job scheduled now would never run: "
-                "the webhook view runs no JobQueue (a job would live in one web worker's "
-                "memory and die with it). Run jobs with `manage.py runbot`, which runs PTB's "
-                "JobQueue, or schedule work with a task queue or cron and a management command"
+                + JOB_QUEUE_NOT_RUNNING
             )
         return queue
 
@@ -426,6 +444,111 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         self.database_threads = DatabaseThreads(keep=IDLE_DATABASE_THREADS)
         self._bot_id_of: tuple[str, int] | None = None  # (token, the id it starts with)
         self._engine_sessions: Sessions | None = None
+        #: Set by the webhook's BotRunner: this process never runs the JobQueue.
+        self.served_by_webhook = False
+
+    # -- PTB's in-memory state, refused where DjangoPersistence stores it instead ---------
+
+    def _in_memory(self, name: str) -> Any:
+        """PTB's in-memory ``name``, unless DjangoPersistence stores that piece: then a
+        change made there would never be stored nor seen by a handler, so it raises."""
+        state = getattr(self, "ptb_state", None)  # None while PTB's __init__ runs
+        if state is not None and getattr(state.persistence.store_data, name):
+            whose = "" if name == "bot_data" else f" (of the update's {name[:4]})"
+            raise SessionNotLoadedError(
+                f"application.{name} is PTB's in-memory {name}, which DjangoPersistence "
+                "stores per update instead: what is put there stays in this process's memory, "
+                f"never stored and never seen by a handler. Use context.{name}{whose} inside "
+                "a handler"
+                + (
+                    " (defaults: a ContextTypes(bot_data=...) class that sets them)"
+                    if name == "bot_data"
+                    else ""
+                )
+            )
+        return _PTB_SLOTS[name].__get__(self, type(self))
+
+    @property
+    def bot_data(self) -> Any:
+        return self._in_memory("bot_data")
+
+    @bot_data.setter
+    def bot_data(self, value: Any) -> None:
+        _PTB_SLOTS["bot_data"].__set__(self, value)
+
+    @property
+    def chat_data(self) -> Any:
+        return self._in_memory("chat_data")
+
+    @chat_data.setter
+    def chat_data(self, value: Any) -> None:
+        _PTB_SLOTS["chat_data"].__set__(self, value)
+
+    @property
+    def user_data(self) -> Any:
+        return self._in_memory("user_data")
+
+    @user_data.setter
+    def user_data(self, value: Any) -> None:
+        _PTB_SLOTS["user_data"].__set__(self, value)
+
+    async def _initialize_persistence(self) -> None:
+        # Under DjangoPersistence nothing is loaded: each update reads its own state.
+        if self.ptb_state is None:
+            await super()._initialize_persistence()
+
+    def add_handler(self, handler: Any, group: int = 0) -> None:
+        """PTB's ``add_handler``; a persistent conversation must come before ``initialize``
+        under DjangoPersistence, which makes its fragment then."""
+        if self.ptb_state is not None and self._initialized:
+            for conversation in conversations_in([handler]):
+                if conversation.persistent and conversation.name:
+                    raise ConfigurationError(
+                        f"persistent ConversationHandler {conversation.name!r} added after the "
+                        "application was initialized: DjangoPersistence stores the conversations "
+                        "it knows at start-up; add it where the application is built"
+                    )
+        super().add_handler(handler, group)
+
+    @property
+    def job_queue(self) -> Any:
+        """PTB's JobQueue; refused under the webhook, which never runs it, while it is
+        not running (``runbot`` runs it, and it takes jobs before it starts)."""
+        queue = self._job_queue
+        if self.served_by_webhook and queue is not None and not queue.scheduler.running:
+            raise JobQueueNotRunning(
+                "application.job_queue is not running here, so a job scheduled on it would "
+                "never run: " + JOB_QUEUE_NOT_RUNNING
+            )
+        return super().job_queue
+
+    def _refuse_what_would_never_run(self) -> None:
+        """At start-up: jobs and conversation timeouts this process would never run."""
+        queue = self._job_queue
+        if self.served_by_webhook and queue is not None and queue.jobs():
+            names = ", ".join(sorted(job.name or "?" for job in queue.jobs()))
+            raise JobQueueNotRunning(
+                f"the application's JobQueue holds jobs ({names}) that would never run: "
+                + JOB_QUEUE_NOT_RUNNING
+            )
+        for handler in conversation_handlers(self):
+            if not handler.conversation_timeout:
+                continue
+            if handler.persistent and self.ptb_state is not None:
+                why = (
+                    "while DjangoPersistence stores the conversation itself, so other processes "
+                    "and a restart would not know of the timeout (refused under runbot too)"
+                )
+            elif self.served_by_webhook:
+                why = "which the webhook never runs (`manage.py runbot` does)"
+            else:
+                continue
+            raise ConfigurationError(
+                f"ConversationHandler {handler.name or handler!r} has a conversation_timeout: "
+                f"a job of PTB's JobQueue, held in one process's memory, {why}. End such "
+                "conversations with a state or a command of your own, or store a deadline in "
+                "chat_data"
+            )
 
     @property
     def engine_sessions(self) -> Sessions:
@@ -440,9 +563,11 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         return self._engine_sessions
 
     async def initialize(self) -> None:
-        if self.ptb_state is not None and not self._initialized:
-            # The handlers are all added by now: their conversations become fragments.
-            self._engine_sessions = self.ptb_state.combine(self.sessions)
+        if not self._initialized:
+            self._refuse_what_would_never_run()
+            if self.ptb_state is not None:
+                # The handlers are all added by now: their conversations become fragments.
+                self._engine_sessions = self.ptb_state.combine(self.sessions)
         await super().initialize()  # PTB asks the persistence for its state: none
         if self.ptb_state is not None:
             self.ptb_state.install()
@@ -459,14 +584,14 @@ class SessionApplication(Application):  # type: ignore[type-arg]
 
     def drop_chat_data(self, chat_id: int) -> None:
         """Drop a chat's chat_data; under DjangoPersistence, in the update's commit."""
-        if self.ptb_state is None:
+        if self.ptb_state is None or not self.ptb_state.persistence.store_data.chat_data:
             return super().drop_chat_data(chat_id)
         self.ptb_state.drop(self._ptb_sessions("drop_chat_data"), CHAT_DATA, "chat", chat_id)
         return None
 
     def drop_user_data(self, user_id: int) -> None:
         """Drop a user's user_data; under DjangoPersistence, in the update's commit."""
-        if self.ptb_state is None:
+        if self.ptb_state is None or not self.ptb_state.persistence.store_data.user_data:
             return super().drop_user_data(user_id)
         self.ptb_state.drop(self._ptb_sessions("drop_user_data"), USER_DATA, "user", user_id)
         return None
@@ -479,7 +604,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
     ) -> None:
         """Move chat_data to a supergroup; under DjangoPersistence, in the update's commit
         (for the two chats the update's migration message names)."""
-        if self.ptb_state is None:
+        if self.ptb_state is None or not self.ptb_state.persistence.store_data.chat_data:
             return super().migrate_chat_data(message, old_chat_id, new_chat_id)
         if message is not None:
             if old_chat_id or new_chat_id:

@@ -19,9 +19,7 @@ from asgiref.current_thread_executor import CurrentThreadExecutor
 from telegram import Update
 from telegram.ext import ExtBot
 
-from .errors import ConfigurationError
 from .key_parts import check_key_parts
-from .persistence import conversation_handlers
 from .ptb import SessionApplication
 from .unit import UnitExecutor, UnitOfWork, process_as_unit, run_in_unit
 
@@ -33,6 +31,9 @@ class BotRunner:
 
     def __init__(self, application: SessionApplication) -> None:
         self.application = application
+        # Its JobQueue never runs here: scheduling on it, or jobs scheduled already, and
+        # conversation timeouts are refused (SessionApplication.initialize).
+        application.served_by_webhook = True
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._init_lock = threading.Lock()
@@ -65,7 +66,6 @@ class BotRunner:
 
     async def _initialize(self) -> None:
         if not self.application._initialized:
-            _refuse_conversation_timeouts(self.application)
             await self.application.initialize()
 
     async def ainitialize(self) -> None:
@@ -151,19 +151,6 @@ class BotRunner:
         thread.join()
         loop.close()
         self.application.database_threads.shutdown()
-
-
-def _refuse_conversation_timeouts(application: SessionApplication) -> None:
-    """A conversation_timeout is a job of PTB's JobQueue, which this process does not run:
-    refused at start-up rather than ignored with a warning on every update."""
-    for handler in conversation_handlers(application):
-        if handler.conversation_timeout:
-            raise ConfigurationError(
-                f"ConversationHandler {handler.name or handler!r} has a conversation_timeout, "
-                "which needs PTB's JobQueue; the webhook runs none (a job would live in one "
-                "web worker's memory). Serve this bot with `manage.py runbot`, or end "
-                "conversations with a state or a command of your own"
-            )
 
 
 _runners: dict[str, BotRunner] = {}

@@ -2,8 +2,9 @@
 
 Its handlers use only ``context.chat_data``, ``context.user_data``, ``context.bot_data``
 and a persistent ``ConversationHandler``, as a bot written for ``PicklePersistence``
-does. The one line that chose the persistence is the only one changed (see
-:func:`build_application`). Served by ``tests.persistence_settings``.
+does. The one line that chose the persistence is changed (see :func:`build_application`),
+and its replies follow the README's advice for a bot that writes bot_data: they go out
+once the update is stored (:func:`reply`). Served by ``tests.persistence_settings``.
 """
 
 from __future__ import annotations
@@ -23,19 +24,34 @@ from telegram.ext import (
     filters,
 )
 
-from botsessions import DjangoPersistence, use_sessions
+from botsessions import DjangoPersistence, SessionContext, use_sessions
 
 ITEM, ADDRESS = range(2)
 
 
+async def reply(update: Update, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
+    """Reply once the update's state is stored, where botsessions runs the bot.
+
+    An update whose bot_data write meets another's is refused and delivered again: a
+    reply sent at once would then go out twice, one sent with ``on_commit`` goes out
+    once. PTB's own persistence never runs an update twice: it replies at once.
+    """
+    message = update.message
+    assert message is not None
+    if isinstance(context, SessionContext):
+        context.on_commit(lambda: message.reply_text(text))
+    else:
+        await message.reply_text(text)
+
+
 async def checkout(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
-    await update.message.reply_text("What would you like?")  # type: ignore[union-attr]
+    await reply(update, context, "What would you like?")
     return ITEM
 
 
 async def item(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     context.user_data["item"] = update.message.text  # type: ignore[index,union-attr]
-    await update.message.reply_text("Where to?")  # type: ignore[union-attr]
+    await reply(update, context, "Where to?")
     return ADDRESS
 
 
@@ -44,7 +60,7 @@ async def address(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     user_data["orders"] = user_data.get("orders", 0) + 1
     context.bot_data["orders"] = context.bot_data.get("orders", 0) + 1
     text = f"{user_data['item']} to {update.message.text}, order {user_data['orders']}."  # type: ignore[union-attr]
-    await update.message.reply_text(text)  # type: ignore[union-attr]
+    await reply(update, context, text)
     return ConversationHandler.END
 
 
@@ -57,7 +73,7 @@ async def stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     chat_data: dict[str, Any] = context.chat_data  # type: ignore[assignment]
     orders = context.bot_data.get("orders", 0)
     text = f"{chat_data.get('messages', 0)} messages here, {orders} orders in all."
-    await update.message.reply_text(text)  # type: ignore[union-attr]
+    await reply(update, context, text)
 
 
 def add_handlers(application: Application[Any, Any, Any, Any, Any, Any]) -> None:

@@ -1,9 +1,10 @@
 """PTB's JobQueue with sessions: it runs where PTB runs it, and is refused elsewhere.
 
 The webhook view never starts a JobQueue (a job would live in one web worker's memory
-and die with it), so scheduling there fails loudly instead of never running; so does a
-``conversation_timeout``, at start-up. Where the JobQueue runs (``runbot``, which runs
-PTB's own polling), jobs run as PTB runs them.
+and die with it), so scheduling there fails loudly instead of never running, through
+``context.job_queue`` or ``application.job_queue``; so do jobs scheduled where the
+application is built, and a ``conversation_timeout``, at start-up. Where the JobQueue
+runs (``runbot``, which runs PTB's own polling), jobs run as PTB runs them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from telegram.ext import CommandHandler, ConversationHandler, MessageHandler, filters
+from telegram.ext import (
+    ApplicationBuilder,
+    CommandHandler,
+    ConversationHandler,
+    MessageHandler,
+    filters,
+)
 
 from botsessions import (
     ConfigurationError,
@@ -20,8 +27,11 @@ from botsessions import (
     JobQueueNotRunning,
     SessionNotLoadedError,
     Sessions,
+    use_sessions,
 )
+from botsessions.runner import BotRunner
 
+from .harness import TOKEN
 from .updates import ALICE, message
 
 pytestmark = pytest.mark.django_db
@@ -42,7 +52,7 @@ async def schedule(update: Any, context: Any) -> None:
 
 def test_scheduling_where_no_job_queue_runs_fails_loudly(make_bot, api):
     bot = make_bot(Sessions(initial=dict), [CommandHandler("remind", schedule)])
-    assert bot.application.job_queue is not None  # installed, as with the job-queue extra
+    assert bot.application._job_queue is not None  # installed, as with the job-queue extra
     assert bot.process(message("/remind", chat_id=ALICE)) == "handler_failed"
     assert api.sent_texts() == []  # no "scheduled" for a job that would never run
     [error] = bot.errors
@@ -50,19 +60,60 @@ def test_scheduling_where_no_job_queue_runs_fails_loudly(make_bot, api):
     assert "runbot" in str(error)
 
 
+def test_scheduling_on_the_application_job_queue_fails_loudly_too(make_bot, api):
+    async def schedule_on_application(update: Any, context: Any) -> None:
+        context.application.job_queue.run_once(job, 0.01, name="reminder")
+        await update.message.reply_text("scheduled")
+
+    bot = make_bot(Sessions(initial=dict), [CommandHandler("remind", schedule_on_application)])
+    with pytest.raises(JobQueueNotRunning, match="runbot"):
+        bot.application.job_queue.run_repeating(job, 60)  # in the bot's factory
+    assert bot.process(message("/remind", chat_id=ALICE)) == "handler_failed"
+    assert api.sent_texts() == []
+    assert isinstance(bot.errors[0], JobQueueNotRunning)
+
+
+def test_jobs_scheduled_where_the_application_is_built_stop_the_webhook(api):
+    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url).updater(None)
+    application = use_sessions(builder, Sessions(initial=dict)).build()
+    application.job_queue.run_repeating(job, 60, name="digest")  # in the bot's factory
+    runner = BotRunner(application)  # what the webhook serves it with
+    try:
+        with pytest.raises(JobQueueNotRunning, match=r"holds jobs \(digest\)"):
+            runner.initialize()
+    finally:
+        runner.shutdown()
+
+
 def test_where_the_job_queue_runs_jobs_run(make_bot, api):
     ran.clear()
     bot = make_bot(Sessions(initial=dict), [CommandHandler("remind", schedule)])
     bot.runner.initialize()
-    queue = bot.application.job_queue
-    bot.runner.run(queue.start())  # what runbot's polling does
+    bot.runner.run(bot.application.start())  # what runbot's polling does: starts the queue
     try:
         assert bot.process(message("/remind", chat_id=ALICE)) == "unchanged"
         bot.runner.run(asyncio.sleep(0.2))
     finally:
-        bot.runner.run(queue.stop())
+        bot.runner.run(bot.application.stop())
     assert ran == ["reminder"]
     assert api.sent_texts() == ["scheduled"]
+
+
+def test_runbot_keeps_jobs_scheduled_where_the_application_is_built(api):
+    """No webhook runner: PTB's own start-up (runbot's) starts the queue and runs them."""
+    ran.clear()
+    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url).updater(None)
+    application = use_sessions(builder, Sessions(initial=dict)).build()
+    application.job_queue.run_once(job, 0.01, name="at start-up")
+
+    async def run_like_runbot() -> None:
+        async with application:
+            await application.start()
+            await asyncio.sleep(0.2)
+            await application.stop()
+
+    asyncio.run(run_like_runbot())
+    assert ran == ["at start-up"]
 
 
 def test_a_job_cannot_touch_state_stored_per_update(make_bot):
@@ -83,18 +134,17 @@ def test_a_job_cannot_touch_state_stored_per_update(make_bot):
         configure=lambda builder: builder.persistence(DjangoPersistence()),
     )
     bot.runner.initialize()
-    queue = bot.application.job_queue
-    bot.runner.run(queue.start())
+    bot.runner.run(bot.application.start())
     try:
         bot.process(message("/later", chat_id=ALICE))
         bot.runner.run(asyncio.sleep(0.2))
     finally:
-        bot.runner.run(queue.stop())
+        bot.runner.run(bot.application.stop())
     # Not written to a dict nobody stores: refused, with what to do instead.
     assert "exists only while an update is processed" in str(touched[0])
 
 
-def test_a_conversation_timeout_is_refused_where_no_job_queue_runs(make_bot):
+def test_a_conversation_timeout_is_refused_where_no_job_queue_runs(make_bot, api):
     async def start(update: Any, context: Any) -> int:
         return 1
 
@@ -107,3 +157,8 @@ def test_a_conversation_timeout_is_refused_where_no_job_queue_runs(make_bot):
     bot = make_bot(Sessions(initial=dict), [handler])
     with pytest.raises(ConfigurationError, match="conversation_timeout"):
         bot.runner.initialize()
+    # Under runbot (no webhook runner) it is PTB's, as before.
+    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url).updater(None)
+    application = use_sessions(builder, Sessions(initial=dict)).build()
+    application.add_handler(handler)
+    asyncio.run(application.initialize())

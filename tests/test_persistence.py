@@ -12,6 +12,7 @@ its own state. Restarts are applications built afresh; processes, see
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 from typing import Any
 
@@ -24,6 +25,7 @@ from telegram.ext import (
     ApplicationBuilder,
     CallbackQueryHandler,
     CommandHandler,
+    ContextTypes,
     ConversationHandler,
     MessageHandler,
     PersistenceInput,
@@ -33,7 +35,10 @@ from telegram.ext import (
 
 from botsessions import (
     ConfigurationError,
+    DataclassSerializer,
     DjangoPersistence,
+    SessionContext,
+    SessionDataError,
     SessionNotLoadedError,
     Sessions,
     StorageError,
@@ -41,7 +46,7 @@ from botsessions import (
 )
 from botsessions.models import ProcessedUpdate, Session
 from botsessions.persistence import ConversationStates, conversation_key
-from botsessions.ptb import SessionApplication
+from botsessions.ptb import _PTB_SLOTS, SessionApplication
 
 from .harness import TOKEN
 from .sql import locked, statements
@@ -129,12 +134,59 @@ def test_nothing_is_loaded_at_start_up_nor_kept_after_an_update(make_bot):
         restarted.runner.initialize()
     assert statements(captured) == []
     application = restarted.application
-    assert not application.chat_data and not application.user_data
-    assert not application.bot_data
+
+    def in_memory() -> list[Any]:
+        return [
+            application._chat_data,
+            application._user_data,
+            _PTB_SLOTS["bot_data"].__get__(application),
+        ]
+
+    assert in_memory() == [{}, {}, {}]
     restarted.process(message("hi", chat_id=GROUP, user_id=ALICE))
     # PTB's in-memory mappings stay empty: each update reads its own state afresh.
-    assert not application.chat_data and not application.user_data
-    assert not application.bot_data
+    assert in_memory() == [{}, {}, {}]
+
+
+def test_ptb_in_memory_state_is_refused_where_it_is_stored_per_update(make_bot, api):
+    """application.bot_data, chat_data and user_data would be PTB's dicts in one
+    process's memory, never stored and never seen by a handler: they raise, saying to
+    use the context's; the context's own stay usable in the same handler."""
+    refused: list[str] = []
+
+    async def meddle(update: Any, context: Any) -> None:
+        context.bot_data["seen"] = True  # the stored bot_data
+        for poke in (
+            lambda: context.application.bot_data.setdefault("x", 1),
+            lambda: context.application.user_data[BOB].update(x=1),
+            lambda: context.application.chat_data[GROUP],
+        ):
+            try:
+                poke()
+            except SessionNotLoadedError as exc:
+                refused.append(str(exc))
+        await update.message.reply_text("done")
+
+    bot = make_bot(None, [MessageHandler(filters.TEXT, meddle)], configure=with_persistence())
+    with pytest.raises(SessionNotLoadedError, match=r"context\.bot_data inside a handler"):
+        bot.application.bot_data["seed"] = 1  # seeded where the application is built
+    assert bot.process(message("hi", chat_id=GROUP, user_id=ALICE)) == "committed"
+    assert [text.split(" is ")[0] for text in refused] == [
+        "application.bot_data",
+        "application.user_data",
+        "application.chat_data",
+    ]
+    assert "context.user_data (of the update's user) inside a handler" in refused[1]
+    assert api.sent_texts() == ["done"]
+    assert row("ptb.bot_data", "bot") == {"seen": True}
+    # What DjangoPersistence does not store stays PTB's, in memory, as before.
+    bot = make_bot(
+        None,
+        [],
+        configure=with_persistence(DjangoPersistence(PersistenceInput(bot_data=False))),
+    )
+    bot.application.bot_data["seed"] = 1
+    assert bot.application.bot_data == {"seed": 1}
 
 
 def test_read_only_state_costs_one_read_and_no_write(make_bot, api):
@@ -257,10 +309,17 @@ def test_without_sessions_context_session_says_what_to_do(make_bot):
 # -- bot_data ---------------------------------------------------------------------------
 
 
-def test_bot_data_written_meanwhile_refuses_the_update_instead_of_losing_a_write(make_bot):
+@pytest.mark.django_db(transaction=True)  # on_commit sends once the update commits
+def test_bot_data_written_meanwhile_refuses_the_update_instead_of_losing_a_write(make_bot, api):
+    raced: list[bool] = []
+
     async def bump(update: Any, context: Any) -> None:
         context.bot_data["n"] = context.bot_data.get("n", 0) + 1
-        if update.message.text == "race":
+        await update.message.reply_text("sent at once")
+        n = context.bot_data["n"]
+        context.on_commit(lambda: update.message.reply_text(f"n is {n}"))
+        if update.message.text == "race" and not raced:
+            raced.append(True)
             # Another update wrote bot_data after this one read it.
             await sync_to_async(Session.objects.filter(fragment="ptb.bot_data").update)(
                 revision=F("revision") + 1, data={"n": 10}
@@ -268,9 +327,20 @@ def test_bot_data_written_meanwhile_refuses_the_update_instead_of_losing_a_write
 
     bot = make_bot(None, [MessageHandler(filters.TEXT, bump)], configure=with_persistence())
     bot.process(message("hi"))
+    race = message("race")
     with pytest.raises(StorageError):  # the webhook answers 503: Telegram delivers it again
-        bot.process(message("race"))
+        bot.process(race)
     assert row("ptb.bot_data", "bot") == {"n": 1}
+    assert bot.process(race) == "committed"  # the redelivery runs again
+    assert row("ptb.bot_data", "bot") == {"n": 2}
+    # What the handler sent directly, the rerun sent again; context.on_commit sent once.
+    assert api.sent_texts() == [
+        "sent at once",
+        "n is 1",
+        "sent at once",
+        "sent at once",
+        "n is 2",
+    ]
 
 
 def test_updates_that_do_not_write_bot_data_do_not_lock_it(make_bot):
@@ -506,9 +576,102 @@ def test_enum_states_are_stored_as_their_values_and_found_again(make_bot, api):
     assert row("ptb.conversation.signup", f"chat:{ALICE}:user:{ALICE}") == 2
 
 
-def test_a_persistent_conversation_with_a_timeout_is_refused_at_start_up(make_bot):
+class Word(str, enum.Enum):  # noqa: UP042  # what is tested: str() gives "Word.NAME"
+    NAME = "name"
+    AGE = "age"
+
+
+def test_str_enum_states_continue_in_another_application(make_bot, api):
+    async def ask(update: Any, context: Any) -> Word:
+        await update.message.reply_text("Your name?")
+        return Word.NAME
+
+    async def named(update: Any, context: Any) -> Word:
+        await update.message.reply_text(f"Hello {update.message.text}. Your age?")
+        return Word.AGE
+
+    async def aged(update: Any, context: Any) -> int:
+        await update.message.reply_text(f"{update.message.text}, noted.")
+        return ConversationHandler.END
+
+    def build() -> Any:
+        handler = ConversationHandler(
+            entry_points=[CommandHandler("signup", ask)],
+            states={
+                Word.NAME: [MessageHandler(filters.TEXT & ~filters.COMMAND, named)],
+                Word.AGE: [MessageHandler(filters.TEXT & ~filters.COMMAND, aged)],
+            },
+            fallbacks=[],
+            name="signup",
+            persistent=True,
+        )
+        return make_bot(None, [handler], configure=with_persistence())
+
+    key = f"chat:{ALICE}:user:{ALICE}"
+    build().process(message("/signup", chat_id=ALICE, user_id=ALICE))
+    assert row("ptb.conversation.signup", key) == "name"
+    build().process(message("Ann", chat_id=ALICE, user_id=ALICE))  # another application
+    assert row("ptb.conversation.signup", key) == "age"
+    build().process(message("30", chat_id=ALICE, user_id=ALICE))
+    assert api.sent_texts() == ["Your name?", "Hello Ann. Your age?", "30, noted."]
+    assert row("ptb.conversation.signup", key) is None
+
+
+class Plain(enum.Enum):
+    NAME = 1
+
+
+def test_plain_enum_states_are_refused_saying_why(make_bot):
+    async def ask(update: Any, context: Any) -> Plain:
+        return Plain.NAME
+
+    handler = ConversationHandler(
+        entry_points=[CommandHandler("signup", ask)],
+        states={Plain.NAME: [MessageHandler(filters.TEXT, ask)]},
+        fallbacks=[],
+        name="signup",
+        persistent=True,
+    )
+    bot = make_bot(None, [handler], configure=with_persistence())
+    assert bot.process(message("/signup", chat_id=ALICE, user_id=ALICE)) == "handler_failed"
+    [error] = bot.errors
+    assert isinstance(error, SessionDataError)
+    assert "plain Enum" in str(error) and "IntEnum or StrEnum" in str(error)
+    assert rows() == {}
+
+
+def test_a_persistent_conversation_with_a_timeout_is_refused_at_start_up(make_bot, api):
     bot = signup_bot(make_bot, conversation_timeout=60)
     with pytest.raises(ConfigurationError, match="conversation_timeout"):
+        bot.runner.initialize()
+    # Also where PTB's JobQueue runs (runbot): the timeout would be one process's.
+    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url).updater(None)
+    application = use_sessions(builder.persistence(DjangoPersistence())).build()
+    application.add_handler(signup(conversation_timeout=60))
+    with pytest.raises(ConfigurationError, match="refused under runbot too"):
+        asyncio.run(application.initialize())
+
+
+def test_a_persistent_conversation_added_after_start_up_is_refused(make_bot):
+    bot = signup_bot(make_bot)
+    bot.runner.initialize()
+    with pytest.raises(ConfigurationError, match="added after the application was initialized"):
+        bot.application.add_handler(signup())
+    # A conversation that is not persistent is PTB's as before.
+    bot.application.add_handler(ConversationHandler([], {}, []))
+
+
+def test_two_persistent_conversations_with_one_name_are_refused(make_bot):
+    nested = signup()
+    outer = ConversationHandler(
+        entry_points=[CommandHandler("menu", start)],
+        states={NAME: [nested]},
+        fallbacks=[],
+        name="menu",
+        persistent=True,
+    )
+    bot = make_bot(None, [outer, signup()], configure=with_persistence())
+    with pytest.raises(ConfigurationError, match="two persistent ConversationHandlers"):
         bot.runner.initialize()
 
 
@@ -538,6 +701,48 @@ def test_use_sessions_without_sessions_needs_the_persistence():
     assert application.sessions is None
 
 
+@dataclasses.dataclass
+class ChatData:
+    messages: int = 0
+    last: str = ""
+
+
+def test_each_piece_has_its_own_serializer_for_its_context_type(make_bot, api):
+    """A dataclass chat_data through ContextTypes, with plain dict user_data and
+    bot_data: each piece is stored by its own serializer."""
+
+    async def note(update: Any, context: Any) -> None:
+        chat_data: ChatData = context.chat_data
+        chat_data.messages += 1
+        chat_data.last = update.message.text
+        context.user_data["seen"] = True
+        context.bot_data["chats"] = 1
+        await update.message.reply_text(f"{chat_data.messages}: {chat_data.last}")
+
+    def configure(builder: Any) -> None:
+        builder.context_types(ContextTypes(context=SessionContext, chat_data=ChatData))
+        builder.persistence(DjangoPersistence(chat_data_serializer=DataclassSerializer(ChatData)))
+
+    for text in ("one", "two"):
+        bot = make_bot(None, [MessageHandler(filters.TEXT, note)], configure=configure)
+        assert bot.process(message(text, chat_id=GROUP, user_id=ALICE)) == "committed"
+        bot.close()
+    assert api.sent_texts() == ["1: one", "2: two"]
+    assert rows() == {
+        ("ptb.chat_data", f"chat:{GROUP}"): {"messages": 2, "last": "two"},
+        ("ptb.user_data", f"user:{ALICE}"): {"seen": True},
+        ("ptb.bot_data", "bot"): {"chats": 1},
+    }
+    # Without one, the JSON default refuses the class, naming the argument to give.
+    with pytest.raises(ConfigurationError, match="chat_data_serializer"):
+        use_sessions(
+            ApplicationBuilder()
+            .token(TOKEN)
+            .context_types(ContextTypes(context=SessionContext, chat_data=ChatData))
+            .persistence(DjangoPersistence())
+        ).build()
+
+
 def test_arbitrary_callback_data_is_refused_until_it_is_stored():
     builder = ApplicationBuilder().token(TOKEN).arbitrary_callback_data(True)
     with pytest.raises(ConfigurationError, match="callback data"):
@@ -551,6 +756,7 @@ def test_arbitrary_callback_data_is_refused_until_it_is_stored():
 # -- the switch from PicklePersistence ------------------------------------------------------
 
 
+@pytest.mark.django_db(transaction=True)  # the bot replies once the update commits
 def test_a_picklepersistence_bot_behaves_the_same_after_the_one_line_change(
     make_bot, api, tmp_path
 ):

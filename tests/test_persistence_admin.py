@@ -56,6 +56,16 @@ def test_rows_say_what_they_are(admin_client: Client, ptb_rows: dict[str, Sessio
     assert str(ptb_rows["user"]) == "user_data of user 42"
 
 
+def test_per_message_conversation_rows_say_which_message() -> None:
+    def name(key: str) -> str:
+        return str(Session(bot_id=PTB_BOT, fragment="ptb.conversation.menu", key=key))
+
+    assert name(f"chat:{GROUP_CHAT}:user:42:message:7") == (
+        f"conversation menu, message 7 of user 42 in chat {GROUP_CHAT}"
+    )
+    assert name("user:42:inline:AbC") == "conversation menu, inline message AbC of user 42"
+
+
 def test_a_telegram_id_finds_the_users_data_and_conversations(
     admin_client: Client, ptb_rows: dict[str, Session]
 ) -> None:

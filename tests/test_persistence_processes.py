@@ -1,15 +1,17 @@
 """DjangoPersistence across server processes and restarts, through the webhook.
 
 The bot of :mod:`tests.persistencebot` is written for PTB's own persistence (chat_data,
-user_data, bot_data, a persistent ConversationHandler); only its persistence line
-changed. Two server processes (uvicorn's async view and gunicorn's sync one) serve it
-on the test database: a conversation hops between them and survives a restart, and
-messages sent to both at once are all counted.
+user_data, bot_data, a persistent ConversationHandler); its persistence line changed, and
+its replies go out after the commit (``context.on_commit``). Two server processes
+(uvicorn's async view and gunicorn's sync one) serve it on the test database: a
+conversation hops between them and survives a restart, and messages sent to both at
+once are all counted.
 """
 
 from __future__ import annotations
 
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -74,7 +76,8 @@ def test_two_processes_lose_no_write_to_chat_data_user_data_or_bot_data(
 ) -> None:
     """Two users order in one group, step by step, while 60 messages go to the group
     through both processes at once: every message is counted in chat_data, and both
-    orders are in bot_data (a conflicting write to it is refused and redelivered)."""
+    orders are in bot_data (a conflicting write to it is refused and redelivered). Each
+    reply goes out once, though an update may run twice: the bot replies on commit."""
     # Other users' chatter: the conversations are per user and chat.
     texts = [message("hi", chat_id=GROUP_CHAT, user_id=7000 + n % 3) for n in range(60)]
     steps = {
@@ -91,6 +94,11 @@ def test_two_processes_lose_no_write_to_chat_data_user_data_or_bot_data(
         list(pool.map(lambda update: deliver(two_servers, update), texts))
         for future in done:
             future.result()
+    assert Counter(api.sent_texts()) == {
+        "What would you like?": 2,
+        "Where to?": 2,
+        "tea to Home, order 1.": 2,
+    }
     api.reset()
     deliver(two_servers, message("/stats", chat_id=GROUP_CHAT, user_id=ALICE))
     # 60 texts, plus the two item and two address steps, which group 1 counts too.
