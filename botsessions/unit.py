@@ -256,9 +256,13 @@ class UnitOfWork:
                     with self.internal():
                         dblocks.release(connection, self.locked)
             finally:
-                if self._fresh_connections:
-                    close_old_connections()
-                self._run_when_ended(committed)
+                try:
+                    if self._fresh_connections:
+                        close_old_connections()
+                finally:
+                    # Whatever failed above: the storages outside the transaction follow
+                    # it, and the update's keys are given back in this process.
+                    self._run_when_ended(committed)
         self.sends_due, self._committed = self._committed, False
         if not commit or (not self.sends_due and not connection.in_atomic_block):
             self.discard_after_commit()  # rolled back: nothing may be sent

@@ -378,10 +378,15 @@ def test_same_key_updates_whose_redis_commit_follows_the_database_lose_nothing(
         bot = make_bot(sessions, [MessageHandler(filters.TEXT, count_chat_and_buy)])
 
     def deliver(_: int) -> str:
+        from django.db import connections
+
         update = bot.runner.decode(message(chat_id=ALICE))
-        if path == "wsgi":
-            return bot.runner.process(update)
-        return asyncio.run(bot.runner.aprocess(update))
+        try:
+            if path == "wsgi":
+                return bot.runner.process(update)
+            return asyncio.run(bot.runner.aprocess(update))
+        finally:
+            connections.close_all()  # this thread's, as a request's end would
 
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(pool.map(deliver, range(12)))
@@ -389,6 +394,37 @@ def test_same_key_updates_whose_redis_commit_follows_the_database_lose_nothing(
     assert stored_count(prefix, CHAT_KEY) == 12
     if bot_kind != "mixed":
         assert Purchase.objects.count() == 12
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_after_the_commit_still_lets_redis_follow_and_frees_the_keys(
+    make_bot, prefix, monkeypatch, settings
+):
+    """Closing the connections after the COMMIT fails: Redis still commits, and the next
+    update of the same key in this process is not left waiting for keys never given back."""
+    from botsessions import unit
+
+    settings.BOTSESSIONS_LOCK_TIMEOUT = 2
+    calls = {"n": 0}
+    close = unit.close_old_connections
+
+    def fail_at_the_end() -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first update's end (its begin was the first call)
+            raise RuntimeError("closing failed")
+        close()
+
+    monkeypatch.setattr(unit, "close_old_connections", fail_at_the_end)
+    bot = make_bot(mixed(prefix), [MessageHandler(filters.TEXT, count_both)])
+
+    def deliver() -> str:
+        return asyncio.run(bot.runner.aprocess(bot.runner.decode(message(chat_id=ALICE))))
+
+    with pytest.raises(RuntimeError, match="closing failed"):
+        deliver()
+    assert stored_count(prefix, CHAT_KEY) == 1  # committed in the database, then in Redis
+    assert deliver() == Outcome.COMMITTED
+    assert stored_count(prefix, CHAT_KEY) == 2
 
 
 @pytest.mark.django_db(transaction=True)
