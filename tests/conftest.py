@@ -71,3 +71,27 @@ def fresh_bots(api: FakeBotAPI, settings: Any) -> Iterator[FakeBotAPI]:
     yield api
     shutdown_runners()
     forget_applications()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A Redis key prefix of this test's own, its keys deleted afterwards (a skip
+    without Redis)."""
+    from .redis_support import forget, new_prefix, require_redis
+
+    require_redis()
+    prefix = new_prefix()
+    yield prefix
+    forget(prefix)
+
+
+@pytest.fixture
+def raw(prefix: str) -> Iterator[Any]:
+    """A plain synchronous Redis client, to look at and tamper with what is stored."""
+    import redis
+
+    from .redis_support import URL
+
+    client = redis.Redis.from_url(URL, decode_responses=True)
+    yield client
+    client.close()

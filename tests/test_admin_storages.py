@@ -73,15 +73,6 @@ def prefix(settings: Any) -> Iterator[str]:
     forget(prefix)
 
 
-@pytest.fixture
-def raw(prefix: str) -> Iterator[Any]:
-    import redis
-
-    client = redis.Redis.from_url(URL, decode_responses=True)
-    yield client
-    client.close()
-
-
 def name(prefix: str, fragment: str, key: str) -> str:
     return f"{prefix}{{{CACHE_ID}}}:s:{fragment}:{key}"
 

@@ -13,7 +13,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 from botsessions.models import ProcessedUpdate, Session
 
 from .fakebotapi import FakeBotAPI
-from .redis_support import URL, RedisProxy, forget, new_prefix, require_redis
+from .redis_support import URL, RedisProxy
 from .servers import Server, server_env, start_server, wait_until
 from .updates import ALICE, message
 
@@ -32,23 +32,6 @@ BOT = 123456
 MESSAGES = 200
 CHATS = [-4000000500 - n for n in range(20)]
 IN_FLIGHT = 16
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    require_redis()
-    prefix = new_prefix()
-    yield prefix
-    forget(prefix)
-
-
-@pytest.fixture
-def raw() -> Iterator[Any]:
-    import redis
-
-    client = redis.Redis.from_url(URL, decode_responses=True)
-    yield client
-    client.close()
 
 
 def env_for(api: FakeBotAPI, prefix: str, url: str = URL) -> dict[str, str]:

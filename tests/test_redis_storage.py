@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
@@ -29,31 +28,13 @@ from botsessions.errors import LockTimeout
 from botsessions.outcome import Outcome
 from botsessions.storage.base import StorageKey, StoredSession, UpdateMark, Write
 
-from .redis_support import URL, forget, new_prefix, require_redis
+from .redis_support import URL
 from .updates import ALICE, BOB, message
 
 pytestmark = pytest.mark.django_db
 
 BOT = 123456  # the harness's token is 123456:...
 KEY = StorageKey(BOT, "", f"chat:{ALICE}")
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    require_redis()
-    prefix = new_prefix()
-    yield prefix
-    forget(prefix)
-
-
-@pytest.fixture
-def raw(prefix: str) -> Iterator[Any]:
-    """A plain synchronous client, to look at and tamper with what is stored."""
-    import redis
-
-    client = redis.Redis.from_url(URL, decode_responses=True)
-    yield client
-    client.close()
 
 
 def storage(prefix: str) -> Any:

@@ -25,9 +25,8 @@ from .test_admin_storages import CHAT, USER, name, store, stored
 
 pytestmark = pytest.mark.django_db
 
-# The cache bot's fixtures: its Redis prefix (configured for the test) and a raw client.
+# The cache bot's Redis prefix (configured for the test); ``raw`` is conftest's client.
 prefix = test_admin_storages.prefix
-raw = test_admin_storages.raw
 
 
 def run(*args: str) -> str:
