@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
@@ -25,6 +24,7 @@ from telegram.ext import Application, ApplicationBuilder
 from botsessions import Fragment, Sessions, per_user, use_sessions
 
 from .redis_support import URL, forget, new_prefix, require_redis
+from .test_admin import staff
 
 pytestmark = pytest.mark.django_db
 
@@ -92,16 +92,6 @@ def stored(raw: Any, prefix: str, fragment: str, key: str) -> tuple[int, Any] | 
         return None
     revision, _version, _expiry, data = value.split("|", 3)
     return int(revision), json.loads(data)
-
-
-def staff(*codenames: str) -> Client:
-    user = User.objects.create_user(f"staff-{'-'.join(codenames)}", password="pw", is_staff=True)
-    user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="botsessions", codename__in=codenames)
-    )
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def page(view: str, fragment: str = "menu", key: str = f"m:chat:{CHAT}", **extra: str) -> str:
