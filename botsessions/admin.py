@@ -285,8 +285,7 @@ def _brief(value: Any) -> str:
         text = json.dumps(value, ensure_ascii=False)
     except (ValueError, TypeError, RecursionError):
         text = str(value)
-    text = printable(text)
-    return text if len(text) <= 60 else text[:59] + "…"
+    return shortened(printable(text), 60)
 
 
 def _number(value: Any) -> bool:

@@ -54,6 +54,6 @@ def shown_data(text: str | None, *, indent: int | None = None) -> str:
     return printable(text)
 
 
-def shortened(text: str) -> str:
-    """``text`` cut to :data:`PREVIEW_LENGTH` characters, an ellipsis marking the cut."""
-    return text if len(text) <= PREVIEW_LENGTH else text[: PREVIEW_LENGTH - 1] + "…"
+def shortened(text: str, limit: int = PREVIEW_LENGTH) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
