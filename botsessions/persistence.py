@@ -45,7 +45,7 @@ from .chat_migration import migration_of
 from .config import Fragment, Sessions
 from .errors import ConfigurationError, SessionDataError, SessionNotLoadedError
 from .keys import describe_key, per_chat, per_user, place_of
-from .serializers import Serializer, default_serializer
+from .serializers import DictSubclassSerializer, Serializer, default_serializer
 from .storage.base import Delete, StorageKey, StoredSession, Write
 
 if TYPE_CHECKING:
@@ -350,22 +350,28 @@ class PTBState:
                 "store_data=PersistenceInput(callback_data=False) to keep the buttons' data in "
                 "memory only (lost at a restart, and unknown to other processes)"
             )
+        #: The serializer of each piece: the persistence's, or, for a ``dict`` subclass
+        #: in ``ContextTypes`` stored as JSON, one that reads it back as that class.
+        self.serializers = dict(persistence.serializers)
         for name, kind in (
             ("chat_data", types.chat_data),
             ("user_data", types.user_data),
             ("bot_data", types.bot_data),
         ):
             if (
-                getattr(store, name)
-                and kind is not dict
-                and persistence.serializers[name] is default_serializer
+                not getattr(store, name)
+                or kind is dict
+                or persistence.serializers[name] is not default_serializer
             ):
+                continue
+            if not issubclass(kind, dict):
                 raise ConfigurationError(
                     f"DjangoPersistence stores {name} as JSON, so ContextTypes({name}=...) must "
-                    f"be dict (it is {kind.__name__}); or give DjangoPersistence a "
-                    f"{name}_serializer that stores your type "
+                    f"be dict or a subclass of it (it is {kind.__name__}); or give "
+                    f"DjangoPersistence a {name}_serializer that stores your type "
                     f"(DjangoPersistence({name}_serializer=DataclassSerializer(...)))"
                 )
+            self.serializers[name] = DictSubclassSerializer(kind)
         self.conversations: dict[str, ConversationHandler[Any]] = {}
         #: The names of the fragments PTB's state is stored in.
         self.stored: frozenset[str] = frozenset()
@@ -389,7 +395,7 @@ class PTBState:
     def fragments(self) -> dict[str, Fragment]:
         """The fragments PTB's state is stored in, for the handlers added so far."""
         store = self.persistence.store_data
-        serializers = self.persistence.serializers
+        serializers = self.serializers
         types = self.application.context_types
         fragments: dict[str, Fragment] = {}
         if store.chat_data:

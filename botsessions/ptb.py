@@ -16,6 +16,7 @@ import contextvars
 import inspect
 import logging
 import types
+import warnings
 from collections.abc import Awaitable
 from typing import Any, Generic, TypeAlias, cast, overload
 
@@ -31,6 +32,7 @@ from telegram.ext import (
     ExtBot,
     JobQueue,
 )
+from telegram.warnings import PTBUserWarning
 from typing_extensions import TypeVar
 
 from .chat_migration import migration_of, move_chat
@@ -84,6 +86,8 @@ JOB_QUEUE_NOT_RUNNING = (
 
 #: Idle database threads (each with its connection) an application keeps for next time.
 IDLE_DATABASE_THREADS = 8
+# The start of PTB's warning about tasks of an application that is not running.
+_NOT_AWAITED = "Tasks created via `Application.create_task` while the application is not running"
 
 _current: contextvars.ContextVar[UpdateRun | None] = contextvars.ContextVar(
     "botsessions_update_run", default=None
@@ -97,6 +101,7 @@ class UpdateRun:
         "application",
         "begun",
         "failed",
+        "moved",
         "outcome",
         "sessions",
         "storage_error",
@@ -112,6 +117,8 @@ class UpdateRun:
         self.failed = False
         self.storage_error: StorageError | None = None
         self.outcome = Outcome.SKIPPED
+        #: How many sessions a chat migration moved (they commit with the update).
+        self.moved = 0
         self.tasks: list[asyncio.Task[Any]] = []
 
     def prepare(self) -> UpdateSessions:
@@ -153,6 +160,8 @@ class UpdateRun:
             tasks, self.tasks = self.tasks, []
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.sessions is None or not self.begun:
+            if self.moved:
+                self.outcome = Outcome.COMMITTED
             return
         if self.failed:
             if self.outcome not in (Outcome.DUPLICATE, Outcome.BAD_STORED_DATA):
@@ -176,7 +185,7 @@ class UpdateRun:
         if changed is None:
             self.outcome = Outcome.DUPLICATE
         else:
-            self.outcome = Outcome.COMMITTED if changed else Outcome.UNCHANGED
+            self.outcome = Outcome.COMMITTED if changed or self.moved else Outcome.UNCHANGED
 
 
 class SessionContext(
@@ -681,7 +690,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
             if self.engine_sessions.migrate_chats and isinstance(update, Update):
                 ids = migration_of(update)
                 if ids is not None:
-                    await move_chat(run.prepare(), *ids)
+                    run.moved = len(await move_chat(run.prepare(), *ids))
             if ptb is not None and ptb.conversations and ptb.needs_early_read(run.prepare()):
                 # A persistent conversation can reach the update: its state is read before
                 # dispatch (check_update reads it synchronously), with everything else.
@@ -723,11 +732,16 @@ class SessionApplication(Application):  # type: ignore[type-arg]
     def create_task(
         self, coroutine: Any, update: object | None = None, *, name: str | None = None
     ) -> asyncio.Task[Any]:
-        task = super().create_task(coroutine, update=update, name=name)
         run = _current.get()
-        if run is not None and update is run.update:
-            # Non-blocking handlers: the session is saved only after they finish.
-            run.tasks.append(task)
+        if run is None or update is not run.update:
+            return super().create_task(coroutine, update=update, name=name)
+        # Non-blocking handlers: the session is saved only after they finish. PTB warns
+        # that tasks of an application that is not running (the webhook's never is) are
+        # not awaited; these are, by the update.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _NOT_AWAITED, PTBUserWarning)
+            task = super().create_task(coroutine, update=update, name=name)
+        run.tasks.append(task)
         return task
 
 

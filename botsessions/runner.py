@@ -39,6 +39,8 @@ class BotRunner:
         self._init_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._started = False
+        self._starting = asyncio.Lock()  # on the bot's loop: one start at a time
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -51,6 +53,7 @@ class BotRunner:
                 )
                 self._thread.start()
                 self._loop = loop
+                self._starting = asyncio.Lock()
             return self._loop
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -58,19 +61,32 @@ class BotRunner:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def initialize(self) -> None:
-        """Initialize the application (``getMe``) once; retried after a failure."""
-        if self.application._initialized:
+        """Start the application once: initialize it (``getMe``), then its ``post_init``.
+
+        This is what ``run_webhook`` does before it serves, without the ``Updater``;
+        after a failure the next update tries again.
+        """
+        if self._started:
             return
         with self._init_lock:
             self.run(self._initialize())
 
     async def _initialize(self) -> None:
-        if not self.application._initialized:
-            await self.application.initialize()
+        # Every caller, the sync view's threads and the async view's requests, comes
+        # here on the bot's loop: a burst of first updates starts the application once.
+        async with self._starting:
+            if self._started:
+                return
+            application = self.application
+            if not application._initialized:
+                await application.initialize()
+            if application.post_init is not None:
+                await application.post_init(application)
+            self._started = True
 
     async def ainitialize(self) -> None:
         """:meth:`initialize` for a caller on another event loop (an ASGI server's)."""
-        if not self.application._initialized:
+        if not self._started:
             await self.run_from_loop(self._initialize())
 
     async def run_from_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -138,15 +154,22 @@ class BotRunner:
         if isinstance(bot, ExtBot) and bot.callback_data_cache is not None:
             bot.insert_callback_data(update)
 
+    async def _shutdown(self, started: bool) -> None:
+        application = self.application
+        await application.shutdown()
+        if started and application.post_shutdown is not None:
+            await application.post_shutdown(application)
+
     def shutdown(self) -> None:
-        """Shut the application down and stop the loop (tests, process exit)."""
+        """Shut the application down (then its ``post_shutdown``), and stop the loop."""
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
         if loop is None or thread is None:
             return
+        started, self._started = self._started, False
         if self.application._initialized:
-            asyncio.run_coroutine_threadsafe(self.application.shutdown(), loop).result()
+            asyncio.run_coroutine_threadsafe(self._shutdown(started), loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()

@@ -138,6 +138,28 @@ class JSONSerializer:
         return json.loads(text)
 
 
+class DictSubclassSerializer(JSONSerializer):
+    """JSON for data of a ``dict`` subclass, such as PTB's ``ContextTypes(bot_data=...)``.
+
+    It is stored as a plain JSON object and read back into a new instance of the
+    class, so whatever its ``__init__`` sets (defaults of keys never stored) is there.
+    """
+
+    def __init__(self, kind: type[dict[Any, Any]]) -> None:
+        self.kind = kind
+
+    def dumps(self, value: Any) -> str:
+        return super().dumps(dict(value) if isinstance(value, self.kind) else value)
+
+    def loads(self, text: str) -> Any:
+        stored = super().loads(text)
+        if not isinstance(stored, dict):
+            raise ValueError(f"a {self.kind.__name__} is stored as a JSON object")
+        value = self.kind()
+        value.update(stored)
+        return value
+
+
 class DataclassSerializer(Generic[T]):
     """Session data as a dataclass, stored as the JSON object of its fields.
 

@@ -15,6 +15,7 @@ once per :class:`~botsessions.config.Sessions`, in a :class:`Plan`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -29,7 +30,9 @@ from .config import Fragment, Sessions, database_storage
 from .errors import (
     LockTimeout,
     SessionDataError,
+    SessionError,
     SessionKeyError,
+    StorageError,
     StoredDataError,
 )
 from .keys import chat_key, chat_key_of, rekey, storable_key, update_kind
@@ -251,7 +254,8 @@ class FragmentSession:
     async def _read_one(self) -> None:
         assert self.key is not None and self.storage is not None
         lock = self._owner.first_read(self.storage) if self._owner is not None else ()
-        records, _ = await self.storage.load([self.key], None, lock=lock)
+        with storage_failure("reading sessions"):
+            records, _ = await self.storage.load([self.key], None, lock=lock)
         record = records.get(self.key)
         if self.assigned:
             # A value assigned while the read was in flight wins; keep the revision only.
@@ -565,7 +569,8 @@ class UpdateSessions:
         if self.mark is not None and not any(f.storage is primary for f in strict):
             # Redeliveries are caught before the handlers run, also when nothing is read.
             assert primary is not None
-            _, processed = await primary.load([], self.mark)
+            with storage_failure("reading sessions"):
+                _, processed = await primary.load([], self.mark)
             if processed:
                 self.already_processed = True
                 return
@@ -587,11 +592,12 @@ class UpdateSessions:
             assert storage is not None
             mark = self.mark if storage is primary else None
             extra = self._extra_reads.pop(id(storage), [])
-            records, processed = await storage.load(
-                [*(f.key for f in group if f.key is not None), *extra],
-                mark,
-                lock=self.first_read(storage),
-            )
+            with storage_failure("reading sessions"):
+                records, processed = await storage.load(
+                    [*(f.key for f in group if f.key is not None), *extra],
+                    mark,
+                    lock=self.first_read(storage),
+                )
             if processed:
                 self.already_processed = True
                 return
@@ -632,32 +638,33 @@ class UpdateSessions:
             storage = fragment.storage or fragment.fragment.resolve_storage()
             by_storage.setdefault(id(storage), (storage, {}))[1][fragment.name] = pair
         moved: list[StorageKey] = []
-        for storage, heads in by_storage.values():
-            # Built-in keys without a prefix: the storage's own search (one query in the
-            # database). Others: found by their heads, then locked with the rest.
-            names = [name for name, pair in heads.items() if pair == plain]
-            others = {name: pair for name, pair in heads.items() if pair != plain}
-            pairs: list[tuple[StorageKey, StorageKey]] = []
-            if others:
-                found = await storage.keys_under(
-                    self.bot_id, {name: old for name, (old, _) in others.items()}
-                )
-                for key in found:
-                    old_head, new_head = others[key.fragment]
-                    new = rekey(key.key, old_head, new_head)
-                    if new is not None:
-                        pairs.append((key, StorageKey(key.bot_id, key.fragment, new)))
-            lock = [*self.first_read(storage), *(key for pair in pairs for key in pair)]
-            if pairs:
-                self._locked_in.append((storage, lock))
-            if names:
-                moved += await storage.rename_chat(
-                    self.bot_id, names, old_chat_id, new_chat_id, lock=lock
-                )
-            elif lock:
-                await storage.load([], None, lock=lock)
-            if pairs:
-                moved += await storage.rename(pairs)
+        with storage_failure("moving sessions"):
+            for storage, heads in by_storage.values():
+                # Built-in keys without a prefix: the storage's own search (one query in the
+                # database). Others: found by their heads, then locked with the rest.
+                names = [name for name, pair in heads.items() if pair == plain]
+                others = {name: pair for name, pair in heads.items() if pair != plain}
+                pairs: list[tuple[StorageKey, StorageKey]] = []
+                if others:
+                    found = await storage.keys_under(
+                        self.bot_id, {name: old for name, (old, _) in others.items()}
+                    )
+                    for key in found:
+                        old_head, new_head = others[key.fragment]
+                        new = rekey(key.key, old_head, new_head)
+                        if new is not None:
+                            pairs.append((key, StorageKey(key.bot_id, key.fragment, new)))
+                lock = [*self.first_read(storage), *(key for pair in pairs for key in pair)]
+                if pairs:
+                    self._locked_in.append((storage, lock))
+                if names:
+                    moved += await storage.rename_chat(
+                        self.bot_id, names, old_chat_id, new_chat_id, lock=lock
+                    )
+                elif lock:
+                    await storage.load([], None, lock=lock)
+                if pairs:
+                    moved += await storage.rename(pairs)
         return moved
 
     def assign_all(self, value: Any) -> None:
@@ -708,31 +715,32 @@ class UpdateSessions:
             return 0
         assert primary is not None
         database = self._record_storage(primary, unit)
-        if database is None or unit is None:
-            # The primary storage commits first, with the record, even with nothing of its
-            # own: an update whose handlers wrote rows must not write them again.
-            if not await primary.commit(own, self.mark):
-                return None
-            for storage, batch in others.values():
-                await storage.commit(batch, None)
-        else:
-            # The record commits in the update's transaction, with the handlers' rows and
-            # the database's fragments; storages outside it (Redis) follow its COMMIT, so
-            # that a failed COMMIT leaves them untouched for the redelivery.
-            if not await database.commit(own if primary is database else [], self.mark):
-                return None
-            deferred = [] if primary is database else [(primary, own, self.mark)]
-            for storage, batch in others.values():
-                if storage.commits_with_unit():
+        with storage_failure("saving sessions"):
+            if database is None or unit is None:
+                # The primary storage commits first, with the record, even with nothing of its
+                # own: an update whose handlers wrote rows must not write them again.
+                if not await primary.commit(own, self.mark):
+                    return None
+                for storage, batch in others.values():
                     await storage.commit(batch, None)
-                else:
-                    deferred.append((storage, batch, None))
-            for storage, batch, mark in deferred:
-                self._commit_when_ended(unit, storage, batch, mark)
-            if deferred and self._held:
-                # Same-key updates of this process wait until those commits are done.
-                held, self._held = self._held, []
-                unit.when_ended(lambda committed: self._release_held(held))
+            else:
+                # The record commits in the update's transaction, with the handlers' rows and
+                # the database's fragments; storages outside it (Redis) follow its COMMIT, so
+                # that a failed COMMIT leaves them untouched for the redelivery.
+                if not await database.commit(own if primary is database else [], self.mark):
+                    return None
+                deferred = [] if primary is database else [(primary, own, self.mark)]
+                for storage, batch in others.values():
+                    if storage.commits_with_unit():
+                        await storage.commit(batch, None)
+                    else:
+                        deferred.append((storage, batch, None))
+                for storage, batch, mark in deferred:
+                    self._commit_when_ended(unit, storage, batch, mark)
+                if deferred and self._held:
+                    # Same-key updates of this process wait until those commits are done.
+                    held, self._held = self._held, []
+                    unit.when_ended(lambda committed: self._release_held(held))
         return len(own) + sum(len(batch) for _, batch in others.values())
 
     @staticmethod
@@ -824,6 +832,23 @@ async def _call_initial(fragment: Fragment) -> Any:
     if _is_awaitable(value):
         value = await value
     return value
+
+
+@contextlib.contextmanager
+def storage_failure(doing: str) -> Iterator[None]:
+    """Whatever a storage raises is a failure of the storage: the update is retried.
+
+    The built-in storages raise :class:`StorageError`; a storage of your own, a driver
+    or a test's database guard may raise anything (``ConnectionError``, ``TimeoutError``,
+    ``RuntimeError``). Taken for a handler's error, it would be acknowledged with its
+    sessions unread or unsaved, and the update lost.
+    """
+    try:
+        yield
+    except SessionError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"{doing} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _log_bad_row(key: StorageKey, exc: Exception) -> None:

@@ -45,7 +45,8 @@ def test_sessions_move_to_the_supergroup(make_bot, probe, announcement):
         notice = service_message(GROUP, migrate_to_chat_id=SUPERGROUP)
     else:
         notice = service_message(SUPERGROUP, migrate_from_chat_id=GROUP)
-    assert bot.process(notice) == "skipped"  # no handler wants it; the rows moved anyway
+    # No handler wants it; the rows moved, in its commit.
+    assert bot.process(notice) == "committed"
     assert probe.stored_text(BOT, "chat", f"chat:{GROUP}") is None
     assert probe.stored_text(BOT, "chat", f"chat:{SUPERGROUP}") == '{"pizza":2}'
     assert probe.stored_text(BOT, "member", f"chat:{SUPERGROUP}:user:{BOB}") == '{"n":2}'
@@ -57,8 +58,8 @@ def test_sessions_move_to_the_supergroup(make_bot, probe, announcement):
 def test_the_second_announcement_finds_nothing_to_move(make_bot, probe):
     bot = make_bot(sessions(probe.storage), handlers())
     bot.process(message("🍕", chat_id=GROUP, user_id=BOB))
-    bot.process(service_message(GROUP, migrate_to_chat_id=SUPERGROUP))
-    bot.process(service_message(SUPERGROUP, migrate_from_chat_id=GROUP))
+    assert bot.process(service_message(GROUP, migrate_to_chat_id=SUPERGROUP)) == "committed"
+    assert bot.process(service_message(SUPERGROUP, migrate_from_chat_id=GROUP)) == "skipped"
     assert probe.stored_text(BOT, "chat", f"chat:{SUPERGROUP}") == '{"pizza":1}'
 
 

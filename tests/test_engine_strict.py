@@ -12,7 +12,7 @@ import pytest
 from telegram import Update
 from telegram.ext import TypeHandler
 
-from botsessions import Fragment, SessionKeyError, Sessions
+from botsessions import Fragment, MemoryStorage, SessionKeyError, Sessions, StorageError
 
 from .updates import ALICE, inline_query, message
 
@@ -296,3 +296,61 @@ def test_unusable_keys_are_refused_before_any_storage_call(make_bot, probe, bad_
     assert isinstance(bot.errors[0], SessionKeyError)
     assert "255 characters" in str(bot.errors[0])
     assert probe.counts() == type(probe.counts())()
+
+
+class FailingStorage(MemoryStorage):
+    """A storage of a user's own that fails with an error of its own kind, not StorageError."""
+
+    def __init__(self, failing: str) -> None:
+        super().__init__()
+        self.failing = failing
+
+    async def load(self, keys: Any, mark: Any, *, lock: Any = ()) -> Any:
+        if self.failing == "read":
+            raise ConnectionError("storage server went away")
+        return await super().load(keys, mark, lock=lock)
+
+    async def commit(self, changes: Any, mark: Any = None) -> bool:
+        if self.failing == "write":
+            raise TimeoutError("storage server timed out")
+        return await super().commit(changes, mark)
+
+
+@pytest.mark.parametrize(
+    ("failing", "lazy", "cause"),
+    [
+        ("read", False, ConnectionError),
+        ("read", True, ConnectionError),
+        ("write", False, TimeoutError),
+    ],
+)
+def test_any_error_of_a_storage_asks_for_redelivery(make_bot, failing, lazy, cause):
+    """Acknowledged (200) with its session unread or unsaved, the update would be lost."""
+    ran: list[int] = []
+
+    async def count(update, context):
+        session = await context.session if lazy else context.session
+        session["n"] = session.get("n", 0) + 1
+        ran.append(session["n"])
+
+    storage = FailingStorage(failing)
+    bot = make_bot(Sessions(storage=storage, initial=dict, lazy=lazy), [every_update(count)])
+    with pytest.raises(StorageError) as raised:
+        bot.process(message("hello"))
+    assert isinstance(raised.value.__cause__, cause)
+    assert ran == ([1] if failing == "write" else [])
+    storage.failing = ""
+    assert bot.process(message("hello")) == "committed"  # the redelivery
+    assert ran[-1] == 1
+
+
+def test_an_error_of_initial_data_is_a_failed_handler_not_a_storage_failure(make_bot):
+    def broken_initial() -> dict[str, Any]:
+        raise KeyError("settings")
+
+    async def read(update, context):
+        context.session  # noqa: B018
+
+    bot = make_bot(Sessions(storage=MemoryStorage(), initial=broken_initial), [every_update(read)])
+    assert bot.process(message("hello")) == "handler_failed"
+    assert isinstance(bot.errors[0], KeyError)

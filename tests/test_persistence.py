@@ -743,6 +743,35 @@ def test_each_piece_has_its_own_serializer_for_its_context_type(make_bot, api):
         ).build()
 
 
+class BotData(dict[str, Any]):
+    """bot_data with defaults, the usual PTB way: a dict subclass in ContextTypes."""
+
+    def __init__(self) -> None:
+        super().__init__(greeting="hi", count=0)
+
+
+def test_a_dict_subclass_in_context_types_is_stored_as_json_and_read_back_as_itself(make_bot, api):
+    seen: list[Any] = []
+
+    async def count(update: Any, context: Any) -> None:
+        seen.append((type(context.bot_data), dict(context.bot_data)))
+        context.bot_data["count"] += 1
+
+    def configure(builder: Any) -> None:
+        builder.context_types(ContextTypes(context=SessionContext, bot_data=BotData))
+        builder.persistence(DjangoPersistence())
+
+    for _ in range(2):
+        bot = make_bot(None, [MessageHandler(filters.TEXT, count)], configure=configure)
+        assert bot.process(message("hello", chat_id=GROUP, user_id=ALICE)) == "committed"
+        bot.close()
+    assert seen == [
+        (BotData, {"greeting": "hi", "count": 0}),
+        (BotData, {"greeting": "hi", "count": 1}),
+    ]
+    assert rows()[("ptb.bot_data", "bot")] == {"greeting": "hi", "count": 2}
+
+
 def test_arbitrary_callback_data_is_refused_until_it_is_stored():
     builder = ApplicationBuilder().token(TOKEN).arbitrary_callback_data(True)
     with pytest.raises(ConfigurationError, match="callback data"):

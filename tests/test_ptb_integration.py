@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from telegram.ext import (
 
 from botsessions import (
     ConfigurationError,
+    JobQueueNotRunning,
     SessionContext,
     SessionNotLoadedError,
     Sessions,
@@ -117,8 +119,12 @@ def test_non_blocking_handlers_are_saved_after_they_finish(make_bot):
         Sessions(initial=lambda: {"done": False}),
         [MessageHandler(filters.TEXT, slow, block=False)],
     )
-    assert bot.process(message("x")) == "committed"
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        assert bot.process(message("x")) == "committed"
     assert stored() == {"done": True}
+    # PTB's "won't be automatically awaited" is not true of them: the update awaits them.
+    assert [str(w.message) for w in warned if "awaited" in str(w.message)] == []
 
 
 def test_failing_non_blocking_handler_discards_the_update(make_bot):
@@ -261,3 +267,57 @@ def test_type_handler_sees_session(make_bot):
     bot = make_bot(Sessions(initial=dict), [TypeHandler(Update, handler)])
     bot.process(message("x"))
     assert stored() == {"kind": "any"}
+
+
+def test_post_init_runs_once_before_the_first_update_and_again_after_a_failure(make_bot, api):
+    """The webhook starts the application as run_webhook would: initialize, then post_init."""
+    calls: list[str] = []
+
+    async def post_init(application: Any) -> None:
+        calls.append("post_init")
+        if len(calls) == 1:
+            raise RuntimeError("the commands could not be set")
+        await application.bot.set_my_commands([("hunger", "How hungry?")])
+
+    async def post_shutdown(application: Any) -> None:
+        calls.append("post_shutdown")
+
+    async def handler(update: Any, context: Any) -> None:
+        calls.append("handler")
+
+    def configure(builder: Any) -> None:
+        builder.post_init(post_init).post_shutdown(post_shutdown)
+
+    bot = make_bot(Sessions(initial=dict), [TypeHandler(Update, handler)], configure=configure)
+    with pytest.raises(RuntimeError, match="commands"):
+        bot.process(message("one"))  # the view answers 503: Telegram delivers it again
+    assert bot.process(message("one")) == "unchanged"
+    assert bot.process(message("two")) == "unchanged"
+    assert calls == ["post_init", "post_init", "handler", "handler"]
+    assert len(api.calls_to("getMe")) == 1 and len(api.calls_to("setMyCommands")) == 1
+    bot.close()
+    assert calls[-1] == "post_shutdown"
+
+
+def test_a_burst_of_first_updates_under_asgi_starts_the_application_once(make_bot, api):
+    started: list[int] = []
+
+    async def post_init(application: Any) -> None:
+        started.append(1)
+
+    bot = make_bot(Sessions(initial=dict), [], configure=lambda b: b.post_init(post_init))
+
+    async def burst() -> None:
+        await asyncio.gather(*(bot.runner.ainitialize() for _ in range(20)))
+
+    asyncio.run(burst())
+    assert len(api.calls_to("getMe")) == 1 and started == [1]
+
+
+def test_jobs_scheduled_by_post_init_are_refused_under_the_webhook(make_bot):
+    async def post_init(application: Any) -> None:
+        application.job_queue.run_repeating(lambda context: None, interval=60, name="tick")
+
+    bot = make_bot(Sessions(initial=dict), [], configure=lambda b: b.post_init(post_init))
+    with pytest.raises(JobQueueNotRunning, match="would never run"):
+        bot.runner.initialize()
