@@ -83,8 +83,10 @@ def database_from_url(url: str) -> dict[str, object]:
         options.setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
     elif engine.endswith("postgresql"):
         # A pool of connections per process instead of a new one per request (the async
-        # webhook's database threads take one per update): needs CONN_MAX_AGE = 0.
-        options.setdefault("pool", {"min_size": 2, "max_size": 16})
+        # webhook's database threads take one per update): needs CONN_MAX_AGE = 0. Its
+        # max_size bounds a process's connections; an update waits at most `timeout`
+        # seconds for one (psycopg_pool's 30 would come on top of the lock wait).
+        options.setdefault("pool", {"min_size": 2, "max_size": 16, "timeout": 10})
     elif engine.endswith("mysql"):
         import pymysql
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from django.db import connections
 from django.test import Client, TestCase
-from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.urls import NoReverseMatch, URLPattern, URLResolver, get_resolver, reverse
 from telegram import Bot
 from telegram.request import BaseRequest, RequestData
 
@@ -672,14 +672,20 @@ def webhook_path(alias: str, urlconf: str | None = None) -> str:
             "mount one, or give the client path=."
         )
     pattern, namespaces = found
-    if pattern.name:
-        return reverse(":".join([*namespaces, pattern.name]), urlconf=urlconf)
-    if namespaces:
+    if not pattern.name and namespaces:
         raise LookupError(
             f"The webhook view of bot {alias!r} is in a namespace and has no URL name; "
             "name it, or give the client path=."
         )
-    return reverse(pattern.callback, urlconf=urlconf)
+    try:
+        if pattern.name:
+            return reverse(":".join([*namespaces, pattern.name]), urlconf=urlconf)
+        return reverse(pattern.callback, urlconf=urlconf)
+    except NoReverseMatch:
+        raise LookupError(
+            f"The webhook URL of bot {alias!r} takes arguments ({pattern.pattern}); "
+            "give the client path=."
+        ) from None
 
 
 def _find_webhook(

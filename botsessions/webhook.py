@@ -118,7 +118,14 @@ class WebhookView(View):
     def not_initialized(self, runner: BotRunner, exc: Exception) -> HttpResponse:
         # PTB's messages can hold the token (InvalidToken says which one was refused).
         reason = redact(f"{type(exc).__name__}: {exc}", runner.application.bot.token)
-        logger.warning("bot %r not initialized, asking Telegram to retry: %s", self.bot, reason)
+        if isinstance(exc, TelegramError):
+            logger.warning(
+                "bot %r not initialized, asking Telegram to retry: %s", self.bot, reason
+            )
+        else:  # the application's own start-up code (post_init) failed: with its traceback
+            logger.error(
+                "bot %r not started, asking Telegram to retry: %s", self.bot, reason, exc_info=exc
+            )
         return _retry_later("bot not initialized, retry later")
 
     def not_stored(self, update: Update, exc: Exception) -> HttpResponse:
@@ -133,14 +140,15 @@ class TelegramWebhookView(WebhookView):
     The request thread waits for the update and runs its database work meanwhile.
     """
 
-    def post(self, request: HttpRequest) -> HttpResponseBase:
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        # URL arguments (a path converter in the webhook's URL) are not used.
         accepted = self.accept(request)
         if isinstance(accepted, HttpResponseBase):
             return accepted
         runner, update = accepted
         try:
             runner.initialize()
-        except TelegramError as exc:  # unreachable, or the token refused (InvalidToken)
+        except Exception as exc:  # the Bot API unreachable, the token refused, post_init
             return self.not_initialized(runner, exc)
         try:
             outcome = runner.process(update)
@@ -164,14 +172,14 @@ class AsyncTelegramWebhookView(WebhookView):
         response["Connection"] = "close"  # ASGI servers honour it
         return response
 
-    async def post(self, request: HttpRequest) -> HttpResponseBase:
+    async def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         accepted = self.accept(request)
         if isinstance(accepted, HttpResponseBase):
             return accepted
         runner, update = accepted
         try:
             await runner.ainitialize()
-        except TelegramError as exc:  # unreachable, or the token refused (InvalidToken)
+        except Exception as exc:  # the Bot API unreachable, the token refused, post_init
             return self.not_initialized(runner, exc)
         try:
             outcome = await runner.aprocess(update)

@@ -8,4 +8,6 @@ from botsessions.webhook import AsyncTelegramWebhookView
 
 urlpatterns = [
     path("telegram/webhook/", AsyncTelegramWebhookView.as_view(bot="default")),
+    # A secret in the URL, as some projects mount their webhook.
+    path("telegram/<str:token>/", AsyncTelegramWebhookView.as_view(bot="default")),
 ]

@@ -1,4 +1,5 @@
-"""URLs for the test kit's tests: the demo bot by name, the kit's bot in a namespace."""
+"""URLs for the test kit's tests: the demo bot by name, the kit's bot in a namespace,
+and a bot whose webhook URL takes an argument."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ kit = (
 
 urlpatterns = [
     path("elsewhere/", TelegramWebhookView.as_view(bot="other")),
+    # A secret in the URL, as some projects mount their webhook.
+    path("by-token/<str:token>/", TelegramWebhookView.as_view(bot="tokened")),
     path("demo/webhook/", TelegramWebhookView.as_view(bot="default")),
     path("kit/", include(kit)),
 ]

@@ -26,9 +26,11 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls("tests.a
 SECRET = "test-secret"
 
 
-async def apost(client: AsyncClient, update: Any, secret: str = SECRET) -> Any:
+async def apost(
+    client: AsyncClient, update: Any, secret: str = SECRET, path: str = "/telegram/webhook/"
+) -> Any:
     return await client.post(
-        "/telegram/webhook/",
+        path,
         data=update if isinstance(update, str) else json.dumps(update),
         content_type="application/json",
         headers={"X-Telegram-Bot-Api-Secret-Token": secret},
@@ -73,6 +75,12 @@ def test_one_user_buying_in_many_chats_at_once_counts_every_purchase(
     assert sorted(fresh_bots.sent_texts()) == sorted(
         f"Bought jam. Purchases so far: {n}." for n in range(1, 21)
     )
+
+
+def test_a_webhook_url_with_an_argument(fresh_bots: FakeBotAPI) -> None:
+    update = message("🍕", chat_id=GROUP, user_id=ALICE)
+    response = async_to_sync(apost)(AsyncClient(), update, path="/telegram/abc123/")
+    assert (response.status_code, response.json()["outcome"]) == (200, "committed")
 
 
 def test_a_failed_handler_leaves_nothing_and_is_answered(

@@ -272,6 +272,15 @@ def test_the_webhook_is_found_by_its_bot(settings: Any) -> None:
     assert webhook_path("kit") == "/kit/hook/"
     with pytest.raises(LookupError, match="'nobody'"):
         webhook_path("nobody")
+    with pytest.raises(LookupError, match=r"takes arguments.*give the client path="):
+        webhook_path("tokened")
+
+
+def test_a_webhook_url_with_an_argument(settings: Any, db: None) -> None:
+    settings.BOTSESSIONS_BOTS = {**KIT_BOTS, "tokened": KIT_BOTS["default"]}
+    settings.ROOT_URLCONF = "tests.kit_urls"
+    with BotClient("tokened", path="/by-token/abc/") as client:
+        assert client.send("🍕", chat_id=1, user_id=1).outcome == "committed"
 
 
 def test_an_explicit_path_and_the_secret(settings: Any, db: None) -> None:

@@ -434,6 +434,20 @@ def test_a_refused_token_is_503_and_never_shown(
     assert "not initialized" in caplog.text
 
 
+@pytest.mark.urls("tests.webhook_bots")
+def test_a_failing_post_init_is_503_with_its_traceback_then_retried(
+    client: Client, demo: FakeBotAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    webhook_bots.post_inits.clear()
+    first = post(client, message("🍕"), url="/bots/starting/")
+    assert first.status_code == 503 and first["Retry-After"]
+    assert "not started" in caplog.text and "post_init failed on purpose" in caplog.text
+    assert Session.objects.count() == 0
+    again = post(client, message("🍕"), url="/bots/starting/")
+    assert (again.status_code, again.json()["outcome"]) == (200, "committed")
+    assert webhook_bots.post_inits == [1, 1]
+
+
 def settings_token() -> str:
     from django.conf import settings as django_settings
 

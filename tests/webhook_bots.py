@@ -107,6 +107,23 @@ def callback_bot() -> Application:  # type: ignore[type-arg]
     return application
 
 
+# How many times the starting bot's post_init ran (cleared by the tests).
+post_inits: list[int] = []
+
+
+def starting_bot() -> Application:  # type: ignore[type-arg]
+    """The failing bot with a ``post_init`` that fails the first time it runs."""
+
+    async def post_init(application: Application) -> None:  # type: ignore[type-arg]
+        post_inits.append(1)
+        if len(post_inits) == 1:
+            raise RuntimeError("post_init failed on purpose")
+
+    application = failing_bot()
+    application.post_init = post_init
+    return application
+
+
 def second_demo_bot() -> Application:  # type: ignore[type-arg]
     """The demo bot under another token: the same handlers, its own sessions."""
     return build_application(token=SECOND_TOKEN)
@@ -123,6 +140,10 @@ BOTS: dict[str, dict[str, Any]] = {
     },
     "failing": {"APPLICATION": "tests.webhook_bots.failing_bot", "WEBHOOK_SECRET": "test-secret"},
     "notes": {"APPLICATION": "tests.webhook_bots.notes_bot", "WEBHOOK_SECRET": "test-secret"},
+    "starting": {
+        "APPLICATION": "tests.webhook_bots.starting_bot",
+        "WEBHOOK_SECRET": "test-secret",
+    },
     "callbacks": {
         "APPLICATION": "tests.webhook_bots.callback_bot",
         "WEBHOOK_SECRET": "test-secret",
