@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from .conf import MAX_PURGE_BATCH_SIZE, settings
 
@@ -33,6 +34,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         )
         bots = {}
     for alias, bot in bots.items():
+        if not isinstance(alias, str) or not alias:
+            messages.append(
+                Error(
+                    f"BOTSESSIONS_BOTS has the alias {alias!r}: aliases are non-empty strings.",
+                    id="botsessions.E002",
+                )
+            )
         messages += _check_bot(alias, bot)
     for name, value in (
         ("BOTSESSIONS_MAX_BODY_SIZE", getattr(django_settings, "BOTSESSIONS_MAX_BODY_SIZE", 1)),
@@ -107,10 +115,47 @@ def _check_sqlite_timeouts() -> list[CheckMessage]:
     return messages
 
 
+@register(Tags.urls)
+def check_webhook_urls(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every webhook view in the URLconf serves a configured bot."""
+    from django.urls import get_resolver
+
+    from .webhook import webhook_urls
+
+    bots = settings.BOTS
+    if not isinstance(bots, dict):
+        return []  # reported by E002
+    return [
+        Error(
+            f"The URL {str(pattern.pattern)!r} mounts a webhook view for bot {alias!r}, "
+            "which BOTSESSIONS_BOTS does not configure: every update posted there would "
+            "fail.",
+            hint=f"Configured: {', '.join(map(repr, bots)) or 'none'}.",
+            id="botsessions.E013",
+        )
+        for pattern, _, alias in webhook_urls(get_resolver().url_patterns)
+        if alias not in bots
+    ]
+
+
+# The settings of one bot; anything else is a typo that would be ignored.
+BOT_SETTING_NAMES = ("APPLICATION", "WEBHOOK_SECRET", "ALLOWED_UPDATES")
+
+
 def _check_bot(alias: object, bot: object) -> list[CheckMessage]:
     if not isinstance(bot, dict):
         return [Error(f"BOTSESSIONS_BOTS[{alias!r}] must be a dict.", id="botsessions.E003")]
     messages: list[CheckMessage] = []
+    unknown = [name for name in bot if name not in BOT_SETTING_NAMES]
+    if unknown:
+        messages.append(
+            Warning(
+                f"BOTSESSIONS_BOTS[{alias!r}] has settings botsessions does not know: "
+                f"{', '.join(map(repr, unknown))}; they are ignored.",
+                hint=f"A bot's settings are {', '.join(BOT_SETTING_NAMES)}.",
+                id="botsessions.W003",
+            )
+        )
     application = bot.get("APPLICATION")
     if not isinstance(application, str) or "." not in application:
         messages.append(
@@ -120,6 +165,8 @@ def _check_bot(alias: object, bot: object) -> list[CheckMessage]:
                 id="botsessions.E004",
             )
         )
+    else:
+        messages += _check_application(alias, application)
     secret = bot.get("WEBHOOK_SECRET") or ""
     if not isinstance(secret, str):
         messages.append(
@@ -157,7 +204,51 @@ def _check_bot(alias: object, bot: object) -> list[CheckMessage]:
                 id="botsessions.E010",
             )
         )
+    elif allowed is not None:
+        from telegram import Update
+
+        unknown = [name for name in allowed if name not in Update.ALL_TYPES]
+        if unknown:
+            messages.append(
+                Error(
+                    f"BOTSESSIONS_BOTS[{alias!r}]['ALLOWED_UPDATES'] names no update type "
+                    f"Telegram sends: {', '.join(map(repr, unknown))}.",
+                    hint="Use the names of telegram.Update.ALL_TYPES, such as 'message'.",
+                    id="botsessions.E010",
+                )
+            )
     return messages
+
+
+def _check_application(alias: object, path: str) -> list[CheckMessage]:
+    """The application's path imports, to an application with sessions or a function.
+
+    A function is not called: building the application is the bot's first update's work.
+    """
+    from telegram.ext import Application
+
+    from .ptb import SessionApplication
+
+    setting = f"BOTSESSIONS_BOTS[{alias!r}]['APPLICATION']"
+    try:
+        target = import_string(path)
+    except ImportError as exc:
+        return [Error(f"{setting} cannot be imported: {exc}", id="botsessions.E012")]
+    if isinstance(target, Application):
+        if isinstance(target, SessionApplication):
+            return []
+        why = "is an Application without sessions"
+    elif callable(target):
+        return []
+    else:
+        why = f"is {type(target).__name__}, neither an Application nor a function"
+    return [
+        Error(
+            f"{setting} ({path}) {why}.",
+            hint="Build it with botsessions.use_sessions(ApplicationBuilder()...).build().",
+            id="botsessions.E012",
+        )
+    ]
 
 
 def _valid_secret(secret: str) -> bool:

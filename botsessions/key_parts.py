@@ -12,8 +12,8 @@ Checked here: the ids of the chat, the sender, a sender chat (anonymous admins,
 reactions and votes on behalf of a chat) and a boost's user; topic and thread ids;
 ``migrate_to_chat_id`` and ``migrate_from_chat_id`` (64-bit integers, never booleans);
 business connection ids and guest query ids (1 to 64 characters of
-``A-Z a-z 0-9 . _ ~ + / = -``, so never the ``:`` that separates key parts). A
-business message must name its connection.
+``A-Z a-z 0-9 . _ ~ + / = -``, so never the ``:`` that separates key parts). A message
+must have its chat, and a business message must name its connection.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ def check_key_parts(update: Update) -> None:
     for field in MESSAGE_FIELDS:
         message = getattr(update, field, None)
         if message is not None:
+            if getattr(message, "chat", None) is None:
+                raise InvalidKeyPart(f"{field} must have its chat")
             _check_message(message, field)
             if field in BUSINESS_MESSAGE_FIELDS and not message.business_connection_id:
                 raise InvalidKeyPart(f"{field} must name its business_connection_id")

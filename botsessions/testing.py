@@ -36,19 +36,19 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connections
 from django.test import Client, TestCase
-from django.urls import NoReverseMatch, URLPattern, URLResolver, get_resolver, reverse
+from django.urls import NoReverseMatch, get_resolver, reverse
 from telegram import Bot
 from telegram.request import BaseRequest, RequestData
 
 from .bots import bot_settings, forget_applications
 from .runner import BotRunner, runner_for, shutdown_runners
-from .webhook import SECRET_HEADER, WebhookView
+from .webhook import SECRET_HEADER, webhook_urls
 
 __all__ = [
     "BotAPICall",
@@ -665,7 +665,14 @@ def _drop_applications() -> None:
 
 def webhook_path(alias: str, urlconf: str | None = None) -> str:
     """The path of the first webhook view in the URLconf that serves bot ``alias``."""
-    found = _find_webhook(get_resolver(urlconf).url_patterns, alias, [])
+    found = next(
+        (
+            (pattern, namespaces)
+            for pattern, namespaces, served in webhook_urls(get_resolver(urlconf).url_patterns)
+            if served == alias
+        ),
+        None,
+    )
     if found is None:
         raise LookupError(
             f"No URL in the URLconf mounts a webhook view for bot {alias!r}; "
@@ -686,28 +693,6 @@ def webhook_path(alias: str, urlconf: str | None = None) -> str:
             f"The webhook URL of bot {alias!r} takes arguments ({pattern.pattern}); "
             "give the client path=."
         ) from None
-
-
-def _find_webhook(
-    patterns: Any, alias: str, namespaces: list[str]
-) -> tuple[URLPattern, list[str]] | None:
-    for item in patterns:
-        if isinstance(item, URLResolver):
-            inner = [*namespaces, item.namespace] if item.namespace else namespaces
-            found = _find_webhook(item.url_patterns, alias, inner)
-            if found is not None:
-                return found
-        elif isinstance(item, URLPattern) and _serves(item.callback, alias):
-            return item, namespaces
-    return None
-
-
-def _serves(callback: Callable[..., Any], alias: str) -> bool:
-    view_class = getattr(callback, "view_class", None)
-    if not (isinstance(view_class, type) and issubclass(view_class, WebhookView)):
-        return False
-    initkwargs: dict[str, Any] = getattr(callback, "view_initkwargs", {})
-    return bool(initkwargs.get("bot", view_class.bot) == alias)
 
 
 def _is_async_view(path: str) -> bool:

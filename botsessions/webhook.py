@@ -25,12 +25,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings as django_settings
 from django.db import DatabaseError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.urls import URLPattern, URLResolver
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
@@ -257,3 +259,28 @@ def _retry_later(reason: str) -> HttpResponse:
 def refusal(status: int, reason: str) -> HttpResponse:
     """The JSON error answer of the webhook (also used by the ASGI body limit)."""
     return JsonResponse({"ok": False, "error": reason}, status=status)
+
+
+def webhook_urls(
+    patterns: Any, namespaces: tuple[str, ...] = ()
+) -> Iterator[tuple[URLPattern, tuple[str, ...], str]]:
+    """Each URL pattern of a URLconf that mounts a webhook view: with its namespaces and
+    the alias of the bot it serves, in the URLconf's order."""
+    for item in patterns:
+        if isinstance(item, URLResolver):
+            inner = (*namespaces, item.namespace) if item.namespace else namespaces
+            yield from webhook_urls(item.url_patterns, inner)
+        elif isinstance(item, URLPattern):
+            alias = served_bot(item.callback)
+            if alias is not None:
+                yield item, namespaces, alias
+
+
+def served_bot(callback: Callable[..., Any]) -> str | None:
+    """The bot alias a view function serves, if it is a webhook view's."""
+    view_class = getattr(callback, "view_class", None)
+    if not (isinstance(view_class, type) and issubclass(view_class, WebhookView)):
+        return None
+    initkwargs: dict[str, Any] = getattr(callback, "view_initkwargs", {})
+    alias: str = initkwargs.get("bot", view_class.bot)
+    return alias

@@ -208,6 +208,17 @@ def test_a_business_message_must_name_its_connection(
     assert_refused(client, api, update)
 
 
+@pytest.mark.parametrize("chat", ["absent", None])
+def test_a_message_must_have_its_chat(client: Client, api: FakeBotAPI, chat: str | None) -> None:
+    """Every message has one; without it no per-chat key can be made."""
+    update = u.message("🍕", chat_id=u.GROUP, user_id=u.BOB)
+    if chat == "absent":
+        del update["message"]["chat"]
+    else:
+        update["message"]["chat"] = chat
+    assert_refused(client, api, update)
+
+
 def test_is_topic_message_must_be_a_boolean(client: Client, api: FakeBotAPI) -> None:
     update = u.message("🍕", chat_id=u.FORUM, user_id=u.BOB, thread_id=7)
     update["message"]["is_topic_message"] = "yes"
