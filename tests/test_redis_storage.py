@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
@@ -26,8 +27,9 @@ from telegram.ext import MessageHandler, filters
 from botsessions import Fragment, SessionConflict, Sessions, StorageError, per_user
 from botsessions.errors import LockTimeout
 from botsessions.outcome import Outcome
-from botsessions.storage.base import StorageKey, StoredSession, UpdateMark, Write
+from botsessions.storage.base import Delete, StorageKey, StoredSession, UpdateMark, Write
 
+from .redis_proxy import HoldingProxy
 from .redis_support import URL
 from .updates import ALICE, BOB, message
 
@@ -37,10 +39,10 @@ BOT = 123456  # the harness's token is 123456:...
 KEY = StorageKey(BOT, "", f"chat:{ALICE}")
 
 
-def storage(prefix: str) -> Any:
+def storage(prefix: str, url: str = URL, **options: Any) -> Any:
     from botsessions.storage.redis import RedisStorage
 
-    return RedisStorage(url=URL, prefix=prefix)
+    return RedisStorage(url=url, prefix=prefix, **options)
 
 
 def run(coroutine: Any) -> Any:
@@ -145,11 +147,11 @@ def test_data_round_trips_as_json(make_bot, prefix):
     assert not bot.errors
 
 
-def mixed(prefix: str) -> Sessions:
+def mixed(prefix: str, url: str = URL, **options: Any) -> Sessions:
     """The chat's fragment in Redis (first, so once it held the record), the user's in the
     database."""
     return Sessions.multi(
-        chat=Fragment(initial=lambda: {"count": 0}, storage=storage(prefix)),
+        chat=Fragment(initial=lambda: {"count": 0}, storage=storage(prefix, url, **options)),
         user=Fragment(initial=lambda: {"count": 0}, key=per_user),
     )
 
@@ -528,6 +530,184 @@ def test_redis_going_away_between_read_and_commit(make_bot, prefix, raw):
     store._run = original
     assert bot.process(update) == Outcome.COMMITTED  # the redelivery
     assert stored_count(prefix) == 1
+
+
+# -- replies that never come: Redis ran the script, or not, and the client cannot tell -----
+
+OTHER = StorageKey(BOT, "", f"chat:{BOB}")
+
+
+@pytest.fixture
+def proxy(prefix: str) -> Iterator[HoldingProxy]:
+    proxy = HoldingProxy()
+    yield proxy
+    proxy.close()
+
+
+def behind(proxy: HoldingProxy, prefix: str) -> Any:
+    """A storage talking to Redis through ``proxy``, waiting 0.3 s at most for a reply."""
+    return storage(prefix, proxy.url, socket_timeout=0.3)
+
+
+async def warm_up(store: Any) -> None:
+    """Write KEY and OTHER (revision 1) and read one back through ``store``: Redis knows
+    its scripts, and its connection is open for the proxy to hold."""
+    old = StoredSession('"old"', revision=1)
+    await store.commit([Write(KEY, old, 0), Write(OTHER, old, 0)])
+    await store.read(KEY)
+
+
+def locks(raw: Any, prefix: str) -> list[str]:
+    return [name for name in raw.keys(prefix + "*") if ":lock:" in name]
+
+
+def test_a_commit_whose_reply_is_lost_but_landed_is_committed(make_bot, api, prefix, raw, proxy):
+    """Redis ran the commit, record included; its reply never came. The update is
+    committed all the same: its sends after the commit go out, a redelivery is a
+    duplicate, and its lock is given back."""
+
+    async def count_and_reply(update: Any, context: Any) -> None:
+        context.session["count"] += 1
+        context.on_commit(lambda: update.effective_message.reply_text("counted"))
+        if context.session["count"] == 2:
+            proxy.hold_replies()  # the commit, next, runs and is never answered
+
+    sessions = Sessions(initial=lambda: {"count": 0}, storage=behind(proxy, prefix))
+    bot = make_bot(sessions, [MessageHandler(filters.TEXT, count_and_reply)])
+    assert bot.process(message()) == Outcome.COMMITTED  # Redis knows the scripts now
+    update = message()
+    assert bot.process(update) == Outcome.COMMITTED
+    assert api.sent_texts() == ["counted", "counted"]
+    assert stored_count(prefix) == 2
+    assert raw.exists(f"{prefix}{{{BOT}}}:done:{update['update_id']}") == 1
+    assert locks(raw, prefix) == []
+    assert bot.process(update) == Outcome.DUPLICATE
+
+
+def test_a_redis_commit_after_the_database_whose_reply_is_lost_but_landed_is_not_lost(
+    make_bot, prefix, raw, proxy, caplog
+):
+    """The mixed case: no record in Redis, so what the keys hold tells that it landed."""
+
+    async def count_both_and_hold(update: Any, context: Any) -> None:
+        await count_both(update, context)
+        if context.session.chat["count"] == 2:
+            proxy.hold_replies()
+
+    sessions = mixed(prefix, proxy.url, socket_timeout=0.3)
+    bot = make_bot(sessions, [MessageHandler(filters.TEXT, count_both_and_hold)])
+    assert bot.process(message(chat_id=ALICE)) == Outcome.COMMITTED
+    assert bot.process(message(chat_id=ALICE)) == Outcome.COMMITTED
+    assert "could not be saved" not in caplog.text
+    assert stored_count(prefix, CHAT_KEY) == 2
+    assert locks(raw, prefix) == []
+
+
+def test_a_commit_without_a_record_is_settled_by_the_revisions_it_wrote(prefix, raw, proxy):
+    store = behind(proxy, prefix)
+
+    async def scene() -> bool:
+        await warm_up(store)
+        await store.load([KEY, OTHER], None, lock=[KEY, OTHER])
+        proxy.hold_replies()
+        new = StoredSession('"new"', revision=2)
+        landed: bool = await store.commit([Write(KEY, new, 1), Delete(OTHER, 1)])
+        await store.aclose()
+        return landed
+
+    assert asyncio.run(scene()) is True
+    assert run(storage(prefix).read(KEY)).data == '"new"'
+    assert raw.exists(storage(prefix).name(OTHER)) == 0
+    assert locks(raw, prefix) == []
+
+
+@pytest.mark.parametrize("with_record", [True, False])
+def test_a_commit_that_never_reached_redis_fails_and_can_never_land_late(
+    prefix, raw, proxy, with_record
+):
+    """Its locks are given back as it fails, so the script, arriving late, finds them
+    gone and writes nothing."""
+    store = behind(proxy, prefix)
+    mark = UpdateMark(BOT, 7) if with_record else None
+
+    async def scene() -> None:
+        await warm_up(store)
+        await store.load([KEY], None, lock=[KEY])
+        proxy.hold_requests()
+        with pytest.raises(StorageError, match="saving sessions in Redis failed"):
+            await store.commit([Write(KEY, StoredSession('"new"', revision=2), 1)], mark)
+        assert locks(raw, prefix) == []
+        proxy.release()  # the script reaches Redis now
+        await store.aclose()
+
+    asyncio.run(scene())
+    assert run(storage(prefix).read(KEY)).data == '"old"'
+    assert raw.exists(f"{prefix}{{{BOT}}}:done:7") == 0
+
+
+def test_a_commit_refused_by_redis_whose_reply_is_lost_fails(prefix, raw, proxy, settings):
+    """The script found its lock expired and taken by another update: nothing written,
+    and the other update's lock is left alone."""
+    store, successor = behind(proxy, prefix), storage(prefix)
+
+    async def scene() -> None:
+        await warm_up(store)
+        settings.BOTSESSIONS_LOCK_TIMEOUT = 0.2
+        await store.load([KEY], None, lock=[KEY])
+        await asyncio.sleep(0.3)  # its lock expires
+        settings.BOTSESSIONS_LOCK_TIMEOUT = 10
+        await successor.load([KEY], None, lock=[KEY])
+        proxy.hold_replies()
+        with pytest.raises(StorageError, match="saving sessions in Redis failed"):
+            await store.commit([Write(KEY, StoredSession('"new"', revision=2), 1)])
+        await store.aclose()
+
+    asyncio.run(scene())
+    assert run(storage(prefix).read(KEY)).data == '"old"'
+    assert locks(raw, prefix) == [storage(prefix).lock_name(KEY)]  # the successor's
+
+
+def test_a_commit_whose_outcome_cannot_be_told_says_so(prefix, proxy):
+    """Redis out of reach after the commit was sent: it may or may not have landed."""
+    store = behind(proxy, prefix)
+
+    async def scene() -> None:
+        await warm_up(store)
+        await store.load([KEY], UpdateMark(BOT, 7), lock=[KEY])
+        proxy.go_silent()
+        with pytest.raises(StorageError, match=r"unknown.* may or may not have been saved"):
+            await store.commit(
+                [Write(KEY, StoredSession('"new"', revision=2), 1)], UpdateMark(BOT, 7)
+            )
+        await store.aclose()
+
+    asyncio.run(scene())
+
+
+def test_a_refused_connection_is_not_settled(prefix):
+    """Nothing was sent: a plain failure, with no second attempt to reach Redis."""
+    from botsessions.storage.redis import RedisStorage
+
+    gone = RedisStorage(url="redis://127.0.0.1:1/0", prefix=prefix)
+    with pytest.raises(StorageError) as failure:
+        run(gone.commit([Write(KEY, StoredSession("1", revision=1), None)], UpdateMark(BOT, 7)))
+    assert "unknown" not in str(failure.value)
+
+
+def test_a_lock_taking_read_whose_reply_is_lost_leaves_no_lock(prefix, raw, proxy):
+    """Redis took the lock, the reply never came: the read fails and gives the lock
+    back, rather than leaving the chat locked until the lock expires."""
+    store = behind(proxy, prefix)
+
+    async def scene() -> None:
+        await warm_up(store)
+        proxy.hold_replies()
+        with pytest.raises(StorageError, match="reading sessions in Redis failed"):
+            await store.load([KEY], None, lock=[KEY])
+        await store.aclose()
+
+    asyncio.run(scene())
+    assert locks(raw, prefix) == []
 
 
 # -- locks ----------------------------------------------------------------------------------

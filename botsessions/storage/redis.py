@@ -10,6 +10,13 @@ Every call that matters is one Lua script, so it is one round trip and atomic:
   fragment and the record, or nothing at all;
 - ``unlock`` gives back only the locks whose token is still this update's.
 
+A reply can be lost while its script runs all the same (Redis stalled past the socket
+timeout). A commit that may have run that way is *settled* on a fresh connection: one
+script gives back its locks that still hold its tokens (so, if it is still on its way,
+it finds them gone and writes nothing) and tells whether it landed: its exactly-once
+record exists, or, without one, its keys hold what it wrote. A read that may have taken
+locks that way gives them back the same way.
+
 A lock is a key holding a random token, with an expiry of ``BOTSESSIONS_LOCK_TIMEOUT``,
 so a process that died holding one blocks its keys for that long at most. An update that
 finds a key locked retries with a short, growing pause, within the update's lock-wait
@@ -40,7 +47,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..conf import settings
 from ..errors import LockTimeout, SessionConflict, StorageError, StoredDataError
@@ -129,6 +138,42 @@ if keep ~= '' then redis.call('SET', KEYS[#KEYS], '1', 'EX', keep) end
 return 1
 """
 
+# KEYS: as the commit's. ARGV: lock count, "1" when the last key is the record, one token
+# per lock, then per change: the revision it wrote ("" when the script chose it) and the
+# rest of its value ("" for a delete). Deletes the locks still holding their token.
+# Returns {locks deleted, whether the record exists, changes holding what was written}.
+_SETTLE = """
+local locks = tonumber(ARGV[1])
+local given_back = 0
+for i = 1, locks do
+  if redis.call('GET', KEYS[i]) == ARGV[2 + i] then
+    redis.call('DEL', KEYS[i])
+    given_back = given_back + 1
+  end
+end
+local last, recorded = #KEYS, 0
+if ARGV[2] == '1' then
+  last = last - 1
+  recorded = redis.call('EXISTS', KEYS[#KEYS])
+end
+local holding = 0
+for i = locks + 1, last do
+  local at = 2 + locks + (i - locks - 1) * 2
+  local revision, rest = ARGV[at + 1], ARGV[at + 2]
+  local stored = redis.pcall('GET', KEYS[i])
+  if type(stored) ~= 'string' then
+    if rest == '' and not stored then holding = holding + 1 end
+  elseif rest ~= '' then
+    local bar = string.find(stored, '|', 1, true)
+    if bar and string.sub(stored, bar + 1) == rest
+        and (revision == '' or string.sub(stored, 1, bar - 1) == revision) then
+      holding = holding + 1
+    end
+  end
+end
+return {given_back, recorded, holding}
+"""
+
 # KEYS: locks; ARGV: their tokens. Deletes only the locks still holding their token.
 _UNLOCK = """
 for i = 1, #KEYS do
@@ -215,6 +260,15 @@ class RedisStorage(SessionStorage):
             }
         return scripts[name]
 
+    async def _run_afresh(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` on a client made for it, after a reply that never came: the
+        connection that waited for it may still have it pending."""
+        client = self._new_client()
+        try:
+            return await client.eval(script, len(keys), *keys, *args)
+        finally:
+            await client.aclose()
+
     async def _run(self, name: str, keys: list[str], args: list[Any], doing: str) -> Any:
         client = self.client
         try:
@@ -279,13 +333,34 @@ class RedisStorage(SessionStorage):
         args: list[Any] = [len(wanted), "1" if mark is not None else "0"]
         args.append(int(settings.LOCK_TIMEOUT * 1000) if wanted else 0)
         args += tokens
-        reply = await self._run("load", names, args, "reading sessions")
-        if reply[0] != 1:
-            reply = await self._wait(names, args)
-        for key, token in zip(wanted, tokens, strict=True):
-            self._tokens[key] = token
+        # Remembered before sending: a read whose reply is lost may have taken them.
+        taking = {k: t for k, t in zip(wanted, tokens, strict=True) if k not in self._tokens}
+        self._tokens.update(taking)
+        try:
+            reply = await self._run("load", names, args, "reading sessions")
+            if reply[0] != 1:
+                reply = await self._wait(names, args)
+        except StorageError as exc:
+            for key in taking:
+                del self._tokens[key]
+            if taking and _may_have_run(exc):
+                await self._give_back(taking)
+            raise
         records = {key: _decode(key, value) for key, value in zip(keys, reply[2:], strict=True)}
         return records, bool(reply[1])
+
+    async def _give_back(self, taken: Mapping[StorageKey, str]) -> None:
+        """Give back the locks a failed read may have taken, if they still hold its tokens."""
+        try:
+            await self._run_afresh(
+                _UNLOCK, [self.lock_name(key) for key in taken], list(taken.values())
+            )
+        except (RedisError, OSError) as exc:
+            logger.warning(
+                "botsessions: giving back the locks of a failed read in Redis failed: %s; "
+                "they expire by themselves",
+                exc,
+            )
 
     async def _wait(self, names: list[str], args: list[Any]) -> Any:
         unit = current_unit()
@@ -309,7 +384,8 @@ class RedisStorage(SessionStorage):
 
         Refused with :class:`~botsessions.errors.SessionConflict` when a changed key's lock
         is no longer this process's (it expired, and maybe another update holds it now)
-        or a revision moved on.
+        or a revision moved on. When the reply is lost, the commit is settled (see the
+        module's docstring): one that landed is a commit like any other.
         """
         if not changes and mark is None:
             return True
@@ -323,6 +399,9 @@ class RedisStorage(SessionStorage):
         else:
             args.append("")
         args += [token for _, token in held]
+        # Per change, what settling it looks for: the revision written ("" when the
+        # script chooses it) and the rest of the value ("" for a delete).
+        written: list[str] = []
         for change in changes:
             expected = "" if change.expected_revision is None else change.expected_revision
             if isinstance(change, Write):
@@ -331,9 +410,17 @@ class RedisStorage(SessionStorage):
                 expiry = "" if record.expires_at is None else _millis(record.expires_at)
                 rest = f"{version}|{expiry}|{record.data}"
                 args += ["w", expected, record.revision, rest, expiry]
+                written += ["" if expected == "" else str(record.revision), rest]
             else:
                 args += ["d", expected, 0, "", ""]
-        reply = await self._run("commit", names, args, "saving sessions")
+                written += ["", ""]
+        try:
+            reply = await self._run("commit", names, args, "saving sessions")
+        except StorageError as exc:
+            if not _may_have_run(exc):
+                raise
+            await self._settle(exc, names, held, written, with_record=mark is not None)
+            return True
         if reply == 1:
             return True
         if reply == 0:
@@ -343,6 +430,45 @@ class RedisStorage(SessionStorage):
             key = held[index - 1][0]
             raise SessionConflict(f"the lock of session {key} expired before the commit")
         raise SessionConflict(f"session {changes[index - 1].key} was changed by another writer")
+
+    async def _settle(
+        self,
+        failed: StorageError,
+        names: list[str],
+        held: list[tuple[StorageKey, str]],
+        written: list[str],
+        with_record: bool,
+    ) -> None:
+        """Return if the commit that failed with ``failed`` landed after all; raise if it
+        did not, or if that cannot be told.
+
+        ``names`` are the commit's keys, ``held`` its locks and tokens, ``written`` what
+        each change wrote. Once its locks are given back it can no longer land late.
+        """
+        unknown = f"{failed}; the outcome is unknown: the changes may or may not have been saved"
+        args = [len(held), "1" if with_record else "0", *(token for _, token in held)]
+        try:
+            reply = await self._run_afresh(_SETTLE, names, [*args, *written])
+        except (RedisError, OSError) as exc:
+            raise StorageError(f"{unknown} (settling it failed too: {exc})") from exc
+        for key, _ in held:
+            self._tokens.pop(key, None)  # given back
+        given_back, recorded, holding = (int(n) for n in reply)
+        landed: bool | None
+        if with_record:
+            landed = True if recorded else (False if held else None)
+        elif not held:
+            landed = None  # no lock stops it from landing later
+        elif holding == len(written) // 2:
+            landed = True
+        else:
+            # It did not land only if no other writer could have come since: every lock
+            # was still ours.
+            landed = False if given_back == len(held) else None
+        if landed is None:
+            raise StorageError(unknown) from failed.__cause__
+        if not landed:
+            raise failed
 
     async def unlock(self, keys: Sequence[StorageKey]) -> None:
         """Give back the locks of ``keys`` still holding this process's tokens."""
@@ -461,6 +587,19 @@ class RedisStorage(SessionStorage):
         for client in list(self._clients.values()):
             await client.aclose()
         self._clients.clear()
+
+
+def _may_have_run(failed: StorageError) -> bool:
+    """Whether the script behind ``failed`` may have run in Redis all the same.
+
+    A timeout or a broken connection may come after the script was sent; a refused
+    connection comes before it, and an error reply says what happened.
+    """
+    cause = failed.__cause__
+    if isinstance(cause, RedisConnectionError | RedisTimeoutError):
+        cause = cause.__context__  # redis-py's wrapping of the OSError, if any
+        return not isinstance(cause, ConnectionRefusedError)
+    return isinstance(cause, OSError) and not isinstance(cause, ConnectionRefusedError)
 
 
 def _millis(moment: datetime) -> int:
