@@ -29,8 +29,7 @@ from botsessions.errors import LockTimeout
 from botsessions.outcome import Outcome
 from botsessions.storage.base import Delete, StorageKey, StoredSession, UpdateMark, Write
 
-from .redis_proxy import HoldingProxy
-from .redis_support import URL
+from .redis_support import URL, RedisProxy
 from .updates import ALICE, BOB, message
 
 pytestmark = pytest.mark.django_db
@@ -538,13 +537,13 @@ OTHER = StorageKey(BOT, "", f"chat:{BOB}")
 
 
 @pytest.fixture
-def proxy(prefix: str) -> Iterator[HoldingProxy]:
-    proxy = HoldingProxy()
+def proxy(prefix: str) -> Iterator[RedisProxy]:
+    proxy = RedisProxy()
     yield proxy
     proxy.close()
 
 
-def behind(proxy: HoldingProxy, prefix: str) -> Any:
+def behind(proxy: RedisProxy, prefix: str) -> Any:
     """A storage talking to Redis through ``proxy``, waiting 0.3 s at most for a reply."""
     return storage(prefix, proxy.url, socket_timeout=0.3)
 
