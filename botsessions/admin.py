@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
+from django.contrib.admin import ListFilter, helpers
+from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import SEARCH_VAR, ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, OperationalError, connections, transaction
 from django.db.models import F, Q, QuerySet, TextField
 from django.db.models.functions import Cast, Collate
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -43,10 +45,18 @@ if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
 
 from .bots import session_configs, sessions_for_bot_id
-from .display import decode_stored, printable, shortened, shown_data
+from .display import (
+    decode_stored,
+    printable,
+    printable_line,
+    shortened,
+    shown_data,
+    shown_version,
+)
 from .errors import SessionDataError
 from .keys import describe_key
 from .maintenance import (
+    BatchHook,
     UnknownConfiguration,
     delete_sessions,
     fragment_config,
@@ -118,7 +128,26 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]  # not subscrip
         return cast("QuerySet[Any]", self.object_list).filter(pk__in=self.matched_ids[start:stop])
 
 
-class OnePassChangeList(ChangeList):
+class OwnFiltersChangeList(ChangeList):
+    """A changelist that filters only by the admin's own filters.
+
+    Django also takes any lookup on the model's fields from the query string
+    (``?key__regex=(``, ``?created_at__year=99999999999``, ``?data__contains=x``), which
+    the database may refuse with an error page; the admin's filters were written to
+    ignore what they cannot use. Anything else is Django's "wacky lookup parameters"
+    (a redirect to the plain list with ``?e=1``), as a name no field has already is.
+    """
+
+    def get_filters(
+        self, request: HttpRequest
+    ) -> tuple[list[ListFilter], bool, dict[str, bool | str], bool, bool]:
+        filters = super().get_filters(request)
+        if remaining := filters[2]:
+            raise IncorrectLookupParameters(f"not a filter of this list: {', '.join(remaining)}")
+        return filters
+
+
+class OnePassChangeList(OwnFiltersChangeList):
     """A changelist that shows a short search result from the ids already matched.
 
     Django reads a result that fits on one page (or "show all") with the full query
@@ -398,7 +427,7 @@ class VersionFilter(UsableValueFilter):
                 if fragment.data_migrations is not None:
                     versions.update(fragment.data_migrations.versions)
         choices = [("none", str(_("no version")))]
-        choices += [(_plain(v), _plain(v)) for v in sorted(versions)]
+        choices += [(shown_version(v), shown_version(v)) for v in sorted(versions)]
         current = self.value()
         if current and current not in dict(choices):
             choices.append((current, current))
@@ -466,16 +495,19 @@ def _stored_text(obj: Session) -> str | None:
     return text
 
 
+_ID = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def _session_id(value: str) -> bool:
+    """Whether ``value`` (a selected checkbox's, from the form) can be a row's id."""
+    return _ID.fullmatch(value) is not None and int(value) < 2**63
+
+
 def _prefix_of(obj: Session) -> str:
     """The configured prefix of a row's fragment, so prefixed built-in keys read as such."""
     sessions = sessions_for_bot_id(obj.bot_id)
     fragment = None if sessions is None else sessions.fragments.get(obj.fragment)
     return "" if fragment is None else fragment.prefix
-
-
-def _plain(version: Decimal) -> str:
-    """``2.000000`` as ``2``, for labels and URLs."""
-    return format(version.normalize(), "f")
 
 
 # -- search ----------------------------------------------------------------------------
@@ -531,12 +563,20 @@ def search_condition(term: str) -> Q:
     per-topic keys, and the user's keys. Data is searched as its JSON text, also in the
     escaped forms JSON may store (``\\u00fc`` for ``ü``, ``\\"`` for a quote). It refers
     to the ``key_text`` and ``data_text`` aliases that :func:`search_sessions` adds.
+
+    SQLite's ``UPPER()`` changes only ASCII letters, so a word with other letters is
+    also looked for all in lower case and all in upper case (``Ü`` finds ``ü``).
     """
+    casings = {term} if term.isascii() else {term, term.lower(), term.upper()}
     condition = Q()
-    variants = {term, json.dumps(term)[1:-1], json.dumps(term, ensure_ascii=False)[1:-1]}
+    variants: set[str] = set()
+    for casing in sorted(casings):
+        condition |= _key_condition(casing)
+        escaped = json.dumps(casing)[1:-1], json.dumps(casing, ensure_ascii=False)[1:-1]
+        variants |= {casing, *escaped}
     for variant in sorted(variants):
         condition |= Q(data_text__icontains=variant)
-    return _key_condition(term) | condition
+    return condition
 
 
 MAX_SEARCH_WORDS = 10
@@ -589,6 +629,27 @@ def search_sessions(queryset: QuerySet[Session], search_term: str) -> QuerySet[S
 
 class EditConflict(Exception):
     """The row changed between the operator's page load and their save."""
+
+
+# How the databases say another transaction holds what a statement needs: SQLite's
+# "database is locked" (the bot's update holds the file), PostgreSQL's lock timeout and
+# deadlock, MySQL/MariaDB's "Lock wait timeout exceeded" and deadlock.
+_BUSY = re.compile(r"database (table )?is locked|lock timeout|lock wait timeout|deadlock", re.I)
+
+
+def database_busy(exc: DatabaseError) -> bool:
+    """Whether ``exc`` says the database was busy, not that it refused the data."""
+    return isinstance(exc, OperationalError) and _BUSY.search(str(exc)) is not None
+
+
+def _busy() -> ValidationError:
+    return ValidationError(
+        _(
+            "The database is busy (the bot is probably writing to it); nothing was "
+            "saved. Try again in a moment."
+        ),
+        code="busy",
+    )
 
 
 class PrettyJSONField(forms.JSONField):
@@ -724,6 +785,8 @@ class SessionDataForm(forms.ModelForm):  # type: ignore[type-arg]  # not subscri
                 )
                 transaction.set_rollback(True, using=rows.db)
         except DatabaseError as exc:
+            if database_busy(exc):
+                raise _busy() from exc
             raise ValidationError(
                 _("The database refused this data: %(error)s"),
                 code="database",
@@ -778,7 +841,7 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
         "fragment_name",
         "key_meaning",
         "data_preview",
-        "version",
+        "data_version",
         "expiry",
         "updated_at",
     )
@@ -795,7 +858,7 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
         "fragment_name",
         "key_meaning",
         "data_pretty",
-        "version",
+        "data_version",
         "revision",
         "expiry",
         "created_at",
@@ -836,6 +899,15 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
             queryset, per_page, orphans, allow_empty_first_page, one_pass=searching
         )
 
+    def action_checkbox(self, obj: Session) -> SafeString:
+        """Django's checkbox, its label escaped like the key column (the key may hold U+202E)."""
+        label = format_html(
+            str(_("Select this object for an action - {}")), printable_line(str(obj))
+        )
+        attrs = {"class": "action-select", "aria-label": label}
+        checkbox = forms.CheckboxInput(attrs, lambda value: False)  # never checked
+        return checkbox.render(helpers.ACTION_CHECKBOX_NAME, str(obj.pk))
+
     @admin.display(description=_("bot"))
     def bot(self, obj: Session) -> str:
         config = session_configs().get(obj.bot_id)
@@ -843,16 +915,19 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
 
     @admin.display(description=_("fragment"))
     def fragment_name(self, obj: Session) -> str:
-        return obj.fragment or str(_("(single session)"))
+        return printable_line(obj.fragment) or str(_("(single session)"))
 
     @admin.display(description=_("key"))
     def key_meaning(self, obj: Session) -> SafeString:
         meaning = describe_key(obj.key, _prefix_of(obj))
         # PTB's state (DjangoPersistence) says what it is: "user_data of user 42".
         meaning = describe_ptb_row(obj.fragment, meaning) or meaning
+        # Escaped, like the data: a key holding U+202E could read as another key.
+        key = printable_line(obj.key)
         if meaning == obj.key:
-            return format_html("<code>{}</code>", obj.key)
-        return format_html('<code>{}</code><br><span class="quiet">{}</span>', obj.key, meaning)
+            return format_html("<code>{}</code>", key)
+        shown = printable_line(meaning)
+        return format_html('<code>{}</code><br><span class="quiet">{}</span>', key, shown)
 
     @admin.display(description=_("data"))
     def data_preview(self, obj: Session) -> SafeString:
@@ -862,6 +937,11 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
     def data_pretty(self, obj: Session) -> SafeString:
         text = shown_data(_stored_text(obj), indent=2)
         return format_html('<pre style="margin: 0">{}</pre>', text)
+
+    @admin.display(description=_("version"))
+    def data_version(self, obj: Session) -> str | None:
+        """``2``, as configured and as the filter and ``showsession`` say, not ``2.000000``."""
+        return None if obj.version is None else shown_version(obj.version)
 
     @admin.display(description=_("expires"), ordering="expires_at")
     def expiry(self, obj: Session) -> SafeString:
@@ -924,22 +1004,42 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
             (_("Data"), {"fields": data_fields}),
             (
                 _("Bookkeeping"),
-                {"fields": ["version", "revision", "expiry", "created_at", "updated_at"]},
+                {"fields": ["data_version", "revision", "expiry", "created_at", "updated_at"]},
             ),
         ]
 
     def save_model(self, request: HttpRequest, obj: Session, form: Any, change: bool) -> None:
-        """Write only ``data``, and only over the revision the operator was shown."""
+        """Write ``data``, only over the revision the operator was shown.
+
+        The expiry is the one the bot's own write would give (now plus the fragment's
+        ``ttl``, or none without one): an expired session kept its old expiry, so the
+        bot would have ignored the edit and started over from the initial data.
+        """
         if not change or "data" not in form.changed_data:
             return
         loaded = form.cleaned_data["loaded_revision"]
         now = timezone.now()
+        fields: dict[str, Any] = {"data": obj.data, "revision": F("revision") + 1}
+        fragment = fragment_config(obj.bot_id, obj.fragment)
+        if fragment is not None:
+            fields["expires_at"] = now + fragment.ttl if fragment.ttl is not None else None
         written = Session.objects.filter(pk=obj.pk, revision=loaded).update(
-            data=obj.data, revision=F("revision") + 1, updated_at=now
+            **fields, updated_at=now
         )
         if not written:
             raise EditConflict
         obj.revision, obj.updated_at = loaded + 1, now
+        obj.expires_at = fields.get("expires_at", obj.expires_at)
+        if obj.is_expired:  # only when the configuration, and so the ttl, is unknown here
+            self.message_user(
+                request,
+                _(
+                    "This session has expired, and its bot's configuration is not known "
+                    "here to give it a new expiry: the bot will ignore the edit and start "
+                    "over from its initial data."
+                ),
+                messages.WARNING,
+            )
 
     def changeform_view(
         self,
@@ -958,6 +1058,12 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
                 messages.ERROR,
             )
             return HttpResponseRedirect(request.get_full_path())
+        except OperationalError as exc:
+            if request.method != "POST" or not database_busy(exc):
+                raise
+            # The save's own write waited too long for the bot's: rolled back too.
+            self.message_user(request, _busy().messages[0], messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -967,6 +1073,15 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
             requested = {name for name in request.POST.getlist("action") if name}
             if requested - set(self.get_actions(request)):
                 raise PermissionDenied
+            selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+            if not all(_session_id(value) for value in selected):
+                # Django would hand them to pk__in and fail on "abc" or 40 nines.
+                self.message_user(
+                    request,
+                    _("Nothing was done: the selection was not one of this list's."),
+                    messages.ERROR,
+                )
+                return HttpResponseRedirect(request.get_full_path())
         from .admin_storages import has_other_storages
 
         if has_other_storages():
@@ -1040,7 +1155,7 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
         self, request: HttpRequest, queryset: QuerySet[Session]
     ) -> HttpResponse | None:
         if request.POST.get("post") == "yes":
-            deleted = delete_sessions(queryset)
+            deleted = delete_sessions(queryset, on_batch=self._history(request))
             self.message_user(
                 request,
                 ngettext("Deleted %(count)d session.", "Deleted %(count)d sessions.", deleted)
@@ -1052,13 +1167,15 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
 
     def _reset(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
         try:
-            result = reset_sessions(queryset)
+            deleted = str(_("Deleted by a reset: its initial data is None."))
+            history = self._history(request, deletion_message=deleted)
+            result = reset_sessions(queryset, on_batch=history)
         except UnknownConfiguration as exc:
             self._report_unknown(request, exc.missing)
             return
-        except SessionDataError as exc:
-            message = _("Nothing was reset: the bot's initial data cannot be stored: %(error)s")
-            self.message_user(request, message % {"error": exc}, messages.ERROR)
+        except SessionDataError as exc:  # the bot's initial raised, or cannot be stored
+            message = _("Nothing was reset: %(error)s")
+            self.message_user(request, message % {"error": printable(str(exc))}, messages.ERROR)
             return
         if result.reset or not result.changed:
             self.message_user(
@@ -1094,6 +1211,31 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
                 messages.WARNING,
             )
 
+    def _history(self, request: HttpRequest, *, deletion_message: str = "") -> BatchHook:
+        """Write each batch's rows into the admin's history, as Django's own actions do.
+
+        The rows are read as ids and names only (no data, no model instances loaded), so
+        a reset of a million rows writes its entries batch by batch, like its changes.
+        """
+
+        def log(what: str, rows: QuerySet[Session]) -> None:
+            columns = rows.values_list("pk", "bot_id", "fragment", "key")
+            heads = [
+                Session(pk=pk, bot_id=bot_id, fragment=fragment, key=key)
+                for pk, bot_id, fragment, key in columns
+            ]
+            if what == "reset":
+                flag, message = CHANGE, str(_("Reset to its initial data."))
+            else:
+                flag, message = DELETION, deletion_message
+            user = request.user.pk
+            assert user is not None  # the admin's views are for logged-in staff only
+            LogEntry.objects.log_actions(
+                user_id=user, queryset=heads, action_flag=flag, change_message=message
+            )
+
+        return log
+
     def _report_unknown(self, request: HttpRequest, missing: list[tuple[int, str]]) -> None:
         self.message_user(
             request,
@@ -1124,8 +1266,8 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
                     continue
                 try:
                     plan = initial_data(fragment)
-                except SessionDataError as exc:
-                    shown = str(_("cannot be stored: %(error)s") % {"error": exc})
+                except SessionDataError as exc:  # raised, or cannot be stored
+                    shown = printable(str(exc))
                 else:
                     shown = "" if plan.deletes else shown_data(json.dumps(plan.data))
                 writes.append((f"{self._bot_label(bot_id)} · {name or '-'}", shown))
@@ -1178,6 +1320,9 @@ class ProcessedUpdateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not s
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     list_per_page = 50
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return OwnFiltersChangeList  # no filters of its own: no lookups from the URL
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -29,7 +29,7 @@ from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 
 from .admin import SessionAdmin, _bot_id
-from .display import printable, shortened, shown_data
+from .display import printable, printable_line, shortened, shown_data, shown_version
 from .errors import SessionDataError, StorageError
 from .keys import describe_key
 from .lookup import (
@@ -103,7 +103,7 @@ class StorageViews:
             return looked_up
         found = looked_up
         admin = self.model_admin
-        context = self._context(request, found.key, session=self._details(found))
+        context = self._context(request, printable_line(found.key), session=self._details(found))
         context.update(
             can_reset=admin.has_change_permission(request),
             can_delete=admin.has_delete_permission(request),
@@ -156,19 +156,18 @@ class StorageViews:
                 return HttpResponseRedirect(show_url)
             if verb == "delete" or not kept:
                 self.model_admin.message_user(
-                    request, _("Deleted session %s.") % found.key, messages.SUCCESS
+                    request, _("Deleted session %s.") % printable_line(found.key), messages.SUCCESS
                 )
                 return HttpResponseRedirect(self._url("botsessions_storages"))
-            self.model_admin.message_user(
-                request, _("Reset session %s to its initial data.") % found.key, messages.SUCCESS
-            )
+            reset = _("Reset session %s to its initial data.") % printable_line(found.key)
+            self.model_admin.message_user(request, reset, messages.SUCCESS)
             return HttpResponseRedirect(show_url)
         writes = ""
         if verb == "reset":
             try:
                 plan = initial_data(found.ref.fragment)
-            except SessionDataError as exc:
-                self._error(request, _("The bot's initial data cannot be stored: %s") % exc)
+            except SessionDataError as exc:  # the bot's initial raised, or cannot be stored
+                self._error(request, _("This session cannot be reset: %s") % exc)
                 return HttpResponseRedirect(show_url)
             writes = "" if plan.deletes else shown_data(json.dumps(plan.data), indent=2)
         title = (
@@ -209,7 +208,7 @@ class StorageViews:
                 request,
                 _("No session %(key)s in %(where)s.")
                 % {
-                    "key": printable(key),
+                    "key": printable_line(key),
                     "where": ref.label,
                 },
             )
@@ -233,8 +232,8 @@ class StorageViews:
         details: dict[str, Any] = {
             "where": found.ref.label,
             "storage": repr(found.ref.storage),
-            "key": printable(found.key),
-            "meaning": "" if meaning == found.key else printable(meaning),
+            "key": printable_line(found.key),
+            "meaning": "" if meaning == found.key else printable_line(meaning),
             "problem": found.problem,
             "data": "",
             "revision": None,
@@ -245,7 +244,7 @@ class StorageViews:
             details["data"] = shown_data(record.data, indent=2)
             details["revision"] = record.revision
             if record.version is not None:
-                details["version"] = format(record.version.normalize(), "f")
+                details["version"] = shown_version(record.version)
             if record.expires_at is not None:
                 state = _("expired") if found.expired else _("active")
                 when = formats.localize(timezone.localtime(record.expires_at))

@@ -9,23 +9,47 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 #: The most characters of data a list shows for one session.
 PREVIEW_LENGTH = 80
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# What no page or terminal should show as it is: control characters (ESC starts a
+# terminal's escape sequences), DEL and the C1 controls, the bidirectional controls
+# (U+202E turns the text after it around, so shown data could pass for other data), and
+# lone surrogates (a page holding one cannot be encoded as UTF-8). Tab, line feed and
+# carriage return stay in text of several lines: indented JSON, a textarea's content.
+_UNSHOWABLE = (
+    "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"  # controls, DEL
+    "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # bidirectional controls
+    "\ud800-\udfff"  # surrogates
+)
+_HIDDEN = re.compile(f"[{_UNSHOWABLE}]")
+_HIDDEN_IN_A_LINE = re.compile(f"[\t\n\r{_UNSHOWABLE}]")
 
 
 def printable(text: str) -> str:
-    """``text`` with every surrogate written as a JSON escape (``\\ud800``).
+    """``text`` with every character a reader should not get raw written as a JSON
+    escape (``\\u202e``).
 
-    JSON may escape a lone surrogate and SQLite keeps such data, but a page holding one
-    raw cannot be encoded as UTF-8. Inside a JSON string the escape means the same.
+    Inside a JSON string the escape means the same character, so JSON text stays the
+    same data; elsewhere (a key, a message) it shows what is there instead of hiding it.
     """
-    if not _SURROGATE.search(text):
+    if not _HIDDEN.search(text):
         return text
-    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+    return _HIDDEN.sub(_escape, text)
+
+
+def printable_line(text: str) -> str:
+    """:func:`printable` for one line (a key, a fragment's name): line breaks escaped too."""
+    if not _HIDDEN_IN_A_LINE.search(text):
+        return text
+    return _HIDDEN_IN_A_LINE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def decode_stored(text: str | None) -> tuple[bool, Any]:
@@ -57,3 +81,9 @@ def shown_data(text: str | None, *, indent: int | None = None) -> str:
 def shortened(text: str, limit: int = PREVIEW_LENGTH) -> str:
     """``text`` cut to ``limit`` characters, an ellipsis marking the cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shown_version(version: Decimal) -> str:
+    """A data version as it is configured (``2``, ``1.5``), not as the column stores it
+    (``2.000000``): the admin, its filter and ``showsession`` all show it so."""
+    return format(version.normalize(), "f")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from asgiref.sync import async_to_sync
 from django.db import router, transaction
@@ -25,9 +25,14 @@ from django.utils import timezone
 from .bots import sessions_for_bot_id
 from .conf import settings
 from .config import Fragment
+from .errors import SessionDataError
 from .models import Session
 
 FragmentKey = tuple[int, str]
+
+BatchHook = Callable[[Literal["reset", "delete"], QuerySet[Session]], None]
+"""Told of each batch's rows, in its transaction: after they are reset, before they are
+deleted (so they can still be read). The admin writes its history entries with it."""
 
 
 class UnknownConfiguration(Exception):
@@ -88,16 +93,26 @@ def initial_data(fragment: Fragment) -> InitialData:
     """Build the fragment's initial data as a reset stores it.
 
     It goes through the fragment's serializer like any write by the bot, so a reset
-    can never store data the bot would refuse to read back.
+    can never store data the bot would refuse to read back. Whatever the project's
+    ``initial`` or serializer raises becomes a
+    :class:`~botsessions.errors.SessionDataError` saying so, which the admin and the
+    commands report in one line, with nothing changed.
     """
-    value = fragment.initial() if fragment.initial is not None else None
-    if inspect.isawaitable(value):
-        value = async_to_sync(_wait_for)(value)
     migrations = fragment.data_migrations
     version = migrations.latest if migrations is not None else None
+    try:
+        value = fragment.initial() if fragment.initial is not None else None
+        if inspect.isawaitable(value):
+            value = async_to_sync(_wait_for)(value)
+    except Exception as exc:  # the project's own code: it may raise anything
+        raise SessionDataError(f"the bot's initial data could not be made: {_named(exc)}") from exc
     if value is None:
         return InitialData(None, version, fragment)
-    stored = json.loads(fragment.serializer.dumps(value))
+    try:
+        stored = json.loads(fragment.serializer.dumps(value))
+    except Exception as exc:  # SessionDataError, or anything a serializer of its own raises
+        problem = str(exc) if isinstance(exc, SessionDataError) else _named(exc)
+        raise SessionDataError(f"the bot's initial data cannot be stored: {problem}") from exc
     return InitialData(stored, version, fragment)
 
 
@@ -117,15 +132,17 @@ def reset_sessions(
     *,
     batch_size: int | None = None,
     check_configuration: bool = True,
+    on_batch: BatchHook | None = None,
 ) -> ResetResult:
     """Give every session in ``queryset`` its fragment's initial data.
 
-    The initial data of every fragment involved is built first, so an initial that the
-    serializer refuses raises :class:`~botsessions.errors.SessionDataError` before any
-    row changes. With ``check_configuration`` (the default), rows of an unknown bot or
-    fragment make the call raise :class:`UnknownConfiguration`, also before any change;
-    without it they are skipped and counted, as are rows whose configuration disappears
-    while the reset runs.
+    The initial data of every fragment involved is built first, so an initial that
+    raises, or that the serializer refuses, raises
+    :class:`~botsessions.errors.SessionDataError` before any row changes. With
+    ``check_configuration`` (the default), rows of an unknown bot or fragment make the
+    call raise :class:`UnknownConfiguration`, also before any change; without it they
+    are skipped and counted, as are rows whose configuration disappears while the reset
+    runs.
     """
     plans = {pair: _plan(pair) for pair in fragment_pairs(queryset)}
     missing = [pair for pair, plan in plans.items() if plan is None]
@@ -148,6 +165,8 @@ def reset_sessions(
                     result.skipped += len(pks)
                     result.skipped_fragments.add(pair)
                 elif plan.deletes:
+                    if on_batch is not None:
+                        on_batch("delete", targets)
                     result.deleted += _delete(targets)
                 else:
                     result.reset += targets.update(
@@ -157,15 +176,26 @@ def reset_sessions(
                         revision=F("revision") + 1,
                         updated_at=now,
                     )
+                    if on_batch is not None:
+                        on_batch("reset", targets)
     return result
 
 
-def delete_sessions(queryset: QuerySet[Session], *, batch_size: int | None = None) -> int:
+def delete_sessions(
+    queryset: QuerySet[Session],
+    *,
+    batch_size: int | None = None,
+    on_batch: BatchHook | None = None,
+) -> int:
     """Delete every session in ``queryset``, one batch of ids per statement."""
     rows = _writable(queryset)
     deleted = 0
     for batch in _batches(queryset, batch_size):
-        deleted += _delete(rows.filter(pk__in=[pk for (pk,) in batch]))
+        targets = rows.filter(pk__in=[pk for (pk,) in batch])
+        with transaction.atomic(using=rows.db):
+            if on_batch is not None:
+                on_batch("delete", targets)
+            deleted += _delete(targets)
     return deleted
 
 
@@ -206,6 +236,10 @@ def _writable(queryset: QuerySet[Session]) -> QuerySet[Session]:
 def _delete(queryset: QuerySet[Session]) -> int:
     deleted, _ = queryset.delete()
     return deleted
+
+
+def _named(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _fragment_name(name: str) -> str:

@@ -4,7 +4,8 @@ Bots: the tests' settings configure "default" (the demo bot, id 123456, fragment
 and user); ``more_bots`` adds "shop" (a single session with migrations, a TTL and a
 serializer that refuses passwords) and "notes" (a fragment whose initial data is None,
 one whose initial is async and one whose initial the serializer refuses), so that every
-branch of a reset has a real bot.
+branch of a reset has a real bot; ``broken_bot`` adds "broken", whose initials raise (one
+sync, one async) or whose serializer does.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import Any
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection, transaction
+from django.db import DataError, OperationalError, connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -196,7 +198,8 @@ def test_list_shows_bot_fragment_meaning_preview_version_and_expiry(admin_client
     assert ">42<" in page  # an unknown bot shows its id
     assert "{&quot;pizza_count&quot;: 3}" in page
     assert "y" * 200 not in page and "yyyy…" in page  # previews are cut short
-    assert "2.000000" in page
+    assert '<td class="field-data_version">2</td>' in page  # as configured, not 2.000000
+    assert "2.000000" not in page
     assert "expired ·" in page and "active ·" in page and "never" in page
     assert 'href="/admin/botsessions/session/add/"' not in page
 
@@ -453,7 +456,7 @@ def test_detail_shows_indented_json_and_read_only_bookkeeping(admin_client: Clie
 
     assert "  &quot;order&quot;: {\n    &quot;size&quot;: &quot;L&quot;" in page
     assert f'name="loaded_revision" value="{row.revision}"' in page
-    for name in ("version", "revision", "created_at", "updated_at", "bot", "key_meaning"):
+    for name in ("data_version", "revision", "created_at", "updated_at", "bot", "key_meaning"):
         assert '<div class="readonly">' in page and f"field-{name}" in page
     for name in ("bot_id", "fragment", "key", "version", "revision", "updated_at"):
         assert f'name="{name}"' not in page
@@ -1443,3 +1446,344 @@ def test_a_user_without_permission_learns_nothing_of_which_ids_exist(
         if view in ("delete", "reset"):
             assert user.post(url, {"post": "yes"}).status_code == 403
     assert Session.objects.filter(pk=row.pk).exists()
+
+
+# -- edits keep a session alive -------------------------------------------------------------
+
+
+def test_an_edit_of_an_expired_session_gives_it_the_fragments_ttl_again(
+    admin_client: Client, more_bots: None
+) -> None:
+    row = make("chat:1", {"cart": []}, bot_id=SHOP_ID, fragment="")
+    Session.objects.filter(pk=row.pk).update(expires_at=timezone.now() - timedelta(minutes=5))
+
+    response = admin_client.post(
+        change_url(row), {"data": '{"cart": ["tea"]}', "loaded_revision": row.revision}
+    )
+
+    assert response.status_code == 302
+    stored = Session.objects.get(pk=row.pk)
+    assert stored.data == {"cart": ["tea"]} and not stored.is_expired  # the bot reads it
+    assert stored.expires_at is not None
+    assert timedelta(minutes=59) < stored.expires_at - timezone.now() <= timedelta(hours=1)
+
+
+def test_an_edit_gives_the_expiry_the_bots_write_would(admin_client: Client) -> None:
+    row = make("chat:1", {"pizza_count": 3}, expires_at=timezone.now() - timedelta(days=1))
+
+    admin_client.post(change_url(row), {"data": '{"pizza_count": 4}', "loaded_revision": 1})
+
+    stored = Session.objects.get(pk=row.pk)
+    assert (stored.data, stored.expires_at) == ({"pizza_count": 4}, None)  # no ttl: none
+
+
+def test_an_edit_of_an_expired_session_of_an_unknown_bot_says_the_bot_will_ignore_it(
+    admin_client: Client,
+) -> None:
+    expired = timezone.now() - timedelta(days=1)
+    row = make("chat:1", {"x": 1}, bot_id=999, expires_at=expired)
+
+    response = admin_client.post(change_url(row), {"data": '{"x": 2}', "loaded_revision": 1})
+
+    stored = Session.objects.get(pk=row.pk)
+    assert (stored.data, stored.expires_at) == ({"x": 2}, expired)
+    assert any("the bot will ignore the edit" in note for note in notes(response))
+
+
+# -- an initial that fails -------------------------------------------------------------------
+
+BROKEN_ID = 313131
+
+
+def failing_initial() -> dict[str, Any]:
+    raise RuntimeError("the menu service is down")
+
+
+async def failing_async_initial() -> dict[str, Any]:
+    raise KeyError("lang")
+
+
+class ExplodingSerializer(JSONSerializer):
+    """A serializer of a project's own that fails with an error of its own."""
+
+    def dumps(self, value: Any) -> str:
+        raise LookupError("no codec for sessions")
+
+
+def build_broken_application() -> Application:  # type: ignore[type-arg]
+    sessions = Sessions.multi(
+        menu=Fragment(initial=failing_initial),
+        prefs=Fragment(initial=failing_async_initial),
+        codec=Fragment(initial=lambda: {"n": 0}, serializer=ExplodingSerializer()),
+    )
+    return use_sessions(ApplicationBuilder().token(f"{BROKEN_ID}:broken-token"), sessions).build()
+
+
+@pytest.fixture
+def broken_bot(settings: Any) -> None:
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "broken": {"APPLICATION": "tests.test_admin.build_broken_application"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("fragment", "error"),
+    [
+        ("menu", "could not be made: RuntimeError: the menu service is down"),
+        ("prefs", "could not be made: KeyError: &#x27;lang&#x27;"),
+        ("codec", "cannot be stored: LookupError: no codec for sessions"),
+    ],
+)
+def test_an_initial_that_fails_is_a_message_and_resets_nothing(
+    admin_client: Client, broken_bot: None, fragment: str, error: str
+) -> None:
+    row = make("chat:1", {"n": 5}, bot_id=BROKEN_ID, fragment=fragment)
+    other = make("chat:2", {"pizza_count": 9})
+
+    button = admin_client.get(reset_url(row))
+    button_post = admin_client.post(reset_url(row), {"post": "yes"}, follow=True)
+    confirm = admin_client.post(reverse(CHANGELIST), action("reset_to_initial", row, other))
+    done = admin_client.post(
+        reverse(CHANGELIST), action("reset_to_initial", row, other, confirm=True), follow=True
+    )
+
+    assert button.status_code == 200 and error in button.text
+    assert confirm.status_code == 200 and error in confirm.text
+    for response in (button_post, done):
+        assert response.status_code == 200
+        assert "Nothing was reset: the bot&#x27;s initial data" in response.text
+        assert error in response.text
+    assert Session.objects.get(pk=row.pk).data == {"n": 5}
+    assert Session.objects.get(pk=other.pk).data == {"pizza_count": 9}
+
+
+def test_maintenance_reports_a_failing_initial_as_session_data_error(broken_bot: None) -> None:
+    make("chat:1", {"n": 5}, bot_id=BROKEN_ID, fragment="menu")
+
+    with pytest.raises(SessionDataError, match="initial data could not be made: RuntimeError"):
+        maintenance.reset_sessions(Session.objects.all())
+
+
+# -- the list takes only its own filters ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "key__regex=(",
+        "fragment__regex=[",
+        "created_at__year=99999999999",
+        "data__contains=x",
+        "key=a%00b",
+        "data__icontains=%00",
+        "key=chat:1",  # a lookup the database would run: still not this list's filter
+        "revision__gt=0",
+        "bot_id__in=1,2",
+    ],
+)
+def test_lookups_other_than_the_filters_fall_back_to_the_plain_list(
+    admin_client: Client, query: str
+) -> None:
+    make("chat:1")
+
+    response = admin_client.get(f"{reverse(CHANGELIST)}?{query}")
+
+    assert response.status_code == 302
+    assert response["Location"] == f"{reverse(CHANGELIST)}?e=1"
+
+
+def test_the_exactly_once_records_take_no_lookups_either(admin_client: Client) -> None:
+    url = reverse("admin:botsessions_processedupdate_changelist")
+    for query in ("update_id__regex=(", "processed_at__year=99999999999", "bot_id=1"):
+        response = admin_client.get(f"{url}?{query}")
+        assert response.status_code == 302 and response["Location"] == f"{url}?e=1"
+
+
+def test_the_filters_search_sorting_and_paging_still_work_together(admin_client: Client) -> None:
+    make("chat:1", {"pizza_count": 3}, version=Decimal(2))
+    make("user:1", {"messages": 1}, fragment="user")
+
+    query = {"bot_id": BOT_ID, "fragment": "chat", "status": "active", "version": "2"}
+    response = admin_client.get(reverse(CHANGELIST), {**query, "q": "pizza", "o": "1", "p": "1"})
+
+    assert response.status_code == 200
+    assert listed_keys(response) == ["chat:1"]
+
+
+# -- tampered selections ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["abc", "9" * 40, "-1", "0", "1.5", "", " 1", "١"])
+@pytest.mark.parametrize("name", ["reset_to_initial", "delete_selected_sessions"])
+@pytest.mark.parametrize("confirm", [False, True], ids=["asking", "confirmed"])
+def test_a_selection_that_is_not_ids_changes_nothing(
+    admin_client: Client, value: str, name: str, confirm: bool
+) -> None:
+    row = make("chat:1", {"pizza_count": 9})
+    data = action(name, row, confirm=confirm)
+    data["_selected_action"] = [row.pk, value]
+
+    response = admin_client.post(reverse(CHANGELIST), data)
+
+    assert response.status_code == 302
+    assert notes(response) == ["Nothing was done: the selection was not one of this list's."]
+    stored = Session.objects.get(pk=row.pk)
+    assert (stored.data, stored.revision) == ({"pizza_count": 9}, row.revision)
+
+
+def test_a_selection_of_ids_no_row_has_does_nothing(admin_client: Client) -> None:
+    row = make("chat:1", {"pizza_count": 9})
+    data = action("delete_selected_sessions", row, confirm=True)
+    data["_selected_action"] = [str(2**63 - 1)]
+
+    response = admin_client.post(reverse(CHANGELIST), data)
+
+    assert response.status_code == 302
+    assert notes(response) == ["Deleted 0 sessions."]
+    assert Session.objects.filter(pk=row.pk).exists()
+
+
+# -- the admin's history ---------------------------------------------------------------------
+
+
+def history(row: Session) -> list[tuple[int, str, str]]:
+    entries = LogEntry.objects.filter(object_id=str(row.pk)).order_by("pk")
+    return [(e.action_flag, e.object_repr, e.get_change_message()) for e in entries]
+
+
+def test_resets_and_deletes_are_in_the_history(admin_client: Client, more_bots: None) -> None:
+    chat = make("chat:1", {"pizza_count": 9})
+    button = make("chat:2", {"pizza_count": 9})
+    draft = make("chat:1", {"text": "x"}, bot_id=NOTES_ID, fragment="draft")  # initial None
+    doomed = make("chat:3", {"pizza_count": 1})
+
+    admin_client.post(reverse(CHANGELIST), action("reset_to_initial", chat, draft, confirm=True))
+    admin_client.post(reset_url(button), {"post": "yes"})
+    delete = action("delete_selected_sessions", doomed, confirm=True)
+    admin_client.post(reverse(CHANGELIST), delete)
+
+    assert history(chat) == [(CHANGE, "chat · chat 1", "Reset to its initial data.")]
+    assert history(button) == [(CHANGE, "chat · chat 2", "Reset to its initial data.")]
+    assert history(draft) == [
+        (DELETION, "draft · chat 1", "Deleted by a reset: its initial data is None.")
+    ]
+    assert history(doomed) == [(DELETION, "chat · chat 3", "")]  # as Django's own delete
+    page = admin_client.get(reverse("admin:botsessions_session_history", args=[chat.pk]))
+    assert "Reset to its initial data." in page.text
+
+
+def test_a_reset_that_changes_nothing_writes_no_history(admin_client: Client) -> None:
+    row = make("chat:1", {"x": 1}, bot_id=999)
+
+    admin_client.post(reverse(CHANGELIST), action("reset_to_initial", row, confirm=True))
+
+    assert history(row) == []
+
+
+# -- what could pass for something else is escaped -------------------------------------------
+
+
+def test_bidi_and_control_characters_are_escaped_in_every_page(admin_client: Client) -> None:
+    row = make("chat:1\u202egnp.exe", {"name": "a\u202eb", "esc": "\x1b[31m", "c1": "\x9b"})
+
+    listed = admin_client.get(reverse(CHANGELIST)).text
+    confirm = admin_client.post(reverse(CHANGELIST), action("reset_to_initial", row)).text
+    detail = admin_client.get(change_url(row)).text
+
+    for page in (listed, confirm):
+        assert "\u202e" not in page and "\x1b" not in page and "\x9b" not in page
+    checkboxes = re.findall(r'<input type="checkbox" name="_selected_action"[^>]*>', listed)
+    assert checkboxes == [
+        f'<input type="checkbox" name="_selected_action" value="{row.pk}" class="action-select"'
+        ' aria-label="Select this object for an action - chat · chat:1\\u202egnp.exe">'
+    ]  # the label escaped, and as Django's own: never checked
+    for page in (listed, confirm, detail):
+        assert "<code>chat:1\\u202egnp.exe</code>" in page
+    for page in (listed, detail):
+        assert "a\\u202eb" in page and "\\u001b[31m" in page and "\\u009b" in page
+    # The page's title and breadcrumbs are the model's own str(), which is not the admin's.
+    assert "\x1b" not in detail and "\x9b" not in detail
+
+
+def test_an_edit_shown_with_escapes_saves_the_same_data(admin_client: Client) -> None:
+    row = make("chat:1", {"name": "a\u202eb"})
+    form = admin_client.get(change_url(row)).context["adminform"].form
+
+    text = form["data"].value()  # as the textarea shows it
+    assert "\u202e" not in text and "\\u202e" in text
+    admin_client.post(change_url(row), {"data": text, "loaded_revision": row.revision})
+
+    stored = Session.objects.get(pk=row.pk)
+    assert (stored.data, stored.revision) == ({"name": "a\u202eb"}, row.revision)  # unchanged
+
+
+# -- a busy database -------------------------------------------------------------------------
+
+
+def test_an_edit_while_the_database_is_busy_says_so(admin_client: Client) -> None:
+    row = make(data={"pizza_count": 3})
+
+    def locked(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("UPDATE"):
+            raise OperationalError("database is locked")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(locked):
+        response = admin_client.post(
+            change_url(row), {"data": '{"pizza_count": 0}', "loaded_revision": row.revision}
+        )
+
+    assert response.status_code == 200
+    assert "The database is busy" in response.text and "Try again" in response.text
+    assert "refused this data" not in response.text
+    assert "pizza_count&quot;: 0" in response.text  # what was typed is kept
+    assert Session.objects.get(pk=row.pk).data == {"pizza_count": 3}
+
+
+def test_a_busy_database_at_the_save_itself_is_a_message(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    row = make(data={"pizza_count": 3})
+    monkeypatch.setattr(
+        session_admin.SessionDataForm, "check_database_round_trip", lambda self, value: None
+    )
+
+    def locked(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("UPDATE"):
+            raise OperationalError("canceling statement due to lock timeout")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(locked):
+        response = admin_client.post(
+            change_url(row), {"data": '{"pizza_count": 0}', "loaded_revision": row.revision}
+        )
+
+    assert response.status_code == 302 and response["Location"] == change_url(row)
+    assert any("The database is busy" in note for note in notes(response))
+    assert Session.objects.get(pk=row.pk).data == {"pizza_count": 3}
+
+
+def test_a_database_error_that_is_not_busy_still_blames_the_data(admin_client: Client) -> None:
+    row = make(data={"pizza_count": 3})
+
+    def refuses(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("UPDATE"):
+            raise DataError("invalid input syntax for type json")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(refuses):
+        response = admin_client.post(change_url(row), {"data": "{}", "loaded_revision": 1})
+
+    assert "The database refused this data: invalid input syntax" in response.text
+
+
+# -- search beyond ASCII ---------------------------------------------------------------------
+
+
+def test_search_ignores_the_case_of_letters_beyond_ascii(
+    admin_client: Client, searchable: None
+) -> None:
+    assert search(admin_client, "JÜRGEN") == ["chat:-100888", "chat:-100999"]
+    assert search(admin_client, "jürgen") == ["chat:-100888", "chat:-100999"]
+    assert search(admin_client, "Ü") == ["chat:-100888", "chat:-100999"]

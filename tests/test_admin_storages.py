@@ -33,7 +33,13 @@ CHAT = -4012345678
 USER = 111
 FIND = "admin:botsessions_storages"
 
-_prefix: dict[str, Any] = {"value": "", "url": URL, "client": False}
+_prefix: dict[str, Any] = {"value": "", "url": URL, "client": False, "initial_fails": False}
+
+
+def menu_initial() -> dict[str, str]:
+    if _prefix["initial_fails"]:
+        raise RuntimeError("the menu service is down")
+    return {"step": "start"}
 
 
 def build_cache_application() -> Application:  # type: ignore[type-arg]
@@ -48,7 +54,7 @@ def build_cache_application() -> Application:  # type: ignore[type-arg]
         redis = RedisStorage(url=_prefix["url"], prefix=_prefix["value"])
     sessions = Sessions.multi(
         menu=Fragment(
-            initial=lambda: {"step": "start"},
+            initial=menu_initial,
             storage=redis,
             prefix="m:",
             ttl=timedelta(hours=1),
@@ -65,6 +71,7 @@ def prefix(settings: Any) -> Iterator[str]:
     _prefix["value"] = prefix = new_prefix()
     _prefix["url"] = URL
     _prefix["client"] = False
+    _prefix["initial_fails"] = False
     settings.BOTSESSIONS_BOTS = {
         **settings.BOTSESSIONS_BOTS,
         "cache": {"APPLICATION": "tests.test_admin_storages.build_cache_application"},
@@ -171,6 +178,18 @@ def test_show_escapes_the_data_and_says_its_bookkeeping(admin_client: Client, pr
     assert "Reset to initial data" in response.text and "Delete" in response.text
 
 
+def test_show_escapes_bidi_and_control_characters_and_says_the_version_as_configured(
+    admin_client: Client, prefix: str, raw: Any
+) -> None:
+    key = "m:chat:1\u202egnp.exe"
+    raw.set(name(prefix, "menu", key), '3|2.000000||{"note": "a\u202eb\u001b[31m"}')
+    response = admin_client.get(page("session", key=key))
+    assert "\u202e" not in response.text and "\x1b" not in response.text
+    assert "m:chat:1\\u202egnp.exe" in response.text
+    assert "a\\u202eb\\u001b[31m" in response.text
+    assert '<div class="readonly">2</div>' in response.text
+
+
 def test_a_stored_value_that_cannot_be_read_is_shown_as_such_and_can_be_deleted(
     admin_client: Client, prefix: str, raw: Any
 ) -> None:
@@ -259,6 +278,23 @@ def test_resetting_a_fragment_whose_initial_data_is_none_deletes_it(
         page("reset", fragment="draft", key=f"user:{USER}"), {"post": "yes", "revision": "1"}
     )
     assert raw.exists(name(prefix, "draft", f"user:{USER}")) == 0
+
+
+def test_an_initial_that_raises_is_a_message_and_resets_nothing(
+    admin_client: Client, prefix: str, raw: Any
+) -> None:
+    store("menu", f"m:chat:{CHAT}", {"step": "pay"}, revision=4)
+    _prefix["initial_fails"] = True
+    error = "initial data could not be made: RuntimeError: the menu service is down"
+
+    confirm = admin_client.get(page("reset"))
+    done = admin_client.post(page("reset"), {"post": "yes", "revision": "4"})
+
+    for response in (confirm, done):
+        assert response.status_code == 302 and response.url == page("session")
+    assert any("This session cannot be reset" in n and error in n for n in notes(confirm))
+    assert any("Nothing was done" in n and error in n for n in notes(done))
+    assert stored(raw, prefix, "menu", f"m:chat:{CHAT}") == (4, {"step": "pay"})
 
 
 def test_delete_confirms_then_deletes(admin_client: Client, prefix: str, raw: Any) -> None:

@@ -119,6 +119,23 @@ def test_purge_command_reports_what_it_did():
     assert Session.objects.count() == 0
 
 
+@pytest.mark.django_db
+def test_purge_command_speaks_of_redis_only_when_a_bot_uses_it(settings):
+    def purge() -> str:
+        out = StringIO()
+        call_command("purgesessions", stdout=out)
+        return out.getvalue()
+
+    assert "Redis" not in purge()  # the tests' demo bot keeps its sessions in the database
+
+    pytest.importorskip("redis")
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "cache": {"APPLICATION": "tests.test_admin_storages.build_cache_application"},
+    }
+    assert "in Redis expire by themselves: they need no purging." in purge()
+
+
 @pytest.mark.parametrize("size", ["0", "-1", "abc", "1.5", "10001", "99999999999999999999"])
 def test_purge_command_refuses_a_bad_batch_size(size):
     with pytest.raises(CommandError, match="must be a whole number from 1 to 10,000"):

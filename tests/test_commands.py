@@ -213,3 +213,36 @@ def test_a_bad_argument_is_one_line_and_exit_code_1(api: FakeBotAPI, tmp_path: A
         assert len(stderr.splitlines()) == 1 and stderr.startswith("CommandError: "), stderr
         assert message in stderr and "Traceback" not in stderr
         assert TOKEN.split(":")[1] not in stdout + stderr
+
+
+BOTSESSIONS_COMMANDS = [
+    "runbot",
+    "setwebhook",
+    "deletewebhook",
+    "webhookinfo",
+    "showsession",
+    "resetsession",
+    "deletesession",
+    "purgesessions",
+]
+
+
+@pytest.mark.parametrize("name", BOTSESSIONS_COMMANDS)
+def test_the_readmes_command_table_names_every_option(name: str) -> None:
+    """Each command's own options appear in its row of README's table (Django's are left out)."""
+    from django.core.management import load_command_class
+    from django.core.management.base import BaseCommand
+
+    readme = (REPO / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith(f"| `{name} ")]
+    rows += [line for line in readme.splitlines() if f"`, `{name} " in line]
+    assert len(rows) == 1, rows
+    parser = load_command_class("botsessions", name).create_parser("manage.py", name)
+    django_own = BaseCommand().create_parser("manage.py", "x")._option_string_actions
+    options = {
+        action.option_strings[-1]
+        for action in parser._actions
+        if action.option_strings and action.option_strings[-1] not in django_own
+    }
+    cell = rows[0].split(f"`{name} ", 1)[1].split("`", 1)[0]
+    assert sorted(option for option in options if option not in cell) == []

@@ -8,6 +8,7 @@ ones those of the demo bot ("default", fragments ``chat`` and ``user``).
 from __future__ import annotations
 
 import subprocess
+from decimal import Decimal
 from io import StringIO
 from typing import Any
 
@@ -17,16 +18,19 @@ from django.core.management.base import CommandError
 
 from botsessions.models import Session
 
-from . import test_admin_storages
+from . import test_admin, test_admin_storages
 from .fakebotapi import FakeBotAPI
 from .redis_support import URL
 from .servers import REPO, manage, server_env
+from .test_admin import BROKEN_ID
 from .test_admin_storages import CHAT, USER, name, store, stored
 
 pytestmark = pytest.mark.django_db
 
 # The cache bot's Redis prefix (configured for the test); ``raw`` is conftest's client.
 prefix = test_admin_storages.prefix
+# The "broken" bot, whose initials fail (configured for the test).
+broken_bot = test_admin.broken_bot
 
 
 def run(*args: str) -> str:
@@ -48,8 +52,57 @@ def test_showsession_in_redis(prefix: str) -> None:
 def test_showsession_in_the_database() -> None:
     Session.objects.create(bot_id=123456, fragment="chat", key="chat:42", data={"pizza_count": 2})
     output = run("showsession", "chat", "chat:42")
-    assert "default (123456)" in output and "DatabaseStorage" in output
+    assert "default (123456)" in output
+    assert "Storage:   DatabaseStorage(using='default')" in output  # not <... at 0x7f...>
     assert '"pizza_count": 2' in output and "Revision:  1" in output
+
+
+def test_showsession_says_the_version_as_configured() -> None:
+    Session.objects.create(
+        bot_id=123456, fragment="chat", key="chat:42", data={}, version=Decimal("2")
+    )
+    assert "Version:   2\n" in run("showsession", "chat", "chat:42")
+
+
+def test_showsession_escapes_what_a_terminal_would_obey() -> None:
+    key = "chat:1\u202egnp.exe\x1b]0;owned\x07"
+    data = {"note": "a\u202eb", "esc": "\x1b[2J", "c1": "\x9b"}
+    Session.objects.create(bot_id=123456, fragment="chat", key=key, data=data)
+
+    output = run("showsession", "chat", key)
+
+    for raw in ("\u202e", "\x1b", "\x07", "\x9b"):
+        assert raw not in output
+    assert "Key:       chat:1\\u202egnp.exe\\u001b]0;owned\\u0007\n" in output
+    assert '"note": "a\\u202eb"' in output and '"esc": "\\u001b[2J"' in output
+    assert '"c1": "\\u009b"' in output
+
+
+def test_a_bad_argument_is_escaped_in_its_command_error() -> None:
+    with pytest.raises(CommandError) as raised:
+        run("showsession", "chat\u202e\x1b[2J", "chat:1")
+    assert "\u202e" not in str(raised.value) and "\x1b" not in str(raised.value)
+    assert "chat\\u202e\\u001b[2J" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("fragment", "error"),
+    [
+        ("menu", "initial data could not be made: RuntimeError: the menu service is down"),
+        ("prefs", "initial data could not be made: KeyError: 'lang'"),
+        ("codec", "initial data cannot be stored: LookupError: no codec for sessions"),
+    ],
+)
+def test_resetsession_of_an_initial_that_fails_is_a_one_line_command_error(
+    broken_bot: None, fragment: str, error: str
+) -> None:
+    Session.objects.create(bot_id=BROKEN_ID, fragment=fragment, key="chat:1", data={"n": 5})
+
+    with pytest.raises(CommandError) as raised:
+        run("resetsession", fragment, "chat:1", "--bot", "broken")
+
+    assert error in str(raised.value) and "\n" not in str(raised.value)
+    assert Session.objects.get(key="chat:1").data == {"n": 5}
 
 
 def test_resetsession_in_redis_and_in_the_database(prefix: str, raw: Any) -> None:

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.apps import apps
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -36,6 +37,14 @@ class DatabaseStorage(SessionStorage):
     def __init__(self, using: str | None = None) -> None:
         self._using = using
         self._sql: dict[tuple[Any, ...], str] = {}
+
+    def __repr__(self) -> str:
+        """``DatabaseStorage(using='default')``: the alias only, never its settings.
+
+        Before the models are loaded (no router to ask), an unset alias shows as ``None``.
+        """
+        alias = self.using if self._using is not None or apps.models_ready else None
+        return f"{type(self).__name__}(using={alias!r})"
 
     @property
     def using(self) -> str:

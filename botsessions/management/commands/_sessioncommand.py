@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from ...display import printable_line
 from ...errors import SessionDataError, StorageError
 from ...keys import describe_key
 from ...lookup import BadLookup, Found, FragmentRef, SessionChanged, fragment_ref, read_session
@@ -28,7 +29,8 @@ class SessionCommand(BotCommand):
         try:
             yield
         except (BadLookup, SessionChanged, SessionDataError, StorageError) as exc:
-            raise CommandError(" ".join(str(exc).split())) from exc
+            # It may quote what was typed or stored: escaped, like the data.
+            raise CommandError(printable_line(" ".join(str(exc).split()))) from exc
 
     def find(self, options: dict[str, Any]) -> tuple[FragmentRef, Found]:
         """The session the arguments name; a CommandError when there is none."""

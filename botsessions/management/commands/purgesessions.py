@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...conf import MAX_PURGE_BATCH_SIZE, settings
+from ...lookup import configured_fragments
 from ...purge import prune_processed_updates, purge_expired_sessions
 
 
@@ -48,11 +49,22 @@ class Command(BaseCommand):
                 f"Deleted {sessions} expired session(s) and {records} processed-update record(s)."
             )
         )
-        # Redis's own key expiry removes them (botsessions.storage.redis).
-        self.stdout.write(
-            "Sessions and exactly-once records in Redis expire by themselves: "
-            "they need no purging."
-        )
+        if _uses_redis():
+            # Redis's own key expiry removes them (botsessions.storage.redis).
+            self.stdout.write(
+                "Sessions and exactly-once records in Redis expire by themselves: "
+                "they need no purging."
+            )
+
+
+def _uses_redis() -> bool:
+    """Whether some configured fragment keeps its sessions in Redis."""
+    try:
+        from ...storage.redis import RedisStorage
+    except ImportError:  # redis-py is not installed, so no storage is Redis
+        return False
+    refs = configured_fragments(in_database=False)
+    return any(isinstance(ref.storage, RedisStorage) for ref in refs)
 
 
 def _batch_size(value: object, name: str) -> int:

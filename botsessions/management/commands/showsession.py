@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...display import printable_line, shown_version
 from ...lookup import Found, shown_json
 from ._sessioncommand import SessionCommand
 
@@ -20,7 +21,7 @@ class Command(SessionCommand):
         rows: list[tuple[str, object]] = [
             ("Bot", f"{ref.alias} ({ref.bot_id})"),
             ("Fragment", ref.name or "- (single session)"),
-            ("Key", self.describe(found)),
+            ("Key", printable_line(self.describe(found))),  # U+202E, ESC: escaped
             ("Storage", repr(ref.storage)),
         ]
         rows += _bookkeeping(found)
@@ -32,13 +33,14 @@ class Command(SessionCommand):
 def _bookkeeping(found: Found) -> list[tuple[str, object]]:
     record = found.record
     if record is None:
-        return [("Problem", f"the stored value cannot be read: {found.problem}")]
+        problem = printable_line(str(found.problem))
+        return [("Problem", f"the stored value cannot be read: {problem}")]
     if record.expires_at is None:
         expiry = "never"
     else:
         state = "expired" if found.expired else "active"
         expiry = f"{record.expires_at:%Y-%m-%d %H:%M:%S %Z} ({state})"
-    version = "none" if record.version is None else format(record.version.normalize(), "f")
+    version = "none" if record.version is None else shown_version(record.version)
     return [
         ("Revision", record.revision),
         ("Version", version),
