@@ -6,6 +6,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .display import printable_line
 from .keys import describe_key
 from .persistence import describe_ptb_row
 
@@ -41,11 +42,13 @@ class Session(models.Model):
         ]
 
     def __str__(self) -> str:
-        label = describe_key(self.key)
+        # Shown in titles, breadcrumbs and messages: a key's control or bidi characters
+        # are escaped there, as everywhere else, so a key cannot disguise itself.
+        label = describe_key(printable_line(self.key))
         ptb = describe_ptb_row(self.fragment, label)
         if ptb is not None:
             return ptb
-        return f"{self.fragment or 'session'} · {label}"
+        return f"{printable_line(self.fragment) or 'session'} · {label}"
 
     @property
     def is_expired(self) -> bool:

@@ -1787,3 +1787,9 @@ def test_search_ignores_the_case_of_letters_beyond_ascii(
     assert search(admin_client, "JÜRGEN") == ["chat:-100888", "chat:-100999"]
     assert search(admin_client, "jürgen") == ["chat:-100888", "chat:-100999"]
     assert search(admin_client, "Ü") == ["chat:-100888", "chat:-100999"]
+
+
+def test_a_sessions_name_in_titles_and_messages_escapes_bidi_and_control_characters():
+    """The page title, breadcrumbs and "changed successfully" show the row's name."""
+    name = str(Session(bot_id=1, fragment="menu\u202e", key="topic:\u202egpj.exe"))
+    assert "\u202e" not in name and name.count("\\u202e") == 2

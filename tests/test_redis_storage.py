@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
-from django.core.management import call_command
 from telegram.ext import MessageHandler, filters
 
 from botsessions import Fragment, SessionConflict, Sessions, StorageError, per_user
@@ -120,11 +119,6 @@ def test_a_ttl_is_redis_expiry(make_bot, prefix, raw):
     assert raw.exists(name) == 0  # gone with nobody purging
     bot.process(message())
     assert stored_count(prefix) == 1  # started afresh
-
-
-def test_purgesessions_says_redis_needs_no_purging(capsys):
-    call_command("purgesessions")
-    assert "Redis" in capsys.readouterr().out
 
 
 def test_data_round_trips_as_json(make_bot, prefix):
