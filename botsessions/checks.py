@@ -123,8 +123,8 @@ def check_webhook_urls(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     from .webhook import webhook_urls
 
     bots = settings.BOTS
-    if not isinstance(bots, dict):
-        return []  # reported by E002
+    if not isinstance(bots, dict) or not getattr(django_settings, "ROOT_URLCONF", None):
+        return []  # reported by E002; or no URLs at all (a bot served by runbot only)
     return [
         Error(
             f"The URL {str(pattern.pattern)!r} mounts a webhook view for bot {alias!r}, "
@@ -232,8 +232,13 @@ def _check_application(alias: object, path: str) -> list[CheckMessage]:
     setting = f"BOTSESSIONS_BOTS[{alias!r}]['APPLICATION']"
     try:
         target = import_string(path)
-    except ImportError as exc:
-        return [Error(f"{setting} cannot be imported: {exc}", id="botsessions.E012")]
+    except Exception as exc:  # a bot module that fails as it is imported, too
+        return [
+            Error(
+                f"{setting} cannot be imported: {type(exc).__name__}: {exc}",
+                id="botsessions.E012",
+            )
+        ]
     if isinstance(target, Application):
         if isinstance(target, SessionApplication):
             return []

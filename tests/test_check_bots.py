@@ -63,3 +63,16 @@ def test_a_webhook_url_for_a_bot_that_is_not_configured():
     [message] = check_webhook_urls()
     assert message.id == "botsessions.E013"
     assert "'typo/'" in message.msg and "'defualt'" in message.msg
+
+
+def test_a_bot_module_failing_as_it_is_imported_is_reported_not_raised():
+    [(found, text)] = messages({"APPLICATION": "tests.no_such_package.bot.build"})
+    assert found == "botsessions.E012"
+    [(found, text)] = messages({"APPLICATION": "tests.failing_bot_module.build"})
+    assert found == "botsessions.E012" and "KeyError" in text
+
+
+def test_a_project_without_urls_has_no_webhook_url_to_check(settings: Any) -> None:
+    settings.BOTSESSIONS_BOTS = {"default": {"APPLICATION": APP}}
+    del settings.ROOT_URLCONF
+    assert check_webhook_urls() == []
