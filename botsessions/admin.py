@@ -899,15 +899,6 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
             queryset, per_page, orphans, allow_empty_first_page, one_pass=searching
         )
 
-    def action_checkbox(self, obj: Session) -> SafeString:
-        """Django's checkbox, its label escaped like the key column (the key may hold U+202E)."""
-        label = format_html(
-            str(_("Select this object for an action - {}")), printable_line(str(obj))
-        )
-        attrs = {"class": "action-select", "aria-label": label}
-        checkbox = forms.CheckboxInput(attrs, lambda value: False)  # never checked
-        return checkbox.render(helpers.ACTION_CHECKBOX_NAME, str(obj.pk))
-
     @admin.display(description=_("bot"))
     def bot(self, obj: Session) -> str:
         config = session_configs().get(obj.bot_id)

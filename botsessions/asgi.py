@@ -18,7 +18,7 @@ from typing import Any
 from django.urls import Resolver404, resolve
 
 from .conf import settings
-from .webhook import WebhookView, refusal
+from .webhook import refusal, served_bot
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -75,8 +75,7 @@ def _is_webhook(scope: Scope) -> bool:
         match = resolve(path)
     except Resolver404:
         return False
-    view_class = getattr(match.func, "view_class", None)
-    return isinstance(view_class, type) and issubclass(view_class, WebhookView)
+    return served_bot(match.func) is not None
 
 
 def _content_length(scope: Scope) -> str | None:

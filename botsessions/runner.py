@@ -36,7 +36,6 @@ class BotRunner:
         application.served_by_webhook = True
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._init_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = False
@@ -66,9 +65,7 @@ class BotRunner:
         This is what ``run_webhook`` does before it serves, without the ``Updater``;
         after a failure the next update tries again.
         """
-        if self._started:
-            return
-        with self._init_lock:
+        if not self._started:
             self.run(self._initialize())
 
     async def _initialize(self) -> None:

@@ -1721,18 +1721,24 @@ def test_an_edit_shown_with_escapes_saves_the_same_data(admin_client: Client) ->
 # -- a busy database -------------------------------------------------------------------------
 
 
-def test_an_edit_while_the_database_is_busy_says_so(admin_client: Client) -> None:
-    row = make(data={"pizza_count": 3})
+def edit_failing(
+    client: Client, row: Session, error: Exception, data: str, loaded_revision: int
+) -> Any:
+    """Post an edit of ``row`` whose UPDATE statements fail with ``error``."""
 
-    def locked(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    def failing(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         if sql.startswith("UPDATE"):
-            raise OperationalError("database is locked")
+            raise error
         return execute(sql, params, many, context)
 
-    with connection.execute_wrapper(locked):
-        response = admin_client.post(
-            change_url(row), {"data": '{"pizza_count": 0}', "loaded_revision": row.revision}
-        )
+    with connection.execute_wrapper(failing):
+        return client.post(change_url(row), {"data": data, "loaded_revision": loaded_revision})
+
+
+def test_an_edit_while_the_database_is_busy_says_so(admin_client: Client) -> None:
+    row = make(data={"pizza_count": 3})
+    error = OperationalError("database is locked")
+    response = edit_failing(admin_client, row, error, '{"pizza_count": 0}', row.revision)
 
     assert response.status_code == 200
     assert "The database is busy" in response.text and "Try again" in response.text
@@ -1749,15 +1755,8 @@ def test_a_busy_database_at_the_save_itself_is_a_message(
         session_admin.SessionDataForm, "check_database_round_trip", lambda self, value: None
     )
 
-    def locked(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if sql.startswith("UPDATE"):
-            raise OperationalError("canceling statement due to lock timeout")
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(locked):
-        response = admin_client.post(
-            change_url(row), {"data": '{"pizza_count": 0}', "loaded_revision": row.revision}
-        )
+    error = OperationalError("canceling statement due to lock timeout")
+    response = edit_failing(admin_client, row, error, '{"pizza_count": 0}', row.revision)
 
     assert response.status_code == 302 and response["Location"] == change_url(row)
     assert any("The database is busy" in note for note in notes(response))
@@ -1767,13 +1766,8 @@ def test_a_busy_database_at_the_save_itself_is_a_message(
 def test_a_database_error_that_is_not_busy_still_blames_the_data(admin_client: Client) -> None:
     row = make(data={"pizza_count": 3})
 
-    def refuses(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if sql.startswith("UPDATE"):
-            raise DataError("invalid input syntax for type json")
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(refuses):
-        response = admin_client.post(change_url(row), {"data": "{}", "loaded_revision": 1})
+    error = DataError("invalid input syntax for type json")
+    response = edit_failing(admin_client, row, error, "{}", 1)
 
     assert "The database refused this data: invalid input syntax" in response.text
 
