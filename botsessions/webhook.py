@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -119,15 +120,15 @@ class WebhookView(View):
 
     def not_initialized(self, runner: BotRunner, exc: Exception) -> HttpResponse:
         # PTB's messages can hold the token (InvalidToken says which one was refused).
-        reason = redact(f"{type(exc).__name__}: {exc}", runner.application.bot.token)
+        token = runner.application.bot.token
+        reason = redact(f"{type(exc).__name__}: {exc}", token)
         if isinstance(exc, TelegramError):
             logger.warning(
                 "bot %r not initialized, asking Telegram to retry: %s", self.bot, reason
             )
         else:  # the application's own start-up code (post_init) failed: with its traceback
-            logger.error(
-                "bot %r not started, asking Telegram to retry: %s", self.bot, reason, exc_info=exc
-            )
+            trace = redact("".join(traceback.format_exception(exc)), token)
+            logger.error("bot %r not started, asking Telegram to retry:\n%s", self.bot, trace)
         return _retry_later("bot not initialized, retry later")
 
     def not_stored(self, update: Update, exc: Exception) -> HttpResponse:

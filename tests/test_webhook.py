@@ -442,6 +442,8 @@ def test_a_failing_post_init_is_503_with_its_traceback_then_retried(
     first = post(client, message("🍕"), url="/bots/starting/")
     assert first.status_code == 503 and first["Retry-After"]
     assert "not started" in caplog.text and "post_init failed on purpose" in caplog.text
+    assert "webhook_bots.py" in caplog.text  # the traceback, with the token hidden
+    assert webhook_bots.TOKEN.split(":")[1] not in caplog.text
     assert Session.objects.count() == 0
     again = post(client, message("🍕"), url="/bots/starting/")
     assert (again.status_code, again.json()["outcome"]) == (200, "committed")

@@ -116,8 +116,8 @@ def starting_bot() -> Application:  # type: ignore[type-arg]
 
     async def post_init(application: Application) -> None:  # type: ignore[type-arg]
         post_inits.append(1)
-        if len(post_inits) == 1:
-            raise RuntimeError("post_init failed on purpose")
+        if len(post_inits) == 1:  # quoting the token, as some libraries' errors do
+            raise RuntimeError(f"post_init failed on purpose with {application.bot.token}")
 
     application = failing_bot()
     application.post_init = post_init
