@@ -19,7 +19,6 @@ from telegram.ext import Application
 
 from .conf import settings
 from .config import Sessions
-from .errors import ConfigurationError
 from .ptb import SessionApplication
 
 logger = logging.getLogger("botsessions")
@@ -82,9 +81,10 @@ _configs_lock = threading.Lock()
 def session_configs() -> dict[int, tuple[str, Sessions]]:
     """Every configured bot that has sessions, by bot id, built once per process.
 
-    A bot that cannot be built here (no token in this environment, an import error) is
-    left out with a warning: the admin then treats its rows as of unknown configuration
-    instead of failing.
+    A bot that cannot be built here (no token in this environment, an import error, a
+    module that fails as it is imported) is left out with a warning: the admin then
+    treats its rows as of unknown configuration instead of failing, and
+    ``purgesessions`` still purges.
     """
     global _configs
     with _configs_lock:
@@ -97,8 +97,13 @@ def session_configs() -> dict[int, tuple[str, Sessions]]:
                         continue
                     # With PTB's state (DjangoPersistence), its fragments too.
                     sessions = application.engine_sessions
-                except (ImproperlyConfigured, ImportError, ConfigurationError) as exc:
-                    logger.warning("botsessions: bot %r is not available here: %s", alias, exc)
+                except Exception as exc:  # its module may fail as it is imported, too
+                    logger.warning(
+                        "botsessions: bot %r is not available here: %s: %s",
+                        alias,
+                        type(exc).__name__,
+                        exc,
+                    )
                     continue
                 found.setdefault(application.session_bot_id, (alias, sessions))
             _configs = found

@@ -163,3 +163,17 @@ def test_a_sqlite_timeout_longer_than_the_lock_timeout_warns(settings):
     other["OPTIONS"] = {"timeout": 30}
     assert "botsessions.W002" in ids(DATABASES=databases)
     assert "botsessions.W002" not in ids(DATABASES=databases, BOTSESSIONS_LOCK_TIMEOUT=30)
+
+
+@pytest.mark.django_db
+def test_purge_runs_where_a_bot_cannot_be_built(settings, caplog):
+    """A cron job without the bot's token: the bot is left out with a warning, as the
+    admin leaves it out, and the purge is done."""
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "elsewhere": {"APPLICATION": "tests.failing_bot_module.build"},
+    }
+    out = StringIO()
+    call_command("purgesessions", stdout=out)
+    assert "Deleted 0 expired session(s)" in out.getvalue()
+    assert "bot 'elsewhere' is not available here" in caplog.text
