@@ -24,11 +24,13 @@ from django.db import DatabaseError, IntegrityError, connections, router, transa
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from ..errors import SessionConflict, StorageError
+from ..errors import SessionConflict, StorageError, StoredDataError
 from ..unit import UnitOfWork, current_unit
 from .base import Change, Delete, SessionStorage, StorageKey, StoredSession, UpdateMark, Write
 
 _MARK_REVISION = -1
+#: What decoding a column that SQLite let hold anything raises (Decimal's errors included).
+_UNDECODABLE = (ValueError, TypeError, ArithmeticError)
 
 
 class DatabaseStorage(SessionStorage):
@@ -220,8 +222,15 @@ class DatabaseStorage(SessionStorage):
             sql = self._statement(connection, ("select", len(keys), mark is not None))
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
-                rows = cursor.fetchall()
-        except StorageError:
+                try:
+                    rows = cursor.fetchall()
+                except _UNDECODABLE as exc:
+                    # SQLite's converters (datetime columns) fail on text a hand edited.
+                    raise StoredDataError(
+                        f"one of the sessions {', '.join(map(str, keys))} cannot be decoded: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+        except (StorageError, StoredDataError):
             raise
         except DatabaseError as exc:
             raise StorageError(f"reading sessions failed: {exc}") from exc
@@ -230,12 +239,18 @@ class DatabaseStorage(SessionStorage):
             if revision == _MARK_REVISION:
                 processed = True
                 continue
-            records[StorageKey(bot_id, fragment, key)] = StoredSession(
-                data=data if isinstance(data, str) else _json_text(data),
-                version=None if version is None else Decimal(str(version)),
-                expires_at=_aware(expires_at),
-                revision=int(revision),
-            )
+            storage_key = StorageKey(bot_id, fragment, key)
+            try:
+                records[storage_key] = StoredSession(
+                    data=data if isinstance(data, str) else _json_text(data),
+                    version=None if version is None else Decimal(str(version)),
+                    expires_at=_aware(expires_at),
+                    revision=int(revision),
+                )
+            except _UNDECODABLE as exc:
+                raise StoredDataError(
+                    f"session {storage_key} cannot be decoded: {type(exc).__name__}: {exc}"
+                ) from exc
         return records, processed
 
     def commit_sync(self, changes: Sequence[Change], mark: UpdateMark | None) -> bool:
