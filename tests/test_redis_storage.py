@@ -614,6 +614,36 @@ def test_a_commit_without_a_record_is_settled_by_the_revisions_it_wrote(prefix, 
     assert locks(raw, prefix) == []
 
 
+def test_a_landed_commit_is_settled_by_its_locked_keys_alone(prefix, raw, proxy):
+    """A key the commit wrote without its lock (``lock=False``) may be changed by another
+    writer before the commit is settled: that does not make a landed commit fail."""
+    store, other_writer = behind(proxy, prefix), storage(prefix)
+
+    async def scene() -> bool:
+        await warm_up(store)
+        await store.load([KEY, OTHER], None, lock=[KEY])
+        proxy.hold_replies()
+        commit = asyncio.ensure_future(
+            store.commit(
+                [
+                    Write(KEY, StoredSession('"new"', revision=2), 1),
+                    Write(OTHER, StoredSession('"new"', revision=2), 1),
+                ]
+            )
+        )
+        await asyncio.sleep(0.1)  # the commit has landed; its reply is held
+        await other_writer.commit([Write(OTHER, StoredSession('"later"', revision=3), 2)])
+        landed: bool = await commit
+        await store.aclose()
+        await other_writer.aclose()
+        return landed
+
+    assert asyncio.run(scene()) is True
+    assert run(storage(prefix).read(KEY)).data == '"new"'
+    assert run(storage(prefix).read(OTHER)).data == '"later"'
+    assert locks(raw, prefix) == []
+
+
 @pytest.mark.parametrize("with_record", [True, False])
 def test_a_commit_that_never_reached_redis_fails_and_can_never_land_late(
     prefix, raw, proxy, with_record

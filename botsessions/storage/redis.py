@@ -141,7 +141,8 @@ return 1
 # KEYS: as the commit's. ARGV: lock count, "1" when the last key is the record, one token
 # per lock, then per change: the revision it wrote ("" when the script chose it) and the
 # rest of its value ("" for a delete). Deletes the locks still holding their token.
-# Returns {locks deleted, whether the record exists, changes holding what was written}.
+# Returns {locks deleted, whether the record exists, then per change 1 if its key holds
+# what the commit wrote, else 0}.
 _SETTLE = """
 local locks = tonumber(ARGV[1])
 local given_back = 0
@@ -156,22 +157,24 @@ if ARGV[2] == '1' then
   last = last - 1
   recorded = redis.call('EXISTS', KEYS[#KEYS])
 end
-local holding = 0
+local reply = {given_back, recorded}
 for i = locks + 1, last do
   local at = 2 + locks + (i - locks - 1) * 2
   local revision, rest = ARGV[at + 1], ARGV[at + 2]
   local stored = redis.pcall('GET', KEYS[i])
+  local holds = 0
   if type(stored) ~= 'string' then
-    if rest == '' and not stored then holding = holding + 1 end
+    if rest == '' and not stored then holds = 1 end
   elseif rest ~= '' then
     local bar = string.find(stored, '|', 1, true)
     if bar and string.sub(stored, bar + 1) == rest
         and (revision == '' or string.sub(stored, 1, bar - 1) == revision) then
-      holding = holding + 1
+      holds = 1
     end
   end
+  reply[#reply + 1] = holds
 end
-return {given_back, recorded, holding}
+return reply
 """
 
 # KEYS: locks; ARGV: their tokens. Deletes only the locks still holding their token.
@@ -419,7 +422,8 @@ class RedisStorage(SessionStorage):
         except StorageError as exc:
             if not _may_have_run(exc):
                 raise
-            await self._settle(exc, names, held, written, with_record=mark is not None)
+            locked = [c.key in self._tokens for c in changes]
+            await self._settle(exc, names, held, written, locked, with_record=mark is not None)
             return True
         if reply == 1:
             return True
@@ -437,13 +441,15 @@ class RedisStorage(SessionStorage):
         names: list[str],
         held: list[tuple[StorageKey, str]],
         written: list[str],
+        locked: list[bool],
         with_record: bool,
     ) -> None:
         """Return if the commit that failed with ``failed`` landed after all; raise if it
         did not, or if that cannot be told.
 
         ``names`` are the commit's keys, ``held`` its locks and tokens, ``written`` what
-        each change wrote. Once its locks are given back it can no longer land late.
+        each change wrote, ``locked`` whether each change's key was locked. Once its
+        locks are given back it can no longer land late.
         """
         unknown = f"{failed}; the outcome is unknown: the changes may or may not have been saved"
         args = [len(held), "1" if with_record else "0", *(token for _, token in held)]
@@ -453,13 +459,14 @@ class RedisStorage(SessionStorage):
             raise StorageError(f"{unknown} (settling it failed too: {exc})") from exc
         for key, _ in held:
             self._tokens.pop(key, None)  # given back
-        given_back, recorded, holding = (int(n) for n in reply)
+        given_back, recorded, *holding = (int(n) for n in reply)
         landed: bool | None
         if with_record:
             landed = True if recorded else (False if held else None)
         elif not held:
             landed = None  # no lock stops it from landing later
-        elif holding == len(written) // 2:
+        elif all(holds for holds, lock in zip(holding, locked, strict=True) if lock):
+            # Only locked keys tell: another writer may have changed an unlocked one since.
             landed = True
         else:
             # It did not land only if no other writer could have come since: every lock
