@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import threading
 import types
 import warnings
 from collections.abc import Awaitable
@@ -88,6 +89,7 @@ JOB_QUEUE_NOT_RUNNING = (
 IDLE_DATABASE_THREADS = 8
 # The start of PTB's warning about tasks of an application that is not running.
 _NOT_AWAITED = "Tasks created via `Application.create_task` while the application is not running"
+_WARNINGS_LOCK = threading.Lock()
 
 _current: contextvars.ContextVar[UpdateRun | None] = contextvars.ContextVar(
     "botsessions_update_run", default=None
@@ -737,8 +739,9 @@ class SessionApplication(Application):  # type: ignore[type-arg]
             return super().create_task(coroutine, update=update, name=name)
         # Non-blocking handlers: the session is saved only after they finish. PTB warns
         # that tasks of an application that is not running (the webhook's never is) are
-        # not awaited; these are, by the update.
-        with warnings.catch_warnings():
+        # not awaited; these are, by the update. The filters are process-wide: bots on
+        # other loop threads must not restore them in between.
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.filterwarnings("ignore", _NOT_AWAITED, PTBUserWarning)
             task = super().create_task(coroutine, update=update, name=name)
         run.tasks.append(task)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import warnings
 from typing import Any
 
@@ -125,6 +126,43 @@ def test_non_blocking_handlers_are_saved_after_they_finish(make_bot):
     assert stored() == {"done": True}
     # PTB's "won't be automatically awaited" is not true of them: the update awaits them.
     assert [str(w.message) for w in warned if "awaited" in str(w.message)] == []
+
+
+def test_bots_on_two_threads_do_not_leave_the_warning_filters_changed(monkeypatch):
+    """Each non-blocking handler's task is made with PTB's warning silenced for the call;
+    two bots' loop threads doing so at once must leave the process's filters as found."""
+    from telegram.ext import Application
+
+    from botsessions import ptb
+
+    inside = {name: threading.Event() for name in ("first", "second")}
+    go_on = {name: threading.Event() for name in ("first", "second")}
+
+    def create_task(self, coroutine, update=None, *, name=None):
+        inside[name].set()
+        go_on[name].wait(5)
+        return name
+
+    monkeypatch.setattr(Application, "create_task", create_task)
+    app = use_sessions(ApplicationBuilder().token("1:x"), Sessions()).build()
+    before = list(warnings.filters)
+
+    def on_a_loop_thread(name):
+        run = ptb.UpdateRun(app, update=name)
+        ptb._current.set(run)
+        app.create_task(None, update=name, name=name)
+
+    first = threading.Thread(target=on_a_loop_thread, args=("first",))
+    second = threading.Thread(target=on_a_loop_thread, args=("second",))
+    first.start()
+    assert inside["first"].wait(5)
+    second.start()
+    inside["second"].wait(0.2)  # reached at once when nothing keeps the calls apart
+    go_on["first"].set()
+    first.join(5)
+    go_on["second"].set()
+    second.join(5)
+    assert warnings.filters == before
 
 
 def test_failing_non_blocking_handler_discards_the_update(make_bot):
