@@ -27,7 +27,7 @@ from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import SEARCH_VAR, ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db import DatabaseError, OperationalError, connections, transaction
+from django.db import DatabaseError, OperationalError, connections, router, transaction
 from django.db.models import F, Q, QuerySet, TextField
 from django.db.models.functions import Cast, Collate
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -1221,9 +1221,17 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
                 flag, message = DELETION, deletion_message
             user = request.user.pk
             assert user is not None  # the admin's views are for logged-in staff only
-            LogEntry.objects.log_actions(
-                user_id=user, queryset=heads, action_flag=flag, change_message=message
-            )
+
+            def write() -> None:
+                LogEntry.objects.log_actions(
+                    user_id=user, queryset=heads, action_flag=flag, change_message=message
+                )
+
+            if router.db_for_write(LogEntry) == rows.db:
+                write()  # in the batch's transaction: kept only with its changes
+            else:
+                # History on another database: written once the batch's changes are.
+                transaction.on_commit(write, using=rows.db)
 
         return log
 

@@ -23,7 +23,7 @@ from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DataError, OperationalError, connection, transaction
+from django.db import DataError, OperationalError, connection, router, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -1671,6 +1671,29 @@ def test_resets_and_deletes_are_in_the_history(admin_client: Client, more_bots: 
     assert history(doomed) == [(DELETION, "chat · chat 3", "")]  # as Django's own delete
     page = admin_client.get(reverse("admin:botsessions_session_history", args=[chat.pk]))
     assert "Reset to its initial data." in page.text
+
+
+def test_history_on_another_database_is_written_once_the_batch_commits(
+    admin_client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """A router that keeps the admin's history elsewhere: no entry for a batch whose
+    changes could still roll back."""
+    row = make("chat:1", {"pizza_count": 9})
+    routed = router.db_for_write
+
+    def history_elsewhere(model: Any, **hints: Any) -> str | None:
+        return "elsewhere" if model is LogEntry else routed(model, **hints)
+
+    monkeypatch.setattr(router, "db_for_write", history_elsewhere)
+    with django_capture_on_commit_callbacks() as written_on_commit:
+        admin_client.post(reverse(CHANGELIST), action("reset_to_initial", row, confirm=True))
+    assert history(row) == []
+    monkeypatch.undo()
+    for write in written_on_commit:
+        write()
+    assert history(row) == [(CHANGE, "chat · chat 1", "Reset to its initial data.")]
 
 
 def test_a_reset_that_changes_nothing_writes_no_history(admin_client: Client) -> None:
