@@ -509,11 +509,10 @@ def test_undecodable_row_is_left_alone_and_other_chats_work(
 
 
 @pytest.mark.parametrize(
-    ("column", "value", "named"),
-    [("version", "not a number", "session "), ("expires_at", "2024-13-45 99:00:00", "one of")],
+    ("column", "value"), [("version", "not a number"), ("expires_at", "2024-13-45 99:00:00")]
 )
 def test_row_with_a_tampered_column_is_left_alone(
-    webhook: Webhook, caplog: pytest.LogCaptureFixture, column: str, value: str, named: str
+    webhook: Webhook, caplog: pytest.LogCaptureFixture, column: str, value: str
 ) -> None:
     """SQLite lets a hand edit put any text in a typed column: the row is bad stored data
     (answered, untouched, logged), not a storage failure redelivered for ever."""
@@ -529,7 +528,7 @@ def test_row_with_a_tampered_column_is_left_alone(
     before = {k: v for k, v in raw_rows().items() if k[0] != "chat"}
     assert webhook.outcome(message("🍕", chat_id=GROUP, user_id=ALICE)) == "bad_stored_data"
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert any(named in e and f"{BOT_ID}/chat/chat:{GROUP}" in e for e in errors), errors
+    assert any(f"session {BOT_ID}/chat/chat:{GROUP} cannot" in e for e in errors), errors
     assert {k: v for k, v in raw_rows().items() if k[0] != "chat"} == before
     assert Session.objects.filter(key=f"chat:{GROUP}").count() == 1
     assert webhook.outcome(message("🍕", chat_id=ALICE, user_id=ALICE)) == "committed"
