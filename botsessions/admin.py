@@ -773,9 +773,11 @@ class SessionDataForm(forms.ModelForm):  # type: ignore[type-arg]  # not subscri
         a float), and MariaDB's JSON check refuses what it cannot parse. The value is
         written over the row in a savepoint, read back and rolled back.
         """
-        rows = Session.objects.filter(pk=self.instance.pk)
+        # The database the row is written to (a replica, where reads go, is no judge).
+        using = router.db_for_write(Session, instance=self.instance)
+        rows = Session.objects.using(using).filter(pk=self.instance.pk)
         try:
-            with transaction.atomic(using=rows.db):
+            with transaction.atomic(using=using):
                 if not rows.update(data=value):
                     return  # deleted meanwhile: clean() says so
                 text = (
@@ -783,7 +785,7 @@ class SessionDataForm(forms.ModelForm):  # type: ignore[type-arg]  # not subscri
                     .values_list("text", flat=True)
                     .get()
                 )
-                transaction.set_rollback(True, using=rows.db)
+                transaction.set_rollback(True, using=using)
         except DatabaseError as exc:
             if database_busy(exc):
                 raise _busy() from exc
@@ -1230,8 +1232,9 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
             if router.db_for_write(LogEntry) == rows.db:
                 write()  # in the batch's transaction: kept only with its changes
             else:
-                # History on another database: written once the batch's changes are.
-                transaction.on_commit(write, using=rows.db)
+                # History on another database: written once the batch's changes are (a
+                # failure there is logged by Django; the changes stand, the rest go on).
+                transaction.on_commit(write, using=rows.db, robust=True)
 
         return log
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.urls import URLPattern, URLResolver
@@ -57,7 +57,20 @@ class BadUpdate(ValueError):
     """The request body is not an update we can process."""
 
 
-@method_decorator(transaction.non_atomic_requests, name="dispatch")
+class _EveryDatabase(set[str]):
+    """The aliases ``ATOMIC_REQUESTS`` must not wrap the webhook views on: all of them,
+    the sessions' database wherever a router puts it (Django asks for each request)."""
+
+    def __contains__(self, alias: object) -> bool:
+        return True
+
+
+def _non_atomic_on_every_database(view: Any) -> Any:
+    view._non_atomic_requests = _EveryDatabase()
+    return view
+
+
+@method_decorator(_non_atomic_on_every_database, name="dispatch")
 class WebhookView(View):
     """What both webhook views share: the checks that come before processing.
 

@@ -1696,6 +1696,32 @@ def test_history_on_another_database_is_written_once_the_batch_commits(
     assert history(row) == [(CHANGE, "chat · chat 1", "Reset to its initial data.")]
 
 
+def test_a_history_that_cannot_be_written_leaves_the_reset_done_and_answers(
+    admin_client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    row = make("chat:1", {"pizza_count": 9})
+    routed = router.db_for_write
+
+    def history_elsewhere(model: Any, **hints: Any) -> str | None:
+        return "elsewhere" if model is LogEntry else routed(model, **hints)
+
+    def locked(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(router, "db_for_write", history_elsewhere)
+    monkeypatch.setattr(LogEntry.objects, "log_actions", locked)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            reverse(CHANGELIST), action("reset_to_initial", row, confirm=True)
+        )
+    assert response.status_code == 302
+    assert Session.objects.get(pk=row.pk).data == {"pizza_count": 0}
+    assert "database is locked" in caplog.text
+
+
 def test_a_reset_that_changes_nothing_writes_no_history(admin_client: Client) -> None:
     row = make("chat:1", {"x": 1}, bot_id=999)
 
@@ -1727,6 +1753,24 @@ def test_bidi_and_control_characters_are_escaped_in_every_page(admin_client: Cli
         assert "a\\u202eb" in page and "\\u001b[31m" in page and "\\u009b" in page
     # The page's title and breadcrumbs are the model's own str(), which is not the admin's.
     assert "\x1b" not in detail and "\x9b" not in detail
+
+
+def test_an_edit_is_judged_by_the_database_it_is_written_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A primary/replica router: the round trip of an edit runs where the row is written
+    (in the change form's transaction), never on the replica its reads go to."""
+    row = make(data={"pizza_count": 3})
+    reads = router.db_for_read
+
+    def replica(model: Any, **hints: Any) -> str | None:
+        return "replica" if model is Session else reads(model, **hints)
+
+    monkeypatch.setattr(router, "db_for_read", replica)  # an alias that is not there
+    form = session_admin.SessionDataForm(instance=row)
+    form.check_database_round_trip({"pizza_count": 4})  # no error: the same data back
+    monkeypatch.undo()
+    assert Session.objects.get(pk=row.pk).data == {"pizza_count": 3}  # rolled back
 
 
 def test_an_edit_shown_with_escapes_saves_the_same_data(admin_client: Client) -> None:

@@ -360,6 +360,22 @@ def test_atomic_requests_do_not_wrap_the_webhook(
     assert Purchase.objects.count() == 1
 
 
+@pytest.mark.parametrize("view", ["TelegramWebhookView", "AsyncTelegramWebhookView"])
+def test_atomic_requests_wrap_the_webhook_on_no_database(
+    monkeypatch: pytest.MonkeyPatch, view: str
+) -> None:
+    """Sessions routed to a database of their own: ATOMIC_REQUESTS there wraps neither
+    view (Django would refuse the async one with a 500 for every update)."""
+    from django.core.handlers.base import BaseHandler
+
+    from botsessions import webhook
+
+    sessions_db = {**connections.settings["default"], "ATOMIC_REQUESTS": True}
+    monkeypatch.setitem(connections.settings, "sessions", sessions_db)
+    mounted = getattr(webhook, view).as_view()
+    assert BaseHandler().make_view_atomic(mounted) is mounted
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_reply_after_commit_alone_is_recorded_and_not_sent_twice(
     make_bot: Any, api: FakeBotAPI
