@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from .errors import ConfigurationError, MigrationError
@@ -73,4 +73,15 @@ def _as_version(value: object) -> Decimal:
         raise ConfigurationError(f"migration version {value!r} is not a number") from exc
     if not number.is_finite() or number < 0:
         raise ConfigurationError(f"migration version {value!r} must be a finite number >= 0")
+    # What the version column keeps (numeric(20, 6)): a finer version would be stored
+    # rounded, and its step would run again on every update; a larger one not at all.
+    if number >= _VERSION_LIMIT or number != number.quantize(_VERSION_STEP, ROUND_DOWN):
+        raise ConfigurationError(
+            f"migration version {value!r} does not fit what is stored: "
+            "below 10**14, with at most 6 decimal places"
+        )
     return number
+
+
+_VERSION_LIMIT = Decimal(10) ** 14
+_VERSION_STEP = Decimal("0.000001")

@@ -150,6 +150,17 @@ def test_duplicate_versions_are_refused():
         DataMigrations({1: lambda d: d, "1.0": lambda d: d})
 
 
+@pytest.mark.parametrize("version", [1.0000001, "0.0000005", 10**14, "1e15"])
+def test_versions_the_database_cannot_keep_are_refused(version):
+    """Stored rounded, a step would run again on every update; too large, no write fits."""
+    with pytest.raises(ConfigurationError, match="does not fit"):
+        DataMigrations({1: lambda d: d, version: lambda d: d})
+
+
+def test_the_finest_and_largest_versions_stored_are_accepted():
+    DataMigrations({"0.000001": lambda d: d, 10**14 - 1: lambda d: d, "99.5": lambda d: d})
+
+
 def test_absent_data_is_not_migrated(make_bot, timed):
     calls: list[int] = []
 
