@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Awaitable
 from typing import Any, Generic, TypeAlias, cast, overload
 
+from asgiref.sync import sync_to_async
 from django.db import DatabaseError, InterfaceError, OperationalError
 from telegram import Update
 from telegram._utils.defaultvalue import DefaultValue
@@ -693,6 +694,10 @@ class SessionApplication(Application):  # type: ignore[type-arg]
                 ids = migration_of(update)
                 if ids is not None:
                     run.moved = len(await move_chat(run.prepare(), *ids))
+                    unit = current_unit()
+                    if run.moved and unit is not None and unit.begun:
+                        # The moves stand even if a handler fails (see keep_so_far).
+                        await sync_to_async(unit.keep_so_far)()
             if ptb is not None and ptb.conversations and ptb.needs_early_read(run.prepare()):
                 # A persistent conversation can reach the update: its state is read before
                 # dispatch (check_update reads it synchronously), with everything else.

@@ -97,7 +97,8 @@ def test_other_bots_rows_stay_put(make_bot):
 
 def test_the_move_is_part_of_the_update_under_the_locks_of_both_chats(make_bot, monkeypatch):
     """The rows move inside the update's transaction, after the keys of both chats (and
-    the update's own) were locked in one go; a failing handler takes the move back."""
+    the update's own) were locked in one go; a failing handler does not take the move
+    back (nobody delivers the update again), only its own writes."""
     from botsessions.models import Session
     from botsessions.unit import UnitOfWork
 
@@ -109,6 +110,8 @@ def test_the_move_is_part_of_the_update_under_the_locks_of_both_chats(make_bot, 
         real_lock(unit, keys)
 
     async def fail(update, context):
+        context.session.chat["pizza"] += 10
+        await Session.objects.acreate(bot_id=1, fragment="handler", key="x", data={})
         raise RuntimeError("handler bug")
 
     bot = make_bot(
@@ -127,8 +130,61 @@ def test_the_move_is_part_of_the_update_under_the_locks_of_both_chats(make_bot, 
     }
     assert len(locked) == 1  # one acquisition: the moved keys with the update's own
     assert moved < set(locked[0])
-    assert Session.objects.filter(key__contains=str(SUPERGROUP)).count() == 0  # rolled back
-    assert Session.objects.filter(key__contains=str(GROUP)).count() == 2
+    assert Session.objects.filter(key__contains=str(SUPERGROUP)).count() == 2  # kept
+    assert Session.objects.filter(key__contains=str(GROUP)).count() == 0
+    assert not Session.objects.filter(fragment="handler").exists()  # the handler's: not
+    assert Session.objects.get(fragment="chat").data == {"pizza": 1}
+
+
+@pytest.mark.parametrize("announcement", ["migrate_to", "migrate_from"])
+def test_a_handler_failing_on_both_notices_leaves_the_sessions_moved(
+    make_bot, probe, announcement
+):
+    async def fail(update, context):
+        raise RuntimeError("handler bug")
+
+    bot = make_bot(
+        sessions(probe.storage), [*handlers(), MessageHandler(filters.StatusUpdate.MIGRATE, fail)]
+    )
+    bot.process(message("🍕", chat_id=GROUP, user_id=BOB))
+    first = service_message(GROUP, migrate_to_chat_id=SUPERGROUP)
+    second = service_message(SUPERGROUP, migrate_from_chat_id=GROUP)
+    if announcement == "migrate_from":
+        first, second = second, first
+    assert bot.process(first) == "handler_failed"
+    assert bot.process(second) == "handler_failed"
+    assert probe.stored_text(BOT, "chat", f"chat:{GROUP}") is None
+    assert probe.stored_text(BOT, "chat", f"chat:{SUPERGROUP}") == '{"pizza":1}'
+    bot.process(message("🍕", chat_id=SUPERGROUP, user_id=BOB))
+    assert probe.stored_text(BOT, "chat", f"chat:{SUPERGROUP}") == '{"pizza":2}'
+
+
+def test_an_update_refused_for_redelivery_moves_nothing_until_it_comes_back(make_bot, monkeypatch):
+    """A failed write answers 503: everything rolls back, the redelivery moves the rows."""
+    from botsessions.errors import StorageError
+    from botsessions.models import Session
+    from botsessions.storage.db import DatabaseStorage
+
+    async def notice_seen(update, context):
+        context.session.chat["noticed"] = True
+
+    bot = make_bot(
+        sessions(None), [*handlers(), MessageHandler(filters.StatusUpdate.MIGRATE, notice_seen)]
+    )
+    bot.process(message("🍕", chat_id=GROUP, user_id=BOB))
+    real = DatabaseStorage.commit_sync
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("disk full")
+
+    monkeypatch.setattr(DatabaseStorage, "commit_sync", broken)
+    notice = service_message(GROUP, migrate_to_chat_id=SUPERGROUP)
+    with pytest.raises(StorageError):
+        bot.process(notice)
+    assert Session.objects.filter(key__contains=str(SUPERGROUP)).count() == 0
+    monkeypatch.setattr(DatabaseStorage, "commit_sync", real)
+    assert bot.process(notice) == "committed"
+    assert Session.objects.filter(key__contains=str(SUPERGROUP)).count() == 2
 
 
 # -- prefixes, resolvers of your own, and what never moves ---------------------------------
