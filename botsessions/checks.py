@@ -89,7 +89,28 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     messages += _check_sqlite_timeouts()
+    messages += _check_routing()
     return messages
+
+
+def _check_routing() -> list[CheckMessage]:
+    """The exactly-once records are written in each update's transaction, beside the
+    sessions: a router sending them elsewhere would have them pruned where they are not."""
+    from django.db import router
+
+    from .models import ProcessedUpdate, Session
+
+    sessions, records = router.db_for_write(Session), router.db_for_write(ProcessedUpdate)
+    if sessions == records:
+        return []
+    return [
+        Error(
+            f"Database routers write botsessions' sessions to {sessions!r} but its "
+            f"processed updates to {records!r}; both must be on one database.",
+            hint="Route the whole app label 'botsessions' to one database.",
+            id="botsessions.E014",
+        )
+    ]
 
 
 def _check_sqlite_timeouts() -> list[CheckMessage]:

@@ -22,7 +22,8 @@ The path of one update, as the webhook view runs it under WSGI:
 
 So the session rows, the exactly-once record and every row the handlers wrote through
 the ORM to that database commit together, or none of it does. Bot API calls made by
-handlers, other databases and caches are outside the unit.
+handlers, other databases and caches are outside the unit (a write to another database
+is watched for all the same: the update is then recorded, and the write logged).
 
 The async webhook view (ASGI) and long polling (``runbot``) run the same steps with
 :func:`process_as_unit`: a database thread of the application's
@@ -64,6 +65,10 @@ WhenEnded = Callable[[bool], Awaitable[None]]
 _current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
     "botsessions_unit", default=None
 )
+
+
+#: The other databases a handler was seen writing to (logged once per process).
+_warned_elsewhere: set[str] = set()
 
 
 def current_unit() -> UnitOfWork | None:
@@ -118,6 +123,9 @@ class UnitOfWork:
         connection = connections[self.using]
         self._stack.enter_context(transaction.atomic(using=self.using))
         self._stack.enter_context(connection.execute_wrapper(self._watch))
+        for alias in connections:
+            if alias != self.using:
+                self._stack.enter_context(connections[alias].execute_wrapper(self._elsewhere))
         self.begun = True
 
     def _watch(
@@ -127,6 +135,26 @@ class UnitOfWork:
         # recorded, so that a redelivery does not write again.
         if not self._internal and sql.lstrip()[:6].upper() != "SELECT":
             self.wrote = True
+        return execute(sql, params, many, context)
+
+    def _elsewhere(
+        self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        # A write to another database commits on its own, outside the unit: the update is
+        # recorded all the same, so a redelivery does not write it twice, and the first
+        # such write of each database is logged, as it stands even if the update fails.
+        if sql.lstrip()[:6].upper() != "SELECT":
+            self.wrote = True
+            alias = context["connection"].alias
+            if alias not in _warned_elsewhere:
+                _warned_elsewhere.add(alias)
+                logger.warning(
+                    "botsessions: a handler wrote to database %r, outside the update's unit "
+                    "of work (database %r): those writes are kept even when the update "
+                    "rolls back",
+                    alias,
+                    self.using,
+                )
         return execute(sql, params, many, context)
 
     @contextlib.contextmanager

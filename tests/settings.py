@@ -27,6 +27,13 @@ if str(DATABASES["default"]["ENGINE"]).endswith("sqlite3"):
     }
 else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
+# A second database, for writes outside the sessions' one (only the tests that ask for it
+# get a test database of it).
+DATABASES["elsewhere"] = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": str(_TEST_DIR / "botsessions-elsewhere.sqlite3"),
+    "TEST": {"NAME": str(_TEST_DIR / f"botsessions-elsewhere-test-{os.getpid()}.sqlite3")},
+}
 
 SECRET_KEY = "tests-only-secret-key"
 DEBUG = False

@@ -27,6 +27,18 @@ def test_project_settings_pass():
     assert ids() == []
 
 
+def test_sessions_and_their_records_routed_apart_are_an_error(monkeypatch):
+    from django.db import router
+
+    routed = router.db_for_write
+
+    def records_elsewhere(model, **hints):
+        return "elsewhere" if model is ProcessedUpdate else routed(model, **hints)
+
+    monkeypatch.setattr(router, "db_for_write", records_elsewhere)
+    assert ids() == ["botsessions.E014"]
+
+
 def test_missing_secret_warns_in_debug_and_fails_otherwise():
     bots = {"default": {"APPLICATION": APP}}
     assert ids(BOTSESSIONS_BOTS=bots, DEBUG=True) == ["botsessions.W001"]

@@ -376,6 +376,31 @@ def test_atomic_requests_wrap_the_webhook_on_no_database(
     assert BaseHandler().make_view_atomic(mounted) is mounted
 
 
+@pytest.mark.django_db(databases=["default", "elsewhere"])
+def test_a_write_to_another_database_is_recorded_and_logged(
+    make_bot: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """That write commits on its own: the update is recorded all the same (a redelivery
+    does not write it twice), and the log says the write is outside the unit."""
+    from botsessions import unit
+
+    monkeypatch.setattr(unit, "_warned_elsewhere", set())
+
+    async def note(update: Any, context: Any) -> None:
+        _ = context.session["bought"]
+        await Session.objects.using("elsewhere").acreate(
+            bot_id=1, fragment="audit", key="k", data={}
+        )
+
+    bot = make_bot(shop(), [CommandHandler("note", note)])
+    update = message("/note")
+    assert bot.process(update) == "unchanged"
+    assert bot.process(update) == "duplicate"
+    assert Session.objects.using("elsewhere").count() == 1
+    assert ProcessedUpdate.objects.filter(update_id=update["update_id"]).exists()
+    assert "wrote to database 'elsewhere', outside the update's unit of work" in caplog.text
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_reply_after_commit_alone_is_recorded_and_not_sent_twice(
     make_bot: Any, api: FakeBotAPI
