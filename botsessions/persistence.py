@@ -51,7 +51,7 @@ from .storage.base import Delete, StorageKey, StoredSession, Write
 if TYPE_CHECKING:
     from telegram.ext import Application
 
-    from .session import UpdateSessions
+    from .session import FragmentSession, UpdateSessions
 
 #: Fragment names that start with this hold PTB's state; a session's name never does
 #: (it cannot hold a dot: :func:`botsessions.session.is_internal`).
@@ -482,6 +482,12 @@ class PTBState:
             if state == ConversationHandler.END:
                 state = None
             fragment.value = _plain_state(name, state)
+        for name in (CHAT_DATA, USER_DATA):
+            # Dropped, and nothing written to the fresh data since: the row stays deleted
+            # (not stored empty, nor with the defaults of a ContextTypes class).
+            data = sessions.fragments.get(name)
+            if data is not None and data.assigned and _holds_nothing(data.value, data):
+                data.value = None
 
     # -- drop_chat_data, drop_user_data, migrate_chat_data ---------------------------------
 
@@ -489,7 +495,9 @@ class PTBState:
         """Delete ``scope`` (chat or user) ``ident``'s data in the update's commit.
 
         The update's own chat's (or user's) data is deleted like a session assigned
-        ``None`` (a compare-and-set); another one's row is deleted as it stands.
+        ``None`` (a compare-and-set); another one's row is deleted as it stands. As in PTB,
+        the handler then sees fresh data in ``context.chat_data`` (``user_data``): stored if
+        it writes to it, else the row stays deleted (:meth:`before_commit`).
         """
         fragment = sessions.fragments.get(name)
         if fragment is None:
@@ -497,7 +505,7 @@ class PTBState:
         update = sessions.update
         own = update.effective_chat if scope == "chat" else update.effective_user  # type: ignore[attr-defined]
         if own is not None and own.id == ident and fragment.key is not None:
-            fragment.set(None)
+            fragment.set(_fresh(fragment))
             return
         key = StorageKey(sessions.bot_id, name, f"{scope}:{ident}")
         sessions.extra_changes.append((fragment.fragment.resolve_storage(), Delete(key, None)))
@@ -516,7 +524,12 @@ class PTBState:
 
     def migrate(self, sessions: UpdateSessions, old_chat_id: int, new_chat_id: int) -> None:
         """``migrate_chat_data``: the new chat's data becomes the old one's, the old one's
-        is deleted, both in the update's commit (as PTB does, overwriting the new chat's)."""
+        is deleted, both in the update's commit (as PTB does, overwriting the new chat's).
+
+        An old chat without data (none stored, or empty) moves nothing and leaves the new
+        chat's data as it is: Telegram sends two notices, and a bot that calls this on
+        both would otherwise empty the supergroup on the second, after the first moved.
+        """
         fragment = sessions.fragments.get(CHAT_DATA)
         if fragment is None:
             return
@@ -535,11 +548,11 @@ class PTBState:
         else:
             record = sessions.extra_records[old]
             data = None if record is None else fragment.fragment.serializer.loads(record.data)
-        if data is None:  # the group had none: the supergroup's becomes empty, as in PTB
-            data = self.application.context_types.chat_data()
-        if fragment.key == new:
+        # Nothing to move: the other notice moved it already, or there never was any.
+        moving = not _holds_nothing(data, fragment)
+        if moving and fragment.key == new:
             fragment.set(data)
-        else:
+        elif moving:
             record = sessions.extra_records[new]
             text = fragment.fragment.serializer.dumps(data)
             expected = record.revision if record is not None else 0
@@ -548,6 +561,27 @@ class PTBState:
             )
         if fragment.key != old and sessions.extra_records[old] is not None:
             sessions.extra_changes.append((storage, Delete(old, None)))
+
+
+def _fresh(fragment: FragmentSession) -> Any:
+    """New data of the fragment's ``ContextTypes`` class (``chat_data`` or ``user_data``)."""
+    make = fragment.fragment.initial
+    assert make is not None  # PTB's data fragments are built with their ContextTypes class
+    return make()
+
+
+def _holds_nothing(data: object, fragment: FragmentSession) -> bool:
+    """Whether ``data`` is no data at all: ``None``, or stored as fresh data would be.
+
+    A missing row reads as fresh data, so storing it (or moving it) would keep nothing.
+    """
+    if data is None:
+        return True
+    serializer = fragment.fragment.serializer
+    try:
+        return serializer.dumps(data) == serializer.dumps(_fresh(fragment))
+    except Exception:
+        return False  # data it cannot store: the commit says why
 
 
 def _plain_state(name: str, state: object) -> object:

@@ -377,6 +377,61 @@ def test_drop_chat_and_user_data_take_effect_in_the_update_commit(make_bot):
     assert set(rows()) == {("ptb.user_data", f"user:{ALICE}"), ("ptb.bot_data", "bot")}
 
 
+class Settings(dict[str, Any]):
+    """chat_data with a default, as a ContextTypes class."""
+
+    def __init__(self) -> None:
+        super().__init__(lang="en")
+
+
+@pytest.mark.parametrize("chat_data", [dict, Settings])
+@pytest.mark.parametrize("write_after", [False, True])
+def test_after_dropping_its_own_data_a_handler_sees_fresh_data(make_bot, chat_data, write_after):
+    """As in PTB: fresh ``ContextTypes`` data, stored only if the handler writes to it."""
+    seen: list[Any] = []
+
+    async def restart(update: Any, context: Any) -> None:
+        context.application.drop_chat_data(update.effective_chat.id)
+        context.application.drop_user_data(update.effective_user.id)
+        chat = context.chat_data
+        seen.extend([type(chat), dict(chat), dict(context.user_data)])
+        assert context.chat_data is chat  # the same data for the rest of the update
+        if write_after:
+            context.chat_data["after"] = 1
+            context.user_data["after"] = 2
+
+    def configure(builder: Any) -> None:
+        builder.context_types(ContextTypes(context=SessionContext, chat_data=chat_data))
+        builder.persistence(DjangoPersistence())
+
+    bot = make_bot(
+        None,
+        [CommandHandler("restart", restart), MessageHandler(filters.TEXT, remember)],
+        configure=configure,
+    )
+    bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    assert bot.process(message("/restart", chat_id=GROUP, user_id=ALICE)) == "committed"
+    assert seen == [chat_data, dict(chat_data()), {}]
+    stored = {key: data for key, data in rows().items() if key[0] != "ptb.bot_data"}
+    if write_after:
+        assert stored == {
+            ("ptb.chat_data", f"chat:{GROUP}"): {**chat_data(), "after": 1},
+            ("ptb.user_data", f"user:{ALICE}"): {"after": 2},
+        }
+    else:
+        assert stored == {}  # deleted, not stored empty (nor with the class's defaults)
+
+
+def test_dropping_data_never_stored_writes_nothing(make_bot):
+    async def forget(update: Any, context: Any) -> None:
+        context.application.drop_chat_data(update.effective_chat.id)
+        context.application.drop_user_data(update.effective_user.id)
+
+    bot = make_bot(None, [CommandHandler("forget", forget)], configure=with_persistence())
+    assert bot.process(message("/forget", chat_id=GROUP, user_id=ALICE)) == "unchanged"
+    assert rows() == {}
+
+
 def test_drop_outside_an_update_says_why(make_bot):
     bot = counting_bot(make_bot)
     with pytest.raises(SessionNotLoadedError, match="call it from a handler"):
@@ -403,6 +458,73 @@ def test_migrate_chat_data_moves_the_group_data_to_the_supergroup(make_bot, anno
     else:
         update = service_message(SUPERGROUP, migrate_from_chat_id=GROUP)
     assert bot.process(update) == "committed"
+    assert row("ptb.chat_data", f"chat:{GROUP}") is None
+    assert row("ptb.chat_data", f"chat:{SUPERGROUP}") == {"chat": 1}
+
+
+def migrating_bot(make_bot: Any, sessions: Sessions | None = None) -> Any:
+    """PTB's documented pattern: ``migrate_chat_data`` on both notices."""
+
+    async def migrate(update: Any, context: Any) -> None:
+        context.application.migrate_chat_data(message=update.message)
+
+    async def clear(update: Any, context: Any) -> None:
+        context.chat_data.clear()
+
+    return make_bot(
+        sessions,
+        [
+            MessageHandler(filters.StatusUpdate.MIGRATE, migrate),
+            CommandHandler("clear", clear),
+            MessageHandler(filters.TEXT, remember),
+        ],
+        configure=with_persistence(),
+    )
+
+
+def both_notices(first: str) -> list[dict[str, Any]]:
+    notices = [
+        service_message(GROUP, migrate_to_chat_id=SUPERGROUP),
+        service_message(SUPERGROUP, migrate_from_chat_id=GROUP),
+    ]
+    return notices if first == "migrate_to_chat_id" else notices[::-1]
+
+
+@pytest.mark.parametrize("first", ["migrate_to_chat_id", "migrate_from_chat_id"])
+def test_both_notices_calling_migrate_chat_data_leave_the_group_data_in_the_supergroup(
+    make_bot, first
+):
+    bot = migrating_bot(make_bot)
+    for _ in range(2):
+        bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    bot.process(message("hi", chat_id=SUPERGROUP, user_id=ALICE))  # overwritten, as in PTB
+    outcomes = [bot.process(notice) for notice in both_notices(first)]
+    assert outcomes == ["committed", "unchanged"]  # the second finds nothing to move
+    assert row("ptb.chat_data", f"chat:{GROUP}") is None
+    assert row("ptb.chat_data", f"chat:{SUPERGROUP}") == {"chat": 2}
+
+
+@pytest.mark.parametrize("first", ["migrate_to_chat_id", "migrate_from_chat_id"])
+def test_migrate_chat_data_after_migrate_chats_moved_the_rows_keeps_them(make_bot, first):
+    """With ``Sessions(migrate_chats=True)`` the rows have moved before any handler runs."""
+    bot = migrating_bot(make_bot, Sessions(initial=dict, migrate_chats=True))
+    bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    outcomes = [bot.process(notice) for notice in both_notices(first)]
+    assert outcomes == ["committed", "unchanged"]  # the first moved the rows
+    assert row("ptb.chat_data", f"chat:{GROUP}") is None
+    assert row("ptb.chat_data", f"chat:{SUPERGROUP}") == {"chat": 1}
+
+
+@pytest.mark.parametrize("announcement", ["migrate_to_chat_id", "migrate_from_chat_id"])
+@pytest.mark.parametrize("group", ["never stored", "emptied"])
+def test_migrating_a_group_without_data_leaves_the_supergroups_data(make_bot, announcement, group):
+    bot = migrating_bot(make_bot)
+    if group == "emptied":
+        bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+        bot.process(message("/clear", chat_id=GROUP, user_id=ALICE))
+        assert row("ptb.chat_data", f"chat:{GROUP}") == {}
+    bot.process(message("hi", chat_id=SUPERGROUP, user_id=ALICE))
+    bot.process(both_notices(first=announcement)[0])
     assert row("ptb.chat_data", f"chat:{GROUP}") is None
     assert row("ptb.chat_data", f"chat:{SUPERGROUP}") == {"chat": 1}
 
