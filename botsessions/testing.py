@@ -31,6 +31,8 @@ uses the fake.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import itertools
 import json
 import re
@@ -65,9 +67,23 @@ __all__ = [
     "use_fake_bot_api",
 ]
 
+
+def _update_id_counter() -> Iterator[int]:
+    """Update ids from the current time in microseconds, one more each time.
+
+    Sessions remember the ids of the updates they processed, to skip redeliveries. The
+    test database forgets them with the test, but Redis keeps them for a day: a process
+    counting from 1 again would resend ids the last run left there, and its updates
+    would be skipped as redeliveries. Counting from the clock, a process starts above
+    every id an earlier one sent (no process sends one update per microsecond). The ids
+    stay below 2**53 (exact in JSON tools and JavaScript) until the year 2255.
+    """
+    return itertools.count(time.time_ns() // 1000)
+
+
 # Ids shared by every client of the process: two clients of one bot in one test must not
 # send the same update id (the second would be a redelivery).
-_update_ids = itertools.count(1)
+_update_ids = _update_id_counter()
 _message_ids = itertools.count(1)
 _query_ids = itertools.count(1)
 _ids_lock = threading.Lock()
@@ -86,10 +102,19 @@ def _next(counter: Iterator[int]) -> int:
 
 @dataclass(frozen=True)
 class BotAPICall:
-    """One Bot API call the bot made: the method's name and its parameters."""
+    """One Bot API call the bot made: the method's name, its parameters, and whether the
+    fake answered it with an error."""
 
     method: str
     params: dict[str, Any]
+    #: The error the call was answered with (Telegram's description, e.g. after
+    #: :meth:`FakeBotAPI.fail`), or ``None`` when it succeeded.
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the call succeeded (what it sent was delivered)."""
+        return self.error is None
 
 
 class _Failure(Exception):
@@ -130,7 +155,9 @@ class FakeBotAPI(BaseRequest):
         (a dict, list, ``True``...), or a function of the call's parameters returning it.
 
         For example ``bot.answer("getChatMember", {"status": "administrator", ...})``.
+        ``method`` is the Bot API's name of a method PTB knows, else ``ValueError``.
         """
+        _check_method(method)
         with self._lock:
             self._answers[method] = result
             self._failures.pop(method, None)
@@ -139,8 +166,11 @@ class FakeBotAPI(BaseRequest):
         """Make ``method`` fail from now on, as Telegram answers an error.
 
         ``description`` is Telegram's text, e.g. ``"Forbidden: bot was blocked by the
-        user"`` with ``error_code=403``.
+        user"`` with ``error_code=403``. ``method`` is the Bot API's name of a method PTB
+        knows, else ``ValueError``: a misspelt one would fail nothing, and the test would
+        pass for the wrong reason.
         """
+        _check_method(method)
         with self._lock:
             self._failures[method] = _Failure(error_code, description)
             self._answers.pop(method, None)
@@ -170,9 +200,9 @@ class FakeBotAPI(BaseRequest):
         head, _, name = url.rpartition("/")
         params = dict(request_data.parameters) if request_data is not None else {}
         with self._lock:
-            self._calls.append(BotAPICall(name, params))
             failure = self._failures.get(name)
             answer = self._answers.get(name, _DEFAULT)
+        error: str | None = None
         try:
             if failure is not None:
                 raise failure
@@ -180,10 +210,18 @@ class FakeBotAPI(BaseRequest):
                 result = self._default(name, params, _token_of(head))
             else:
                 result = answer(params) if callable(answer) else answer
+            return 200, json.dumps({"ok": True, "result": result}).encode()
         except _Failure as exc:
+            error = exc.description
             body = {"ok": False, "error_code": exc.code, "description": exc.description}
             return exc.code, json.dumps(body).encode()
-        return 200, json.dumps({"ok": True, "result": result}).encode()
+        except Exception as exc:  # an answer function that raised, or a result not JSON
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            # Recorded with how it ended, so that results can tell what was delivered.
+            with self._lock:
+                self._calls.append(BotAPICall(name, params, error))
 
     # -- default answers ------------------------------------------------------------
 
@@ -242,6 +280,41 @@ class FakeBotAPI(BaseRequest):
 
 
 _DEFAULT = object()
+
+
+@functools.cache
+def _bot_api_methods() -> frozenset[str]:
+    """The Bot API methods PTB's :class:`~telegram.Bot` knows, by their Bot API names.
+
+    PTB gives each method a camelCase alias of its own (``Bot.sendMessage`` is
+    ``Bot.send_message``); those aliases are the list.
+    """
+    return frozenset(
+        name
+        for name in dir(Bot)
+        if name[:1].islower()
+        and not name.islower()
+        and callable(getattr(Bot, name))
+        and getattr(Bot, _snake_case(name), None) is getattr(Bot, name)
+    )
+
+
+def _check_method(method: str) -> None:
+    """Refuse a name that is no Bot API method PTB knows, suggesting the nearest ones."""
+    known = _bot_api_methods()
+    if method in known:
+        return
+    camel = re.sub(r"_([a-z])", lambda letter: letter[1].upper(), method)
+    close = [camel] if camel in known else difflib.get_close_matches(method, known, n=3)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ValueError(
+        f"{method!r} is not a Bot API method python-telegram-bot knows "
+        f"(by its Bot API name, like 'sendMessage'){hint}"
+    )
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def _token_of(head: str) -> str:
@@ -449,13 +522,22 @@ class UpdateResult:
     status: int
     #: The webhook's JSON answer (``{"ok": true, "outcome": "committed"}`` and the like).
     json: Any
-    #: Every Bot API call the bot made while it handled the update, after commit included.
+    #: Every Bot API call the bot made while it handled the update, after commit included,
+    #: and those answered with an error (their ``error`` says which).
     calls: list[BotAPICall] = field(default_factory=list)
 
     @property
     def texts(self) -> list[str]:
-        """The texts of the messages the bot sent (``sendMessage``), in order."""
-        return [str(call.params["text"]) for call in self.calls if call.method == "sendMessage"]
+        """The texts of the messages the bot sent (``sendMessage``), in order.
+
+        Only those delivered: a call answered with an error (:meth:`BotClient.fail`) is
+        in :attr:`calls`, with its ``error``, and not here.
+        """
+        return [
+            str(call.params["text"])
+            for call in self.calls
+            if call.method == "sendMessage" and call.ok
+        ]
 
     @property
     def outcome(self) -> str | None:
@@ -529,11 +611,20 @@ class BotClient:
         return self._path if self._path is not None else webhook_path(self.alias)
 
     def post(self, update: dict[str, Any]) -> UpdateResult:
-        """Post a raw update (a dict as Telegram sends it) to the webhook."""
+        """Post a raw update (a dict as Telegram sends it) to the webhook.
+
+        A test that may not use the database the sessions are written to (pytest-django's
+        ``databases=``, Django's ``TestCase.databases``) fails here with Django's error.
+        """
         runner = self._runner()
         runner.initialize()  # getMe, outside any update's calls
         path = self.path
         using = runner.application.unit_database
+        # A test that may not use the sessions' database (pytest-django's databases=,
+        # Django's TestCase.databases) fails here with Django's own words; in the view
+        # the same refusal would only come back as a 503.
+        with connections[using].cursor():
+            pass
         if _is_async_view(path) and connections[using].in_atomic_block:
             raise RuntimeError(
                 "The async webhook view runs each update on a database thread of its own, "

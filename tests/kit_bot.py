@@ -61,8 +61,21 @@ async def later(update: Update, context: SessionContext) -> None:
 
 
 def build_application() -> Application:  # type: ignore[type-arg]
+    return with_handlers(Sessions(initial=lambda: {"presses": 0}))
+
+
+def build_redis_application() -> Application:  # type: ignore[type-arg]
+    """The same bot with its sessions in Redis, at ``KIT_REDIS_URL`` under ``KIT_REDIS_PREFIX``
+    (settings of the test that uses it)."""
+    from botsessions.storage.redis import RedisStorage
+
+    storage = RedisStorage(url=settings.KIT_REDIS_URL, prefix=settings.KIT_REDIS_PREFIX)
+    return with_handlers(Sessions(initial=lambda: {"presses": 0}, storage=storage))
+
+
+def with_handlers(sessions: Sessions) -> Application:  # type: ignore[type-arg]
     builder = ApplicationBuilder().token(settings.TELEGRAM_BOT_TOKEN)
-    application = use_sessions(builder, Sessions(initial=lambda: {"presses": 0})).build()
+    application = use_sessions(builder, sessions).build()
     application.add_handler(CallbackQueryHandler(pressed))
     application.add_handler(InlineQueryHandler(inline))
     application.add_handler(MessageHandler(filters.UpdateType.BUSINESS_MESSAGE, business))

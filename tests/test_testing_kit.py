@@ -11,6 +11,8 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from django.db import transaction
 from django.test import TestCase, TransactionTestCase, override_settings
 
 from botproject.models import Purchase
+from botsessions import testing
 from botsessions.models import Session
 from botsessions.runner import runner_for
 from botsessions.testing import (
@@ -28,6 +31,8 @@ from botsessions.testing import (
     message,
     webhook_path,
 )
+
+from .redis_support import URL as REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP, SUPERGROUP = -4001, -1001234567890
@@ -199,7 +204,9 @@ def test_an_edited_message(kit: BotClient) -> None:
 
 
 def test_texts_before_and_after_commit_in_order(kit: BotClient) -> None:
-    assert kit.send("/later", chat_id=5, user_id=5).texts == ["now", "after commit"]
+    later = kit.send("/later", chat_id=5, user_id=5)
+    assert later.texts == ["now", "after commit"]
+    assert [(call.ok, call.error) for call in later.calls] == [(True, None)] * 2
 
 
 # -- answers of the fake Bot API --------------------------------------------------
@@ -238,6 +245,27 @@ def test_a_method_that_fails_fails_the_handler(kit: BotClient) -> None:
     assert [call.method for call in blocked.calls] == ["sendMessage"]  # none after commit
 
 
+def test_a_message_that_failed_is_no_text_sent(kit: BotClient) -> None:
+    """``texts`` is what reached the chat; the failed call stays in ``calls``."""
+    kit.fail("sendMessage", "Forbidden: bot was blocked by the user", error_code=403)
+    blocked = kit.send("/later", chat_id=5, user_id=5)
+    assert blocked.texts == []
+    [call] = blocked.calls
+    assert (call.params["text"], call.ok) == ("now", False)
+    assert call.error == "Forbidden: bot was blocked by the user"
+
+
+def test_an_unknown_method_cannot_be_answered_or_made_to_fail(kit: BotClient) -> None:
+    """A misspelt method would fail nothing, and the test would pass for a wrong reason."""
+    with pytest.raises(ValueError, match=r"'sendMesage' is not .* did you mean 'sendMessage'"):
+        kit.fail("sendMesage", "Forbidden: bot was blocked by the user", error_code=403)
+    with pytest.raises(ValueError, match=r"did you mean 'getChatMember'\?$"):
+        kit.answer("get_chat_member", {"status": "administrator"})
+    with pytest.raises(ValueError, match=r"^'frobnicate' is not a Bot API method [^;]*$"):
+        kit.fail("frobnicate", "Bad Request")
+    assert kit.send("/later", chat_id=5, user_id=5).texts == ["now", "after commit"]
+
+
 def test_nothing_reaches_the_network(bot_client: BotClient) -> None:
     bot_client.send("/hunger", chat_id=1, user_id=1)
     bot = runner_for("default").application.bot
@@ -260,6 +288,134 @@ def test_a_second_client_of_the_same_bot_sends_new_update_ids(db: None) -> None:
         first.send("🍕", chat_id=2, user_id=2)
     with BotClient() as second:
         assert second.send("/hunger", chat_id=2, user_id=2).texts == ["Your hunger level is 1!"]
+
+
+def test_update_ids_count_up_from_the_clock() -> None:
+    """A process starting later starts above every id this one has sent so far."""
+    first = message("a", chat_id=1, user_id=1)["update_id"]
+    assert message("b", chat_id=1, user_id=1)["update_id"] == first + 1
+    time.sleep(0.001)
+    restarted = next(testing._update_id_counter())  # where a new process would start
+    assert first + 1 < restarted < 2**53
+
+
+# Posts two updates to the kit's bot with its sessions in Redis, in a process of its own,
+# as a test run does: argv is the Redis URL and the prefix.
+REDIS_RUN = """
+import sys
+
+import django
+
+django.setup()
+from django.test.utils import override_settings
+
+from botsessions.testing import BotClient
+
+bots = {"kit": {"APPLICATION": "tests.kit_bot.build_redis_application", "WEBHOOK_SECRET": "s"}}
+redis = {"KIT_REDIS_URL": sys.argv[1], "KIT_REDIS_PREFIX": sys.argv[2]}
+with override_settings(BOTSESSIONS_BOTS=bots, ROOT_URLCONF="tests.kit_urls", **redis):
+    with BotClient("kit") as bot:
+        for _ in range(2):
+            print(bot.send("/later", chat_id=5, user_id=5).outcome)
+"""
+
+
+def test_the_next_test_run_is_no_redelivery_to_redis(prefix: str) -> None:
+    """Redis keeps the ids of the updates it processed for a day, across test runs."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": "sqlite:///:memory:",  # the sessions are in Redis
+    }
+    for run in ("first", "second"):
+        done = subprocess.run(
+            [sys.executable, "-c", REDIS_RUN, REDIS_URL, prefix],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["committed", "committed"], f"{run} run: {done.stdout}"
+
+
+# -- sessions in a database of their own ---------------------------------------------
+
+MULTI_DB_SETTINGS = """
+import copy
+import os
+from pathlib import Path
+
+from tests.settings import *  # noqa: F403
+
+# The sessions in a database of their own, where a router sends them.
+sessions = copy.deepcopy(DATABASES["default"])
+if str(sessions["ENGINE"]).endswith("sqlite3"):
+    here = Path(__file__).parent
+    sessions["NAME"] = str(here / "sessions.sqlite3")
+    sessions["TEST"] = {"NAME": str(here / f"test-sessions-{os.getpid()}.sqlite3")}
+else:
+    sessions["TEST"] = {"NAME": DATABASES["default"]["TEST"]["NAME"] + "_sessions"}
+DATABASES = {**DATABASES, "sessions": sessions}
+DATABASE_ROUTERS = ["multi_db_settings.SessionsRouter"]
+BOTSESSIONS_BOTS = {
+    "kit": {"APPLICATION": "tests.kit_bot.build_application", "WEBHOOK_SECRET": "s"}
+}
+ROOT_URLCONF = "tests.kit_urls"
+
+
+class SessionsRouter:
+    def db_for_read(self, model, **hints):
+        return "sessions" if model._meta.app_label == "botsessions" else None
+
+    db_for_write = db_for_read
+"""
+
+MULTI_DB_TESTS = """
+import pytest
+
+from botsessions.testing import BotClient
+
+NOT_ALLOWED = "Database queries to 'sessions' are not allowed in this test"
+
+
+@pytest.mark.django_db
+def test_not_declared():
+    with BotClient("kit") as bot, pytest.raises(AssertionError, match=NOT_ALLOWED):
+        bot.send("/later", chat_id=1, user_id=1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_not_declared_in_a_transactional_test():
+    with BotClient("kit") as bot, pytest.raises(AssertionError, match=NOT_ALLOWED):
+        bot.send("/later", chat_id=1, user_id=1)
+
+
+@pytest.mark.django_db(databases=["default", "sessions"])
+def test_declared():
+    with BotClient("kit") as bot:
+        assert bot.send("/later", chat_id=1, user_id=1).texts == ["now", "after commit"]
+"""
+
+
+def test_a_sessions_database_the_test_may_not_use_is_named(tmp_path: Path) -> None:
+    """Without ``databases=`` for it, Django's own refusal, not the webhook's 503."""
+    (tmp_path / "multi_db_settings.py").write_text(textwrap.dedent(MULTI_DB_SETTINGS))
+    (tmp_path / "test_multi_db.py").write_text(textwrap.dedent(MULTI_DB_TESTS))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "multi_db_settings",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+        },
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\b3 passed\b", result.stdout), result.stdout
 
 
 # -- finding the webhook ------------------------------------------------------------
