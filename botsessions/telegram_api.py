@@ -11,17 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from telegram import Bot, Update, WebhookInfo
 from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError, TimedOut
 
 from .bots import bot_settings, build_application, session_application
-from .errors import StorageError
+from .errors import ConfigurationError, LockTimeout, SessionConflict, StorageError
 from .ptb import SessionApplication
 from .redaction import redact
 
@@ -29,9 +32,36 @@ logger = logging.getLogger("botsessions.polling")
 
 T = TypeVar("T")
 
-# How often runbot retries an update whose session could not be stored, and how long it
-# waits before each retry: long enough for a database restart, short enough for Ctrl-C.
-STORAGE_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+
+@dataclass(frozen=True)
+class Backoff:
+    """Pauses between the tries of an update whose session could not be stored.
+
+    Each pause is drawn from the upper half of a ceiling that doubles from ``first`` up
+    to ``cap``: it grows, and processes that keep meeting on the same session (runbot
+    and a webhook worker, say) do not retry in step.
+    """
+
+    first: float
+    cap: float
+
+    def delay(self, failures: int, rng: random.Random | None = None) -> float:
+        """The pause after ``failures`` failed tries in a row (1 after the first)."""
+        ceiling = min(self.cap, self.first * 2.0 ** min(max(failures, 1) - 1, 60))
+        return (rng or _jitter).uniform(ceiling / 2, ceiling)
+
+
+_jitter = random.Random()
+
+#: After SessionConflict or LockTimeout: another process holds or changed the session,
+#: which is usually over within moments.
+CONTENTION_BACKOFF = Backoff(first=0.05, cap=5.0)
+#: After any other storage or database failure: an outage, such as a database restart.
+OUTAGE_BACKOFF = Backoff(first=1.0, cap=30.0)
+#: An update that keeps failing is logged on its first failure, then at most this often.
+RETRY_LOG_INTERVAL = 60.0
+#: How often a pause between tries looks whether runbot is stopping.
+STOP_CHECK_INTERVAL = 0.2
 
 
 class BotAPIError(Exception):
@@ -138,7 +168,8 @@ def run_polling(alias: str, *, drop_pending_updates: bool = False) -> None:
 
     Each update is a unit of work on one of the application's database threads (see
     :class:`~botsessions.unit.DatabaseThreads`). On a stop signal the updates already
-    fetched are processed and committed before this returns.
+    fetched are processed and committed before this returns, or logged as dropped when
+    their sessions cannot be stored then (see :func:`keep_polling_through_storage_errors`).
     """
     # A first getMe with a throwaway bot turns a bad token or an unreachable server into
     # one clear error, where PTB's start-up would log a traceback for it first.
@@ -151,40 +182,162 @@ def run_polling(alias: str, *, drop_pending_updates: bool = False) -> None:
                 "None)), so it cannot poll; build it with the default updater."
             )
         keep_polling_through_storage_errors(application)
-        application.run_polling(
-            allowed_updates=allowed_updates(alias),
-            drop_pending_updates=drop_pending_updates,
-            close_loop=False,
+        try:
+            application.run_polling(
+                allowed_updates=allowed_updates(alias),
+                drop_pending_updates=drop_pending_updates,
+                close_loop=False,
+            )
+        except (SystemExit, KeyboardInterrupt):
+            _log_abandoned_updates(application)
+            raise
+
+
+def _log_abandoned_updates(application: SessionApplication) -> None:
+    """Name the updates a second Ctrl-C left unprocessed: Telegram will not resend them.
+
+    The first stop signal ends polling gracefully; PTB turns another one, during that
+    stop, into ``SystemExit`` out of ``run_polling``, leaving the update being processed
+    and those still queued behind. The Updater confirmed them all when it fetched them.
+    """
+    retrying = application.process_update
+    left = list(retrying.in_progress) if isinstance(retrying, _Retrying) else []
+    with contextlib.suppress(asyncio.QueueEmpty):
+        while True:  # the process is exiting: nobody else reads the queue any more
+            left.append(application.update_queue.get_nowait())
+    ids = [getattr(update, "update_id", None) for update in left]
+    lost = [str(update_id) for update_id in ids if update_id is not None]
+    if lost:
+        logger.error(
+            "stopped before processing update(s) %s: Telegram will not deliver them again",
+            ", ".join(lost),
         )
 
 
 def keep_polling_through_storage_errors(application: SessionApplication) -> None:
-    """Retry an update whose session could not be read or stored, then give up on it.
+    """Retry an update whose session could not be read or stored until it is, or runbot stops.
 
-    :meth:`SessionApplication.process_update` raises :class:`StorageError` so that a
-    webhook answers 5xx and Telegram redelivers. Under long polling nobody redelivers, and
-    the exception would end PTB's update fetcher: every later update would be fetched,
-    confirmed and never processed. Retrying is safe because a committed update is
-    recorded and skipped when seen again.
+    :meth:`SessionApplication.process_update` raises :class:`StorageError` (or a
+    database error from the commit) so that a webhook answers 503 and Telegram
+    redelivers. Under long polling nobody redelivers: PTB's Updater confirms each batch
+    to Telegram with the getUpdates call it sends right after queuing the batch, so an
+    update given up on is lost. Left alone, the exception would also end PTB's update
+    fetcher, and every later update would be fetched, confirmed and never processed.
+    Retrying is safe because a committed update is recorded and skipped when seen again.
+
+    So a try that fails that way is followed by another, without limit:
+
+    - after :class:`SessionConflict` or :class:`LockTimeout` (another process holds or
+      changed the session), paced by :data:`CONTENTION_BACKOFF`, logged as a warning;
+    - after any other storage or database failure (an outage), paced by
+      :data:`OUTAGE_BACKOFF`, logged as a warning, then as an error while it lasts.
+
+    An update is logged on its first failure, then at most every
+    :data:`RETRY_LOG_INTERVAL` seconds, with its count of tries. Updates are processed
+    one at a time (unless the application was built with ``concurrent_updates``): the
+    later ones wait meanwhile, in order, instead of failing in turn.
+
+    Once runbot is stopping (Ctrl-C, SIGTERM), PTB processes the updates it fetched
+    before it exits, and a stop must not wait for the storage to come back: an update
+    gets one more try at most (a pause ends at once), and is logged as dropped if that
+    fails. After an outage has dropped one, the rest are dropped without a try, each
+    logged, as each try could take the database's whole connection timeout.
+
+    Any other exception is not retried (it would fail the same way): it goes to the
+    application's error handlers, as PTB does for concurrent updates, and polling goes
+    on with the next update.
     """
-    process = application.process_update
-
-    async def process_with_retries(update: object) -> None:
-        for delay in (*STORAGE_RETRY_DELAYS, None):
-            try:
-                await process(update)
-                return
-            except StorageError as exc:
-                update_id = getattr(update, "update_id", "?")
-                if delay is None:
-                    logger.error("update %s dropped: sessions unavailable: %s", update_id, exc)
-                    return
-                logger.warning("update %s: %s; retrying in %ss", update_id, exc, delay)
-                await asyncio.sleep(delay)
-
     # SessionApplication instances have a __dict__, so this shadows the method for this
     # one application only (the one runbot owns), which PTB's fetcher then calls.
-    application.process_update = process_with_retries  # type: ignore[method-assign]
+    application.process_update = _Retrying(application)  # type: ignore[method-assign]
+
+
+class _Retrying:
+    """The ``process_update`` of runbot's application: see the function above."""
+
+    def __init__(self, application: SessionApplication) -> None:
+        self.application = application
+        self.process = application.process_update
+        #: An outage dropped an update during the stop: the rest are dropped untried.
+        self.unavailable_at_stop = False
+        #: The updates being processed, for the log of a stop that cannot wait for them.
+        self.in_progress: list[object] = []
+
+    async def __call__(self, update: object) -> None:
+        self.in_progress.append(update)
+        try:
+            await self._process(update)
+        finally:
+            self.in_progress.remove(update)
+
+    async def _process(self, update: object) -> None:
+        update_id = getattr(update, "update_id", "?")
+        if self.unavailable_at_stop and not self.application.running:
+            logger.error(
+                "update %s dropped untried: sessions unavailable while the bot was stopping",
+                update_id,
+            )
+            return
+        started = time.monotonic()
+        failures = 0
+        logged_at: float | None = None
+        escalated = False
+        while True:
+            try:
+                await self.process(update)
+            except (StorageError, DatabaseError) as exc:
+                failures += 1
+                contention = isinstance(exc, SessionConflict | LockTimeout)
+                what = "session held by another process" if contention else "sessions unavailable"
+                if not self.application.running:
+                    self.unavailable_at_stop = self.unavailable_at_stop or not contention
+                    logger.error(
+                        "update %s dropped: %s while the bot was stopping (%d %s): %s",
+                        update_id, what, failures, "try" if failures == 1 else "tries", exc,
+                    )  # fmt: skip
+                    return
+                delay = (CONTENTION_BACKOFF if contention else OUTAGE_BACKOFF).delay(failures)
+                now = time.monotonic()
+                if logged_at is None or now - logged_at >= RETRY_LOG_INTERVAL:
+                    level = logging.WARNING
+                    if logged_at is not None and not contention:
+                        level, escalated = logging.ERROR, True
+                    later = self.application.concurrent_updates <= 1
+                    logger.log(
+                        level,
+                        "update %s not stored (try %d, %.0fs so far): %s: %s; retrying in "
+                        "%.2fs%s",
+                        update_id, failures, now - started, what, exc, delay,
+                        "; later updates wait for it" if later else "",
+                    )  # fmt: skip
+                    logged_at = now
+                await _pause_unless_stopping(self.application, delay)
+            except Exception as exc:
+                await self.application.process_error(update, exc)
+                return
+            else:
+                if failures:
+                    logger.log(
+                        logging.WARNING if escalated else logging.INFO,
+                        "update %s processed after %d tries in %.1fs",
+                        update_id, failures + 1, time.monotonic() - started,
+                    )  # fmt: skip
+                return
+
+
+async def _pause_unless_stopping(application: SessionApplication, seconds: float) -> None:
+    """Sleep ``seconds``, or less: until the application is stopping.
+
+    PTB's ``Application.stop`` marks the application as no longer running, then waits
+    for the updates already fetched instead of cancelling them: a pause that went on
+    regardless would hold up Ctrl-C for as long as the storage is down.
+    """
+    deadline = time.monotonic() + seconds
+    while application.running:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        await asyncio.sleep(min(remaining, STOP_CHECK_INTERVAL))
 
 
 @contextlib.contextmanager
@@ -197,6 +350,8 @@ def bot_api_errors(alias: str) -> Iterator[None]:
         yield
     except ImproperlyConfigured as exc:
         raise BotAPIError(f"Bot {alias!r} is not configured: {exc}") from None
+    except ConfigurationError as exc:  # refused as it is built or initialized
+        raise BotAPIError(_redacted(alias, f"Bot {alias!r} cannot run: {exc}")) from None
     except InvalidToken as exc:
         raise BotAPIError(
             _redacted(

@@ -9,10 +9,13 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from telegram import Update
+from telegram.ext import Application, ApplicationBuilder, CommandHandler, ConversationHandler
 
+from botsessions import DjangoPersistence, use_sessions
 from botsessions.bots import forget_applications
 
 from .fakebotapi import FakeBotAPI
@@ -182,6 +185,40 @@ def test_bot_api_refusal_is_a_clear_error(fake: FakeBotAPI) -> None:
         match=r"refused the request of bot .default.: Bad webhook: https url must be provided",
     ):
         run("setwebhook", URL)
+
+
+async def _start(update: Any, context: Any) -> int:
+    return 1
+
+
+def conversation_timeout_bot() -> Application:  # type: ignore[type-arg]
+    """A persistent conversation with a timeout: refused at start-up, runbot included."""
+    builder = ApplicationBuilder().token(TOKEN).base_url(django_settings.TELEGRAM_API_BASE_URL)
+    application = use_sessions(builder.persistence(DjangoPersistence())).build()
+    conversation = ConversationHandler(
+        entry_points=[CommandHandler("start", _start)],
+        states={1: []},
+        fallbacks=[],
+        name="signup",
+        persistent=True,
+        conversation_timeout=60,
+    )
+    application.add_handler(conversation)
+    return application
+
+
+def test_runbot_refusing_a_bot_at_start_up_is_a_clear_error(
+    fake: FakeBotAPI, settings: Any
+) -> None:
+    settings.BOTSESSIONS_BOTS = {
+        "default": {"APPLICATION": "tests.test_commands.conversation_timeout_bot"}
+    }
+    with pytest.raises(CommandError) as refused:
+        run("runbot")
+    message = str(refused.value)
+    assert message.startswith("Bot 'default' cannot run: ConversationHandler 'signup' has a ")
+    assert "conversation_timeout" in message and "refused under runbot too" in message
+    assert fake.calls_to("getUpdates") == []
 
 
 BAD_COMMAND_LINES = {

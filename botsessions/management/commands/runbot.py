@@ -12,9 +12,11 @@ from ._botcommand import BotCommand
 
 class Command(BotCommand):
     help = (
-        "Runs the bot by long polling (getUpdates) until Ctrl-C. Updates already fetched "
-        "are processed and their sessions saved before it exits. Telegram does not deliver "
-        "by polling while a webhook is set; polling deletes the webhook."
+        "Runs the bot by long polling (getUpdates) until Ctrl-C. An update whose session "
+        "cannot be stored is retried until it can. Updates already fetched are processed "
+        "and their sessions saved before it exits (if the storage is down then, each one "
+        "left is logged as dropped). Telegram does not deliver by polling while a webhook "
+        "is set; polling deletes the webhook."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
