@@ -7,16 +7,27 @@ an update takes all its ids in one statement, in ascending order, so two updates
 wait for each other in a cycle. Two keys that share an id only make their updates
 wait for each other, which is safe.
 
+The wait has one budget, the ``timeout`` given to :func:`acquire`, counted from the
+start of the statement that takes the locks: each lock may wait for whatever of it the
+locks before it left, so one lock held a while by another update may use most of it.
+
 What each database does, and what it costs:
 
 - **PostgreSQL**: transaction-level advisory locks (``pg_advisory_xact_lock``), given
-  back by COMMIT or ROLLBACK. ``lock_timeout`` is set for the transaction
-  (``set_config(..., true)``), so it also bounds the handlers' row-lock waits. One
-  statement per update.
+  back by COMMIT or ROLLBACK. Before each lock the same statement sets ``lock_timeout``
+  to what is left of the budget (``clock_timestamp()`` against
+  ``statement_timestamp()``), and after the last one back to the whole budget, for the
+  rest of the transaction (``set_config(..., true)``): so it also bounds each of the
+  handlers' row-lock waits. Session locks not granted in time raise
+  :class:`~botsessions.errors.LockTimeout`, as on MariaDB. One statement per update.
 - **MariaDB / MySQL**: named locks (``GET_LOCK``). They belong to the connection, not
-  the transaction, so :func:`release` gives them back after the transaction ends.
-  ``innodb_lock_wait_timeout`` is set for the duration of the update and restored
-  after. Two statements to take the locks, one to give them back.
+  the transaction, so :func:`release` gives them back after the transaction ends. The
+  first statement sets ``innodb_lock_wait_timeout`` for the duration of the update
+  (restored after; whole seconds, rounded up) and notes the budget's deadline; each
+  ``GET_LOCK`` then waits until that deadline, read with ``SYSDATE(6)`` (the time of
+  the call, where ``NOW()`` is the statement's start). MariaDB takes fractions of a
+  second there; MySQL rounds the wait to whole seconds. Two statements to take the
+  locks, one to give them back.
 - **SQLite**: one writer at a time for the whole file, so all updates on the file run
   one after another, whatever their keys. With ``"transaction_mode": "IMMEDIATE"`` (what
   Django recommends, and the demo uses) the transaction takes the write lock as it
@@ -34,6 +45,8 @@ import hashlib
 import math
 from collections.abc import Iterable
 from typing import Any
+
+from django.db import OperationalError
 
 from .errors import LockTimeout
 from .storage.base import StorageKey
@@ -62,31 +75,42 @@ def acquire(connection: Any, ids: list[int], timeout: float) -> None:
     """Take the locks ``ids`` (sorted) in the connection's open transaction.
 
     Raises :class:`~botsessions.errors.LockTimeout` when they are not all granted within
-    ``timeout`` seconds in all (each lock waits its share); database errors (a deadlock,
-    a lost connection) propagate, with nothing left held.
+    ``timeout`` seconds in all, counted from the start of the locking statement: one
+    budget, not a share per lock, so a lock held briefly elsewhere is waited for even
+    when it is the last of many. Other database errors (a deadlock, a lost connection)
+    propagate, with nothing left held.
     """
-    share = timeout / len(ids)
     vendor = connection.vendor
     with connection.cursor() as cursor:
         if vendor == "postgresql":
-            parts = ", ".join(["pg_advisory_xact_lock(%s)"] * len(ids))
-            cursor.execute(
-                f"SELECT set_config('lock_timeout', %s, true), {parts}",
-                [f"{max(1, round(share * 1000))}ms", *ids],
-            )
+            budget_ms = max(1, round(timeout * 1000))
+            # Select-list items run left to right: each lock waits for what is left.
+            parts = ", ".join([f"{_PG_LEFT}, pg_advisory_xact_lock(%s)"] * len(ids))
+            params: list[Any] = []
+            for ident in ids:
+                params += [budget_ms, ident]
+            try:
+                cursor.execute(
+                    f"SELECT {parts}, set_config('lock_timeout', %s, true)",
+                    [*params, f"{budget_ms}ms"],
+                )
+            except OperationalError as exc:
+                if _sqlstate(exc) != "55P03":  # lock_not_available
+                    raise
+                raise LockTimeout(f"session locks not granted within {timeout:g} s") from exc
         elif vendor == "mysql":
             cursor.execute(
                 "SET @botsessions_lock_wait = @@SESSION.innodb_lock_wait_timeout, "
-                "SESSION innodb_lock_wait_timeout = %s",
-                [max(1, math.ceil(timeout))],
+                "SESSION innodb_lock_wait_timeout = %s, "
+                "@botsessions_lock_deadline = UNIX_TIMESTAMP(SYSDATE(6)) + %s",
+                [max(1, math.ceil(timeout)), timeout],
             )
-            # AND stops at the first lock not granted: the rest are not waited for.
-            parts = " AND ".join(["GET_LOCK(%s, %s) = 1"] * len(ids))
-            params: list[Any] = []
-            for ident in ids:
-                params += [_mysql_name(ident), share]
+            # AND stops at the first lock not granted: the rest are not waited for. A
+            # negative wait would be no limit at all, hence GREATEST.
+            left = "GREATEST(0, @botsessions_lock_deadline - UNIX_TIMESTAMP(SYSDATE(6)))"
+            parts = " AND ".join([f"GET_LOCK(%s, {left}) = 1"] * len(ids))
             try:
-                cursor.execute(f"SELECT {parts}", params)
+                cursor.execute(f"SELECT {parts}", [_mysql_name(ident) for ident in ids])
                 granted = cursor.fetchone()[0]
             except BaseException:
                 release(connection, ids)  # some may have been granted before the error
@@ -100,6 +124,20 @@ def acquire(connection: Any, ids: list[int], timeout: float) -> None:
             table = connection.ops.quote_name(ProcessedUpdate._meta.db_table)
             cursor.execute(f"PRAGMA busy_timeout = {max(1, round(timeout * 1000))}")
             cursor.execute(f"DELETE FROM {table} WHERE 1 = 0")
+
+
+# What is left of the budget (its milliseconds the parameter) as a lock_timeout: at
+# least 1 ms, since 0 would mean no limit.
+_PG_LEFT = (
+    "set_config('lock_timeout', GREATEST(1, %s - FLOOR(EXTRACT(EPOCH FROM "
+    "clock_timestamp() - statement_timestamp()) * 1000))::int || 'ms', true)"
+)
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of the driver error behind a Django database error (psycopg 3 or 2)."""
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
 
 
 def release(connection: Any, ids: list[int]) -> None:
