@@ -42,7 +42,7 @@ from telegram.error import TelegramError
 
 from .bots import bot_settings
 from .conf import settings
-from .errors import StorageError
+from .errors import LockTimeout, SessionConflict, StorageError
 from .key_parts import InvalidKeyPart
 from .redaction import redact
 from .runner import BotRunner, runner_for
@@ -146,6 +146,10 @@ class WebhookView(View):
 
     def not_stored(self, update: Update, exc: Exception) -> HttpResponse:
         logger.warning("update %s not stored, asking Telegram to retry: %s", update.update_id, exc)
+        if isinstance(exc, LockTimeout):
+            return _retry_later("a session was locked by another update too long, retry later")
+        if isinstance(exc, SessionConflict):
+            return _retry_later("a session was changed by another update, retry later")
         return _retry_later("session storage unavailable, retry later")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -17,8 +18,10 @@ from django.db.backends.utils import CursorWrapper
 from django.test import Client
 from telegram import Update
 
+from botsessions.errors import LockTimeout, SessionConflict, StorageError
 from botsessions.models import ProcessedUpdate, Session
 from botsessions.storage.db import DatabaseStorage
+from botsessions.webhook import TelegramWebhookView
 
 from . import webhook_bots
 from .fakebotapi import FakeBotAPI
@@ -543,3 +546,20 @@ def test_a_float_postgresql_would_return_as_an_int_fails_the_handler(
         assert stored["total"] == value and type(stored["total"]) is float
     else:
         assert Session.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "answer"),
+    [
+        (LockTimeout("not granted"), "a session was locked by another update too long"),
+        (SessionConflict("revision 3 is now 4"), "a session was changed by another update"),
+        (StorageError("connection refused"), "session storage unavailable"),
+        (OperationalError("gone"), "session storage unavailable"),
+    ],
+)
+def test_a_refusal_says_whether_the_session_was_busy_or_the_storage_down(
+    error: Exception, answer: str
+) -> None:
+    response = TelegramWebhookView(bot="default").not_stored(SimpleNamespace(update_id=1), error)
+    assert response.status_code == 503
+    assert json.loads(response.content)["error"] == f"{answer}, retry later"
