@@ -100,7 +100,6 @@ class UnitOfWork:
         self._pending_writes: list[Callable[[], bool]] = []
         self._when_ended: list[WhenEnded] = []
         self.begun = False
-        self._kept: str | None = None
         #: Whether :meth:`end` left sends registered with :meth:`after_commit` to send now.
         self.sends_due = False
 
@@ -200,12 +199,13 @@ class UnitOfWork:
 
         For a chat migration's moves: they are the sessions' own bookkeeping, not the
         handlers' work, and an update whose handler fails is not delivered again, so
-        rolling them back would leave the group's sessions behind for good. When the
-        handlers end without committing, :meth:`end` rolls back to this point and
-        commits the moves alone; an update refused for redelivery (``outcome=None``)
-        rolls back whole, and its redelivery moves them again.
+        rolling them back would leave the group's sessions behind for good. The rest of
+        the update runs in a nested ``atomic`` block: rolling the update back rolls
+        back that block (its ``on_commit`` callbacks with it, and Django's "needs
+        rollback" state), and the moves commit alone. Only a failed COMMIT loses them.
         """
-        self._kept = transaction.savepoint(using=self.using)
+        with self.internal():
+            self._stack.enter_context(transaction.atomic(using=self.using))
 
     def write_at_end(self, write: Callable[[], bool]) -> None:
         """Run a storage's writes at the end, just before the commit, on this thread.
@@ -276,10 +276,8 @@ class UnitOfWork:
                 if commit and self._after_commit:
                     self._waiting_for_commit = True
                     transaction.on_commit(self._on_commit, using=self.using)
-                if not commit and outcome is not None and self._kept is not None:
-                    transaction.savepoint_rollback(self._kept, using=self.using)
-                    transaction.set_rollback(False, using=self.using)
-                elif not commit:
+                if not commit:
+                    # The innermost block: the whole update, or what followed keep_so_far.
                     transaction.set_rollback(True, using=self.using)
             except BaseException:
                 transaction.set_rollback(True, using=self.using)

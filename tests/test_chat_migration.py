@@ -159,8 +159,9 @@ def test_a_handler_failing_on_both_notices_leaves_the_sessions_moved(
     assert probe.stored_text(BOT, "chat", f"chat:{SUPERGROUP}") == '{"pizza":2}'
 
 
-def test_an_update_refused_for_redelivery_moves_nothing_until_it_comes_back(make_bot, monkeypatch):
-    """A failed write answers 503: everything rolls back, the redelivery moves the rows."""
+def test_the_moves_stand_when_the_update_is_refused_for_redelivery(make_bot, monkeypatch):
+    """The update's own writes fail (a 503): the moves commit all the same, and the
+    redelivery finds nothing left to move."""
     from botsessions.errors import StorageError
     from botsessions.models import Session
     from botsessions.storage.db import DatabaseStorage
@@ -181,10 +182,52 @@ def test_an_update_refused_for_redelivery_moves_nothing_until_it_comes_back(make
     notice = service_message(GROUP, migrate_to_chat_id=SUPERGROUP)
     with pytest.raises(StorageError):
         bot.process(notice)
-    assert Session.objects.filter(key__contains=str(SUPERGROUP)).count() == 0
+    moved = Session.objects.filter(key__startswith=f"chat:{SUPERGROUP}")
+    assert moved.count() == 2
     monkeypatch.setattr(DatabaseStorage, "commit_sync", real)
     assert bot.process(notice) == "committed"
-    assert Session.objects.filter(key__contains=str(SUPERGROUP)).count() == 2
+    assert moved.count() == 2
+    assert Session.objects.get(fragment="chat", key=f"chat:{SUPERGROUP}").data == {"pizza": 1}
+
+
+def test_a_handler_whose_database_error_spoiled_the_transaction_leaves_the_moves(make_bot):
+    """A database error inside Django's own savepoint-less blocks (bulk_create) marks the
+    transaction for rollback even when it propagates: the handler's part is rolled back,
+    the moves commit, and the update ends as a failed handler's (200), not a 503."""
+    from botsessions.models import Session
+
+    async def clash(update, context):
+        row = Session(bot_id=1, fragment="handler", key="x", data={})
+        await Session.objects.acreate(bot_id=1, fragment="handler", key="x", data={})
+        await Session.objects.abulk_create([row])
+
+    bot = make_bot(
+        sessions(None), [*handlers(), MessageHandler(filters.StatusUpdate.MIGRATE, clash)]
+    )
+    bot.process(message("🍕", chat_id=GROUP, user_id=BOB))
+    assert bot.process(service_message(GROUP, migrate_to_chat_id=SUPERGROUP)) == "handler_failed"
+    assert Session.objects.filter(key__startswith=f"chat:{SUPERGROUP}").count() == 2
+    assert not Session.objects.filter(fragment="handler").exists()
+    assert bot.process(message("🍕", chat_id=SUPERGROUP, user_id=BOB)) == "committed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_handlers_on_commit_callbacks_do_not_run(make_bot):
+    from asgiref.sync import sync_to_async
+    from django.db import transaction
+
+    fired: list[str] = []
+
+    async def fail(update, context):
+        await sync_to_async(transaction.on_commit)(lambda: fired.append("sent"))
+        raise RuntimeError("handler bug")
+
+    bot = make_bot(
+        sessions(None), [*handlers(), MessageHandler(filters.StatusUpdate.MIGRATE, fail)]
+    )
+    bot.process(message("🍕", chat_id=GROUP, user_id=BOB))
+    assert bot.process(service_message(GROUP, migrate_to_chat_id=SUPERGROUP)) == "handler_failed"
+    assert fired == []
 
 
 # -- prefixes, resolvers of your own, and what never moves ---------------------------------
