@@ -19,7 +19,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from telegram import Bot, Update, WebhookInfo
 from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError, TimedOut
 
@@ -229,8 +229,12 @@ def keep_polling_through_storage_errors(application: SessionApplication) -> None
 
     - after :class:`SessionConflict` or :class:`LockTimeout` (another process holds or
       changed the session), paced by :data:`CONTENTION_BACKOFF`, logged as a warning;
-    - after any other storage or database failure (an outage), paced by
-      :data:`OUTAGE_BACKOFF`, logged as a warning, then as an error while it lasts.
+    - after any other storage error, or a database's ``OperationalError`` or
+      ``InterfaceError`` (an outage), paced by :data:`OUTAGE_BACKOFF`, logged as a
+      warning, then as an error while it lasts.
+
+    Any other database error (a bug, a missing table) would fail every try: it goes to
+    the application's error handlers, once, like any other exception.
 
     An update is logged on its first failure, then at most every
     :data:`RETRY_LOG_INTERVAL` seconds, with its count of tries. Updates are processed
@@ -285,7 +289,10 @@ class _Retrying:
         while True:
             try:
                 await self.process(update)
-            except (StorageError, DatabaseError) as exc:
+            except (StorageError, OperationalError, InterfaceError) as exc:
+                # What a retry can cure: contention, an outage. Any other database error
+                # (a bug, a missing table) would fail every try: it goes to the error
+                # handlers below, as any other exception does.
                 failures += 1
                 contention = isinstance(exc, SessionConflict | LockTimeout)
                 what = "session held by another process" if contention else "sessions unavailable"

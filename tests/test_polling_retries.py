@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import OperationalError
+from django.db import IntegrityError, OperationalError, ProgrammingError
 from telegram import Update
 from telegram.ext import ApplicationBuilder
 
@@ -222,9 +222,18 @@ def test_a_stop_ends_the_retries_at_once(
     assert [message for level, message in polling_log(caplog) if level >= logging.ERROR] == errors
 
 
-def test_other_errors_go_to_the_error_handlers_and_polling_goes_on(api: FakeBotAPI) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("a bug"), ProgrammingError("a bug"), IntegrityError("a bug")],
+    ids=["runtime-error", "programming-error", "integrity-error"],
+)
+def test_other_errors_go_to_the_error_handlers_and_polling_goes_on(
+    api: FakeBotAPI, error: Exception
+) -> None:
+    """A retry cannot cure them (a bug, a missing table): one try, then the error
+    handlers, and the updates behind it are not held up."""
     application, tried = application_failing(
-        api, lambda update_id, attempt: RuntimeError("a bug") if update_id == 1 else None
+        api, lambda update_id, attempt: error if update_id == 1 else None
     )
     seen: list[BaseException | None] = []
 
