@@ -287,9 +287,10 @@ def _bot_api_methods() -> frozenset[str]:
     """The Bot API methods PTB's :class:`~telegram.Bot` knows, by their Bot API names.
 
     PTB gives each method a camelCase alias of its own (``Bot.sendMessage`` is
-    ``Bot.send_message``); those aliases are the list.
+    ``Bot.send_message``); those aliases are the list, with ``close``, the one method
+    whose name is a single word (so it has no alias).
     """
-    return frozenset(
+    return frozenset({"close"}) | frozenset(
         name
         for name in dir(Bot)
         if name[:1].islower()

@@ -45,6 +45,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import ThreadSensitiveContext
+from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections, transaction
 
 from . import dblocks
@@ -69,6 +70,12 @@ _current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
 
 #: The other databases a handler was seen writing to (logged once per process).
 _warned_elsewhere: set[str] = set()
+#: Statements that write no data: reads, and what Django sends to set up a connection
+#: or a transaction there.
+_NOT_WRITES = frozenset(
+    ("SELECT", "SHOW", "EXPLAIN", "PRAGMA", "SET", "BEGIN", "START", "COMMIT", "ROLLBACK",
+     "SAVEPOINT", "RELEASE")
+)  # fmt: skip
 
 
 def current_unit() -> UnitOfWork | None:
@@ -124,7 +131,11 @@ class UnitOfWork:
         self._stack.enter_context(connection.execute_wrapper(self._watch))
         for alias in connections:
             if alias != self.using:
-                self._stack.enter_context(connections[alias].execute_wrapper(self._elsewhere))
+                try:
+                    other = connections[alias]
+                except ImproperlyConfigured:
+                    continue  # its driver is not installed here: nothing can write to it
+                self._stack.enter_context(other.execute_wrapper(self._elsewhere))
         self.begun = True
 
     def _watch(
@@ -142,7 +153,8 @@ class UnitOfWork:
         # A write to another database commits on its own, outside the unit: the update is
         # recorded all the same, so a redelivery does not write it twice, and the first
         # such write of each database is logged, as it stands even if the update fails.
-        if sql.lstrip()[:6].upper() != "SELECT":
+        words = sql.split(None, 1)
+        if not words or words[0].upper() not in _NOT_WRITES:
             self.wrote = True
             alias = context["connection"].alias
             if alias not in _warned_elsewhere:

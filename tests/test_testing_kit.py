@@ -266,6 +266,12 @@ def test_an_unknown_method_cannot_be_answered_or_made_to_fail(kit: BotClient) ->
     assert kit.send("/later", chat_id=5, user_id=5).texts == ["now", "after commit"]
 
 
+@pytest.mark.parametrize("method", ["close", "logOut", "getMe", "sendMessage", "setWebhook"])
+def test_every_bot_api_method_can_be_answered_or_made_to_fail(kit: BotClient, method: str) -> None:
+    kit.answer(method, True)
+    kit.fail(method, "Too Many Requests: retry after 5", error_code=429)
+
+
 def test_nothing_reaches_the_network(bot_client: BotClient) -> None:
     bot_client.send("/hunger", chat_id=1, user_id=1)
     bot = runner_for("default").application.bot

@@ -403,6 +403,32 @@ def test_a_write_to_another_database_is_recorded_and_logged(
     assert "wrote to database 'elsewhere', outside the update's unit of work" in caplog.text
 
 
+@pytest.mark.django_db(databases=["default", "elsewhere"])
+def test_reading_another_database_in_a_transaction_is_no_write(
+    make_bot: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asgiref.sync import sync_to_async
+    from django.db import transaction
+
+    from botsessions import unit
+
+    monkeypatch.setattr(unit, "_warned_elsewhere", set())
+
+    def count_elsewhere() -> int:
+        with transaction.atomic(using="elsewhere"):
+            return Session.objects.using("elsewhere").count()
+
+    async def look(update: Any, context: Any) -> None:
+        _ = context.session["bought"]
+        await sync_to_async(count_elsewhere)()
+
+    bot = make_bot(shop(), [CommandHandler("look", look)])
+    update = message("/look")
+    assert bot.process(update) == "unchanged"
+    assert not ProcessedUpdate.objects.filter(update_id=update["update_id"]).exists()
+    assert "wrote to database" not in caplog.text
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_reply_after_commit_alone_is_recorded_and_not_sent_twice(
     make_bot: Any, api: FakeBotAPI
