@@ -62,6 +62,11 @@ OUTAGE_BACKOFF = Backoff(first=1.0, cap=30.0)
 RETRY_LOG_INTERVAL = 60.0
 #: How often a pause between tries looks whether runbot is stopping.
 STOP_CHECK_INTERVAL = 0.2
+#: Once runbot is stopping, the tries an update failing on contention still gets
+#: (an outage gets one): a brief overlap with another process should not lose it.
+TRIES_AT_STOP_AFTER_CONTENTION = 4
+#: The pause before each of those tries, times its number (0.05, 0.1, 0.15 s).
+PAUSE_AT_STOP = 0.05
 
 
 class BotAPIError(Exception):
@@ -243,9 +248,10 @@ def keep_polling_through_storage_errors(application: SessionApplication) -> None
 
     Once runbot is stopping (Ctrl-C, SIGTERM), PTB processes the updates it fetched
     before it exits, and a stop must not wait for the storage to come back: an update
-    gets one more try at most (a pause ends at once), and is logged as dropped if that
-    fails. After an outage has dropped one, the rest are dropped without a try, each
-    logged, as each try could take the database's whole connection timeout.
+    gets one more try at most (a pause ends at once), or a few quick ones after
+    contention, and is logged as dropped if those fail. After an outage has dropped one,
+    the rest are dropped without a try, each logged, as each try could take the
+    database's whole connection timeout.
 
     Any other exception is not retried (it would fail the same way): it goes to the
     application's error handlers, as PTB does for concurrent updates, and polling goes
@@ -286,6 +292,7 @@ class _Retrying:
         failures = 0
         logged_at: float | None = None
         escalated = False
+        tries_at_stop = 0
         while True:
             try:
                 await self.process(update)
@@ -297,6 +304,11 @@ class _Retrying:
                 contention = isinstance(exc, SessionConflict | LockTimeout)
                 what = "session held by another process" if contention else "sessions unavailable"
                 if not self.application.running:
+                    tries_at_stop += 1
+                    if contention and tries_at_stop < TRIES_AT_STOP_AFTER_CONTENTION:
+                        # Another process's update is usually over within moments.
+                        await asyncio.sleep(PAUSE_AT_STOP * tries_at_stop)
+                        continue
                     self.unavailable_at_stop = self.unavailable_at_stop or not contention
                     logger.error(
                         "update %s dropped: %s while the bot was stopping (%d %s): %s",

@@ -157,28 +157,32 @@ def test_later_updates_wait_in_order_and_none_is_lost(api: FakeBotAPI) -> None:
 
 UNAVAILABLE = "sessions unavailable while the bot was stopping"
 UNTRIED = f"update 2 dropped untried: {UNAVAILABLE}"
+ALWAYS = 10**6
 STOPS = {
     # An outage: the update in its pause gets one more try, the next one none.
     "outage-in-pause": (
-        "pause", StorageError("database gone"), [1, 1],
+        "pause", StorageError("database gone"), ALWAYS, [1, 1],
         [f"update 1 dropped: {UNAVAILABLE} (2 tries): database gone", UNTRIED],
     ),
     # A try running when the stop began was the last one.
     "outage-in-try": (
-        "try", StorageError("database gone"), [1],
+        "try", StorageError("database gone"), ALWAYS, [1],
         [f"update 1 dropped: {UNAVAILABLE} (1 try): database gone", UNTRIED],
     ),
-    # Contention is the update's own: the next update is still tried, and it works.
+    # Contention is the update's own: it gets a few quick tries, and the next update is
+    # still tried, and it works.
     "contention-in-pause": (
-        "pause", SessionConflict("busy"), [1, 1, 2],
+        "pause", SessionConflict("busy"), ALWAYS, [1] * 5 + [2],
         ["update 1 dropped: session held by another process while the bot was stopping "
-         "(2 tries): busy"],
+         "(5 tries): busy"],
     ),
+    # Contention that ends during the stop: the update is processed, nothing dropped.
+    "contention-ending": ("pause", SessionConflict("busy"), 3, [1, 1, 1, 1, 2], []),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("stop_during", "error", "expected", "errors"), STOPS.values(), ids=list(STOPS)
+    ("stop_during", "error", "failing", "expected", "errors"), STOPS.values(), ids=list(STOPS)
 )
 def test_a_stop_ends_the_retries_at_once(
     api: FakeBotAPI,
@@ -186,6 +190,7 @@ def test_a_stop_ends_the_retries_at_once(
     monkeypatch: pytest.MonkeyPatch,
     stop_during: str,
     error: Exception,
+    failing: int,
     expected: list[int],
     errors: list[str],
 ) -> None:
@@ -201,7 +206,9 @@ def test_a_stop_ends_the_retries_at_once(
             await asyncio.sleep(0.1)  # a slow try, still running when the stop begins
 
     application, tried = application_failing(
-        api, lambda update_id, attempt: error if update_id == 1 else None, each_try
+        api,
+        lambda update_id, attempt: error if update_id == 1 and attempt <= failing else None,
+        each_try,
     )
 
     async def run() -> float:
