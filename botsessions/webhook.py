@@ -59,7 +59,9 @@ class BadUpdate(ValueError):
 
 class _EveryDatabase(set[str]):
     """The aliases ``ATOMIC_REQUESTS`` must not wrap the webhook views on: all of them,
-    the sessions' database wherever a router puts it (Django asks for each request)."""
+    the sessions' database wherever a router puts it. Django's ``non_atomic_requests``
+    keeps a set of aliases on the view, and ``BaseHandler.make_view_atomic`` asks it
+    ``alias in view._non_atomic_requests`` for each database, on each request."""
 
     def __contains__(self, alias: object) -> bool:
         return True
