@@ -16,7 +16,7 @@ database of the test run. In short::
   ``.stop(signum)`` (the exit code), ``.kill()`` (SIGKILL to the whole process group),
   ``.log()``, ``.wait_for_log(regex)``;
 - ``start_process(name, argv, env, ready=regex)`` → :class:`Process`, the same for any
-  command, e.g. ``manage("runbot")``;
+  command, e.g. ``manage("runbot")``; ``start_runbot(env)`` for that one, once polling;
 - ``server_env(api_base_url=...)`` points a process at the test database
   (``test_database_url()``), the fake Bot API and the test token and secret.
 
@@ -420,6 +420,11 @@ def start_process(
             process.stop(timeout=2)
             raise
     return process
+
+
+def start_runbot(env: Mapping[str, str]) -> Process:
+    """``manage.py runbot``, once it is polling."""
+    return start_process("runbot", manage("runbot"), env, ready="Polling for updates")
 
 
 def manage(*args: str) -> list[str]:

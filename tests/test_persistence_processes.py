@@ -21,7 +21,7 @@ import pytest
 from botsessions.models import Session
 
 from .fakebotapi import FakeBotAPI
-from .servers import Server, manage, server_env, start_process, start_server, wait_until
+from .servers import Server, server_env, start_runbot, start_server, wait_until
 from .test_reliability_processes import deliver
 from .updates import ALICE, BOB, message
 
@@ -110,7 +110,7 @@ def test_two_processes_lose_no_write_to_chat_data_user_data_or_bot_data(
 
 def test_runbot_polls_as_ptb_does_and_the_webhook_takes_over(api: FakeBotAPI) -> None:
     """The same conversation under ``runbot`` (PTB's own polling), then the webhook."""
-    bot = start_process("runbot", manage("runbot"), env(api), ready="Polling for updates")
+    bot = start_runbot(env(api))
     try:
         api.queue_update(message("/checkout", chat_id=BOB, user_id=BOB))
         api.queue_update(message("cake", chat_id=BOB, user_id=BOB))

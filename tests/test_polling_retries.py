@@ -30,7 +30,7 @@ from botsessions.telegram_api import Backoff
 
 from .fakebotapi import FakeBotAPI
 from .harness import TOKEN
-from .servers import REPO, manage, server_env, start_process
+from .servers import REPO, manage, server_env, start_runbot
 from .updates import BOB, GROUP
 
 QUICK = Backoff(first=0.001, cap=0.004)
@@ -293,7 +293,7 @@ def test_runbot_waits_out_a_database_outage_and_loses_nothing(
     """The database appears only after the updates were fetched: both are processed."""
     database = tmp_path / "not-yet" / "db.sqlite3"
     env = server_env(api_base_url=api.base_url, database=f"sqlite:///{database}")
-    bot = start_process("runbot", manage("runbot"), env, ready="Polling for updates")
+    bot = start_runbot(env)
     try:
         api.queue_message("🍕", chat_id=GROUP, user_id=BOB)
         api.queue_message("/hunger", chat_id=GROUP, user_id=BOB)
@@ -315,7 +315,7 @@ def test_ctrl_c_during_a_database_outage_stops_runbot_at_once(
 ) -> None:
     database = tmp_path / "missing" / "db.sqlite3"
     env = server_env(api_base_url=api.base_url, database=f"sqlite:///{database}")
-    bot = start_process("runbot", manage("runbot"), env, ready="Polling for updates")
+    bot = start_runbot(env)
     try:
         first = api.queue_message("one")["update_id"]
         second = api.queue_message("two")["update_id"]
@@ -338,7 +338,7 @@ def test_a_second_ctrl_c_names_the_updates_it_leaves_unprocessed(api: FakeBotAPI
     # Nothing listens on port 1: each try waits for the pool's 10 s, then fails.
     database = "postgres://postgres@127.0.0.1:1/botsessions"
     env = server_env(api_base_url=api.base_url, database=database)
-    bot = start_process("runbot", manage("runbot"), env, ready="Polling for updates")
+    bot = start_runbot(env)
     try:
         ids = [api.queue_message(text)["update_id"] for text in ("one", "two", "three")]
         bot.wait_for_log(r"not stored \(try 1,", timeout=30)

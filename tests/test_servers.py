@@ -22,7 +22,7 @@ from .servers import (
     free_port,
     manage,
     server_env,
-    start_process,
+    start_runbot,
     start_server,
     wait_until,
 )
@@ -133,7 +133,7 @@ def test_runbot_polls_and_keeps_sessions_across_restarts(
         row = Session.objects.filter(fragment=fragment, key=key).first()
         return row.data if row is not None else None
 
-    bot = start_process("runbot", manage("runbot"), env, ready="Polling for updates")
+    bot = start_runbot(env)
     try:
         api.queue_message("🍕 first", chat_id=chat, user_id=BOB)
         api.queue_message("hello", chat_id=chat, user_id=BOB)
@@ -149,7 +149,7 @@ def test_runbot_polls_and_keeps_sessions_across_restarts(
 
         # Sent while the bot was down: picked up after the restart, counters go on.
         api.queue_message("🍕 while away", chat_id=chat, user_id=BOB)
-        bot = start_process("runbot", manage("runbot"), env, ready="Polling for updates")
+        bot = start_runbot(env)
         wait_until(lambda: count("user", f"user:{BOB}") == {"messages": 4}, 20, "4 messages")
         api.queue_message("/hunger", chat_id=chat, user_id=BOB)
         api.wait_for("sendMessage", count=2, timeout=20)
