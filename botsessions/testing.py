@@ -615,16 +615,14 @@ class BotClient:
         """Post a raw update (a dict as Telegram sends it) to the webhook.
 
         A test that may not use the database the sessions are written to (pytest-django's
-        ``databases=``, Django's ``TestCase.databases``) fails here with Django's error.
+        ``databases=``, Django's ``TestCase.databases``) fails here with Django's error;
+        in the view the same refusal would only come back as a 503.
         """
         runner = self._runner()
         runner.initialize()  # getMe, outside any update's calls
         path = self.path
         using = runner.application.unit_database
-        # A test that may not use the sessions' database (pytest-django's databases=,
-        # Django's TestCase.databases) fails here with Django's own words; in the view
-        # the same refusal would only come back as a 503.
-        with connections[using].cursor():
+        with connections[using].cursor():  # Django's refusal, if the test may not use it
             pass
         if _is_async_view(path) and connections[using].in_atomic_block:
             raise RuntimeError(
