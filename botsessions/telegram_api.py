@@ -24,6 +24,7 @@ from telegram import Bot, Update, WebhookInfo
 from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError, TimedOut
 
 from .bots import bot_settings, build_application, session_application
+from .confirming import confirm_when_processed
 from .errors import ConfigurationError, LockTimeout, SessionConflict, StorageError
 from .ptb import SessionApplication
 from .redaction import redact
@@ -172,9 +173,11 @@ def run_polling(alias: str, *, drop_pending_updates: bool = False) -> None:
     """Run the bot by long polling until SIGINT or SIGTERM, with its sessions.
 
     Each update is a unit of work on one of the application's database threads (see
-    :class:`~botsessions.unit.DatabaseThreads`). On a stop signal the updates already
-    fetched are processed and committed before this returns, or logged as dropped when
-    their sessions cannot be stored then (see :func:`keep_polling_through_storage_errors`).
+    :class:`~botsessions.unit.DatabaseThreads`), and is confirmed to Telegram only once
+    it is processed (:mod:`botsessions.confirming`). On a stop signal the updates already
+    fetched are processed and committed before this returns, or are left for the next
+    start when their sessions cannot be stored then (see
+    :func:`keep_polling_through_storage_errors`).
     """
     # A first getMe with a throwaway bot turns a bad token or an unreachable server into
     # one clear error, where PTB's start-up would log a traceback for it first.
@@ -186,7 +189,8 @@ def run_polling(alias: str, *, drop_pending_updates: bool = False) -> None:
                 f"Bot {alias!r} was built without an Updater (ApplicationBuilder().updater("
                 "None)), so it cannot poll; build it with the default updater."
             )
-        keep_polling_through_storage_errors(application)
+        confirming = confirm_when_processed(application)
+        keep_polling_through_storage_errors(application, on_processed=confirming.finished)
         try:
             application.run_polling(
                 allowed_updates=allowed_updates(alias),
@@ -199,11 +203,11 @@ def run_polling(alias: str, *, drop_pending_updates: bool = False) -> None:
 
 
 def _log_abandoned_updates(application: SessionApplication) -> None:
-    """Name the updates a second Ctrl-C left unprocessed: Telegram will not resend them.
+    """Name the updates a second Ctrl-C left unprocessed (Telegram delivers them again).
 
     The first stop signal ends polling gracefully; PTB turns another one, during that
     stop, into ``SystemExit`` out of ``run_polling``, leaving the update being processed
-    and those still queued behind. The Updater confirmed them all when it fetched them.
+    and those still queued behind. None of them was confirmed to Telegram.
     """
     retrying = application.process_update
     left = list(retrying.in_progress) if isinstance(retrying, _Retrying) else []
@@ -214,21 +218,24 @@ def _log_abandoned_updates(application: SessionApplication) -> None:
     lost = [str(update_id) for update_id in ids if update_id is not None]
     if lost:
         logger.error(
-            "stopped before processing update(s) %s: Telegram will not deliver them again",
+            "stopped before processing update(s) %s: Telegram delivers them again on the "
+            "next start",
             ", ".join(lost),
         )
 
 
-def keep_polling_through_storage_errors(application: SessionApplication) -> None:
+def keep_polling_through_storage_errors(
+    application: SessionApplication, on_processed: Callable[[object], None] | None = None
+) -> None:
     """Retry an update whose session could not be read or stored until it is, or runbot stops.
 
     :meth:`SessionApplication.process_update` raises :class:`StorageError` (or a
     database error from the commit) so that a webhook answers 503 and Telegram
-    redelivers. Under long polling nobody redelivers: PTB's Updater confirms each batch
-    to Telegram with the getUpdates call it sends right after queuing the batch, so an
-    update given up on is lost. Left alone, the exception would also end PTB's update
-    fetcher, and every later update would be fetched, confirmed and never processed.
-    Retrying is safe because a committed update is recorded and skipped when seen again.
+    redelivers. Under long polling nobody redelivers while runbot runs: the next
+    getUpdates confirms every update fetched before it, so an update given up on would
+    be lost. Left alone, the exception would also end PTB's update fetcher, and every
+    later update would be fetched and never processed. Retrying is safe because a
+    committed update is recorded and skipped when seen again.
 
     So a try that fails that way is followed by another, without limit:
 
@@ -249,26 +256,35 @@ def keep_polling_through_storage_errors(application: SessionApplication) -> None
     Once runbot is stopping (Ctrl-C, SIGTERM), PTB processes the updates it fetched
     before it exits, and a stop must not wait for the storage to come back: an update
     gets one more try at most (a pause ends at once), or a few quick ones after
-    contention, and is logged as dropped if those fail. After an outage has dropped one,
-    the rest are dropped without a try, each logged, as each try could take the
+    contention, and is left for the next start if those fail: ``on_processed`` is not
+    called for it, so runbot does not confirm it to Telegram. After an outage has left
+    one, the rest are left without a try, each logged, as each try could take the
     database's whole connection timeout.
 
     Any other exception is not retried (it would fail the same way): it goes to the
     application's error handlers, as PTB does for concurrent updates, and polling goes
     on with the next update.
+
+    ``on_processed(update)`` is called once an update is processed: committed, or ended
+    in the error handlers.
     """
     # SessionApplication instances have a __dict__, so this shadows the method for this
     # one application only (the one runbot owns), which PTB's fetcher then calls.
-    application.process_update = _Retrying(application)  # type: ignore[method-assign]
+    application.process_update = _Retrying(application, on_processed)  # type: ignore[method-assign]
 
 
 class _Retrying:
     """The ``process_update`` of runbot's application: see the function above."""
 
-    def __init__(self, application: SessionApplication) -> None:
+    def __init__(
+        self,
+        application: SessionApplication,
+        on_processed: Callable[[object], None] | None = None,
+    ) -> None:
         self.application = application
         self.process = application.process_update
-        #: An outage dropped an update during the stop: the rest are dropped untried.
+        self.on_processed = on_processed
+        #: An outage left an update during the stop: the rest are left untried.
         self.unavailable_at_stop = False
         #: The updates being processed, for the log of a stop that cannot wait for them.
         self.in_progress: list[object] = []
@@ -276,18 +292,22 @@ class _Retrying:
     async def __call__(self, update: object) -> None:
         self.in_progress.append(update)
         try:
-            await self._process(update)
+            processed = await self._process(update)
         finally:
             self.in_progress.remove(update)
+        if processed and self.on_processed is not None:
+            self.on_processed(update)
 
-    async def _process(self, update: object) -> None:
+    async def _process(self, update: object) -> bool:
+        """Whether ``update`` was processed (``False``: left for the next start)."""
         update_id = getattr(update, "update_id", "?")
         if self.unavailable_at_stop and not self.application.running:
             logger.error(
-                "update %s dropped untried: sessions unavailable while the bot was stopping",
+                "update %s left untried: sessions unavailable while the bot was stopping; "
+                "Telegram delivers it again on the next start",
                 update_id,
             )
-            return
+            return False
         started = time.monotonic()
         failures = 0
         logged_at: float | None = None
@@ -311,10 +331,11 @@ class _Retrying:
                         continue
                     self.unavailable_at_stop = self.unavailable_at_stop or not contention
                     logger.error(
-                        "update %s dropped: %s while the bot was stopping (%d %s): %s",
+                        "update %s left unprocessed: %s while the bot was stopping (%d %s): "
+                        "%s; Telegram delivers it again on the next start",
                         update_id, what, failures, "try" if failures == 1 else "tries", exc,
                     )  # fmt: skip
-                    return
+                    return False
                 delay = (CONTENTION_BACKOFF if contention else OUTAGE_BACKOFF).delay(failures)
                 now = time.monotonic()
                 if logged_at is None or now - logged_at >= RETRY_LOG_INTERVAL:
@@ -333,7 +354,7 @@ class _Retrying:
                 await _pause_unless_stopping(self.application, delay)
             except Exception as exc:
                 await self.application.process_error(update, exc)
-                return
+                return True
             else:
                 if failures:
                     logger.log(
@@ -341,7 +362,7 @@ class _Retrying:
                         "update %s processed after %d tries in %.1fs",
                         update_id, failures + 1, time.monotonic() - started,
                     )  # fmt: skip
-                return
+                return True
 
 
 async def _pause_unless_stopping(application: SessionApplication, seconds: float) -> None:

@@ -24,6 +24,7 @@ def bot_api() -> Iterator[FakeBotAPI]:
 @pytest.fixture
 def api(bot_api: FakeBotAPI) -> FakeBotAPI:
     bot_api.reset()
+    bot_api.drop_pending_updates()
     return bot_api
 
 

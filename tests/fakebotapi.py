@@ -442,6 +442,11 @@ class FakeBotAPI:
         with self._cond:
             return list(self._updates)
 
+    def drop_pending_updates(self) -> None:
+        """Forget the updates not confirmed yet (a bot stopped without them leaves them)."""
+        with self._cond:
+            self._updates.clear()
+
     @property
     def webhook(self) -> dict[str, Any]:
         """The last setWebhook parameters (empty after deleteWebhook)."""

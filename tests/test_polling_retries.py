@@ -156,25 +156,28 @@ def test_later_updates_wait_in_order_and_none_is_lost(api: FakeBotAPI) -> None:
 
 
 UNAVAILABLE = "sessions unavailable while the bot was stopping"
-UNTRIED = f"update 2 dropped untried: {UNAVAILABLE}"
+AGAIN = "Telegram delivers it again on the next start"
+UNTRIED = f"update 2 left untried: {UNAVAILABLE}; {AGAIN}"
 ALWAYS = 10**6
 STOPS = {
     # An outage: the update in its pause gets one more try, the next one none.
     "outage-in-pause": (
         "pause", StorageError("database gone"), ALWAYS, [1, 1],
-        [f"update 1 dropped: {UNAVAILABLE} (2 tries): database gone", UNTRIED],
+        [f"update 1 left unprocessed: {UNAVAILABLE} (2 tries): database gone; {AGAIN}",
+         UNTRIED],
     ),
     # A try running when the stop began was the last one.
     "outage-in-try": (
         "try", StorageError("database gone"), ALWAYS, [1],
-        [f"update 1 dropped: {UNAVAILABLE} (1 try): database gone", UNTRIED],
+        [f"update 1 left unprocessed: {UNAVAILABLE} (1 try): database gone; {AGAIN}",
+         UNTRIED],
     ),
     # Contention is the update's own: it gets a few quick tries, and the next update is
     # still tried, and it works.
     "contention-in-pause": (
         "pause", SessionConflict("busy"), ALWAYS, [1] * 5 + [2],
-        ["update 1 dropped: session held by another process while the bot was stopping "
-         "(5 tries): busy"],
+        ["update 1 left unprocessed: session held by another process while the bot was "
+         f"stopping (5 tries): busy; {AGAIN}"],
     ),
     # Contention that ends during the stop: the update is processed, nothing dropped.
     "contention-ending": ("pause", SessionConflict("busy"), 3, [1, 1, 1, 1, 2], []),
@@ -304,7 +307,34 @@ def test_runbot_waits_out_a_database_outage_and_loses_nothing(
         assert api.sent_texts() == ["Your hunger level is 1!"]
         assert "processed after" in bot.log()
         assert bot.stop(signal.SIGINT, timeout=20) == 0
-        assert "dropped" not in bot.log() and "Traceback" not in bot.log()
+        assert "left" not in bot.log() and "Traceback" not in bot.log()
+        assert api.pending_updates() == []  # both confirmed to Telegram
+    finally:
+        bot.stop(signal.SIGKILL, timeout=5)
+
+
+@pytest.mark.slow
+def test_a_killed_runbot_loses_no_update_it_had_fetched(api: FakeBotAPI, tmp_path: Path) -> None:
+    """SIGKILL while the fetched updates wait for the database: the next runbot gets them."""
+    database = tmp_path / "not-yet" / "db.sqlite3"
+    env = server_env(api_base_url=api.base_url, database=f"sqlite:///{database}")
+    bot = start_runbot(env)
+    try:
+        api.queue_message("🍕", chat_id=GROUP, user_id=BOB)
+        api.queue_message("/hunger", chat_id=GROUP, user_id=BOB)
+        bot.wait_for_log(r"update \d+ not stored \(try 1,")
+        bot.kill()
+    finally:
+        bot.stop(signal.SIGKILL, timeout=5)
+    assert len(api.pending_updates()) == 2
+    database.parent.mkdir()
+    subprocess.run(manage("migrate"), cwd=REPO, env=env, check=True, capture_output=True)
+    bot = start_runbot(env)
+    try:
+        api.wait_for("sendMessage", timeout=60)
+        assert api.sent_texts() == ["Your hunger level is 1!"]
+        assert bot.stop(signal.SIGINT, timeout=20) == 0
+        assert api.pending_updates() == []
     finally:
         bot.stop(signal.SIGKILL, timeout=5)
 
@@ -324,8 +354,10 @@ def test_ctrl_c_during_a_database_outage_stops_runbot_at_once(
         assert bot.stop(signal.SIGINT, timeout=10) == 0
         assert time.monotonic() - began < 5
         log = bot.log()
-        assert f"update {first} dropped: sessions unavailable while the bot was stopping" in log
-        assert f"update {second} dropped untried" in log
+        assert f"update {first} left unprocessed: sessions unavailable while the bot" in log
+        assert f"update {second} left untried" in log
+        # Neither was confirmed: Telegram keeps them for the next start.
+        assert [u["update_id"] for u in api.pending_updates()] == [first, second]
         assert "Stopped." in log and "Traceback" not in log
     finally:
         bot.stop(signal.SIGKILL, timeout=5)
@@ -347,8 +379,9 @@ def test_a_second_ctrl_c_names_the_updates_it_leaves_unprocessed(api: FakeBotAPI
         bot.send_signal(signal.SIGINT)
         bot.wait_for_log("stopped before processing", timeout=10)
         assert (
-            f"stopped before processing update(s) {ids[0]}, {ids[1]}, {ids[2]}: Telegram will "
-            "not deliver them again"
+            f"stopped before processing update(s) {ids[0]}, {ids[1]}, {ids[2]}: Telegram "
+            "delivers them again on the next start"
         ) in bot.log()
+        assert [u["update_id"] for u in api.pending_updates()] == ids
     finally:
         bot.stop(signal.SIGKILL, timeout=5)

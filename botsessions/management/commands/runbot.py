@@ -13,10 +13,12 @@ from ._botcommand import BotCommand
 class Command(BotCommand):
     help = (
         "Runs the bot by long polling (getUpdates) until Ctrl-C. An update whose session "
-        "cannot be stored is retried until it can. Updates already fetched are processed "
-        "and their sessions saved before it exits (if the storage is down then, each one "
-        "left is logged as dropped). Telegram does not deliver by polling while a webhook "
-        "is set; polling deletes the webhook."
+        "cannot be stored is retried until it can; an update is confirmed to Telegram "
+        "only once it is processed, so a crash loses none. Updates already fetched are "
+        "processed and their sessions saved before it exits (if the storage is down then, "
+        "the ones left are logged, and Telegram delivers them again on the next start). "
+        "Telegram does not deliver by polling while a webhook is set; polling deletes the "
+        "webhook."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -1,0 +1,169 @@
+"""runbot confirms an update to Telegram only once it is processed (botsessions.confirming).
+
+Each test runs PTB's own Updater against the fake Bot API, which forgets an update once
+a getUpdates call asks for a later offset, as Telegram does: what it still holds is
+what a crash or a stop has not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from telegram import Update
+from telegram.ext import ApplicationBuilder
+
+from botsessions import Sessions, telegram_api, use_sessions
+from botsessions.confirming import confirm_when_processed
+from botsessions.errors import SessionConflict, StorageError
+from botsessions.ptb import SessionApplication
+from botsessions.telegram_api import Backoff
+
+from .fakebotapi import FakeBotAPI
+from .harness import TOKEN
+
+Process = Callable[[int, int], Awaitable[None]]
+
+
+def polling_application(api: FakeBotAPI, process: Process) -> SessionApplication:
+    """runbot's application, with ``process(update_id, try)`` as its update processing."""
+    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url)
+    application = use_sessions(builder, Sessions(initial=dict)).build()
+    assert isinstance(application, SessionApplication)
+    tries: dict[int, int] = {}
+
+    async def process_update(update: object) -> None:
+        assert isinstance(update, Update)
+        tries[update.update_id] = tries.get(update.update_id, 0) + 1
+        await process(update.update_id, tries[update.update_id])
+
+    application.process_update = process_update  # type: ignore[method-assign]
+    confirming = confirm_when_processed(application)
+    telegram_api.keep_polling_through_storage_errors(application, confirming.finished)
+    return application
+
+
+def pending(api: FakeBotAPI) -> list[int]:
+    return [update["update_id"] for update in api.pending_updates()]
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def stop(application: SessionApplication) -> None:
+    """What PTB's run_polling does at a stop signal: the Updater, then the application."""
+    assert application.updater is not None
+    await application.updater.stop()
+    await application.stop()
+
+
+@pytest.fixture(autouse=True)
+def long_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry's pause outlasts the test: only a stop ends it."""
+    monkeypatch.setattr(telegram_api, "OUTAGE_BACKOFF", Backoff(first=30.0, cap=30.0))
+    monkeypatch.setattr(telegram_api, "CONTENTION_BACKOFF", Backoff(first=30.0, cap=30.0))
+
+
+def test_a_batch_is_confirmed_once_it_is_processed(api: FakeBotAPI) -> None:
+    """Until then a crash would lose nothing: Telegram still holds the whole batch."""
+    first_began, release = asyncio.Event(), asyncio.Event()
+
+    async def process(update_id: int, attempt: int) -> None:
+        first_began.set()
+        await release.wait()
+
+    ids = [api.queue_message(text)["update_id"] for text in ("one", "two", "three")]
+
+    async def run() -> None:
+        application = polling_application(api, process)
+        assert application.updater is not None
+        async with application:
+            await application.updater.start_polling(poll_interval=0, timeout=1)
+            await application.start()
+            await asyncio.wait_for(first_began.wait(), 5)
+            await asyncio.sleep(0.3)  # time for PTB's next poll, which would confirm them
+            assert pending(api) == ids
+            assert len(api.calls_to("getUpdates")) == 1
+            release.set()
+            await wait_until(lambda: not pending(api))
+            await stop(application)
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("error", "processed"),
+    [(StorageError("database gone"), [1]), (SessionConflict("busy"), [1, 3])],
+    ids=["outage", "contention"],
+)
+def test_a_stop_confirms_what_it_processed_and_leaves_the_rest(
+    api: FakeBotAPI, error: Exception, processed: list[int]
+) -> None:
+    """PTB's last getUpdates comes before the updates it fetched are processed.
+
+    Update 1 is being processed then, and goes through; update 2 cannot be stored
+    during the stop. After an outage, update 3 is not tried; after contention, it is,
+    and goes through. Telegram still holds update 2 to deliver again, and so update 3
+    (an offset confirms the updates before it only), which is skipped then if recorded.
+    """
+    first_began, release = asyncio.Event(), asyncio.Event()
+    done: list[int] = []
+
+    async def process(update_id: int, attempt: int) -> None:
+        if update_id == ids[1]:
+            raise error
+        if update_id == ids[0]:
+            first_began.set()
+            await release.wait()
+        done.append(update_id)
+
+    ids = [api.queue_message(text)["update_id"] for text in ("one", "two", "three")]
+
+    async def run() -> None:
+        application = polling_application(api, process)
+        assert application.updater is not None
+        async with application:
+            await application.updater.start_polling(poll_interval=0, timeout=1)
+            await application.start()
+            await asyncio.wait_for(first_began.wait(), 5)
+            stopping = asyncio.create_task(stop(application))
+            await wait_until(lambda: not application.running)  # PTB's last call was made
+            assert pending(api) == ids
+            release.set()
+            await asyncio.wait_for(stopping, 5)
+
+    asyncio.run(run())
+    assert done == [ids[number - 1] for number in processed]
+    assert pending(api) == ids[1:]
+
+
+def test_a_stop_with_everything_processed_confirms_it_all(api: FakeBotAPI) -> None:
+    first_began, release = asyncio.Event(), asyncio.Event()
+
+    async def process(update_id: int, attempt: int) -> None:
+        first_began.set()
+        await release.wait()
+
+    ids = [api.queue_message(text)["update_id"] for text in ("one", "two")]
+
+    async def run() -> None:
+        application = polling_application(api, process)
+        assert application.updater is not None
+        async with application:
+            await application.updater.start_polling(poll_interval=0, timeout=1)
+            await application.start()
+            await asyncio.wait_for(first_began.wait(), 5)
+            stopping = asyncio.create_task(stop(application))
+            await wait_until(lambda: not application.running)
+            assert pending(api) == ids
+            release.set()
+            await asyncio.wait_for(stopping, 5)
+
+    asyncio.run(run())
+    assert pending(api) == []
