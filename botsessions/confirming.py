@@ -28,7 +28,9 @@ class ConfirmingBot:
     - A poll first waits until every update fetched before it has been processed (PTB
       marks each one done on the update queue once its handlers have run, or failed), so
       its offset confirms only those. Fetching and processing no longer overlap: that is
-      one Bot API round trip per batch of up to 100 updates.
+      one Bot API round trip per batch of up to 100 updates. Not with
+      ``concurrent_updates``, where one update may wait for another that only a later
+      batch brings: polls then confirm as PTB's do, when they fetch.
     - The call PTB makes as it stops confirms up to the first update not processed yet;
       :meth:`confirm_processed`, once the application has stopped, those it processed
       after that call.
@@ -48,7 +50,12 @@ class ConfirmingBot:
         self._confirmed_to = 0
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_bot":  # not set yet (a copy being made): no endless lookup
+            raise AttributeError(name)
         return getattr(self._bot, name)
+
+    def __repr__(self) -> str:
+        return repr(self._bot)
 
     def finished(self, update: object) -> None:
         """``update`` has been processed (committed, or its handlers failed): confirm it."""
@@ -64,10 +71,13 @@ class ConfirmingBot:
     ) -> tuple[Update, ...]:
         updater = self._application.updater
         polling = updater is not None and updater.running
-        if polling:
+        waits = not polling or self._application.concurrent_updates <= 1
+        if polling and waits:
             await self._application.update_queue.join()
-        elif offset is not None:
-            offset = min(offset, self.processed_to())  # PTB's call as it stops
+        if waits and offset is not None:
+            # As it stops, PTB's offset is past updates still queued; while polling, it is
+            # past an update only if the update was given up on, never if it is processed.
+            offset = min(offset, self.processed_to())
         updates = await self._bot.get_updates(offset, *args, **kwargs)
         self._confirmed_to = max(self._confirmed_to, offset or 0)
         if polling and updates:
@@ -103,8 +113,10 @@ def confirm_when_processed(application: Application) -> ConfirmingBot:  # type: 
     stop = application.stop
 
     async def stop_then_confirm() -> None:
-        await stop()
-        await confirming.confirm_processed()
+        try:
+            await stop()
+        finally:
+            await confirming.confirm_processed()
 
     # Application instances of botsessions have a __dict__: this shadows the method for
     # runbot's application only, which PTB's run_polling then stops.

@@ -27,9 +27,16 @@ from .harness import TOKEN
 Process = Callable[[int, int], Awaitable[None]]
 
 
-def polling_application(api: FakeBotAPI, process: Process) -> SessionApplication:
+def polling_application(
+    api: FakeBotAPI, process: Process, *, concurrent_updates: int = 1
+) -> SessionApplication:
     """runbot's application, with ``process(update_id, try)`` as its update processing."""
-    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url)
+    builder = (
+        ApplicationBuilder()
+        .token(TOKEN)
+        .base_url(api.base_url)
+        .concurrent_updates(concurrent_updates)
+    )
     application = use_sessions(builder, Sessions(initial=dict)).build()
     assert isinstance(application, SessionApplication)
     tries: dict[int, int] = {}
@@ -167,3 +174,59 @@ def test_a_stop_with_everything_processed_confirms_it_all(api: FakeBotAPI) -> No
 
     asyncio.run(run())
     assert pending(api) == []
+
+
+def test_with_concurrent_updates_a_poll_does_not_wait_for_the_batch(api: FakeBotAPI) -> None:
+    """One update may wait for another that only a later batch brings: polling goes on."""
+    second_arrived = asyncio.Event()
+    first = api.queue_message("one")["update_id"]
+
+    async def process(update_id: int, attempt: int) -> None:
+        if update_id == first:
+            await asyncio.wait_for(second_arrived.wait(), 5)
+        else:
+            second_arrived.set()
+
+    async def run() -> None:
+        application = polling_application(api, process, concurrent_updates=2)
+        assert application.updater is not None
+        async with application:
+            await application.updater.start_polling(poll_interval=0, timeout=1)
+            await application.start()
+            await wait_until(lambda: not pending(api))  # confirmed when fetched, as in PTB
+            api.queue_message("two")
+            await asyncio.wait_for(second_arrived.wait(), 5)
+            await stop(application)
+
+    asyncio.run(run())
+    assert pending(api) == []
+
+
+def test_a_confirmation_that_fails_at_the_stop_is_logged(
+    api: FakeBotAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The updates the stop processed come again on the next start (skipped if recorded)."""
+    first_began, release = asyncio.Event(), asyncio.Event()
+
+    async def process(update_id: int, attempt: int) -> None:
+        first_began.set()
+        await release.wait()
+
+    ids = [api.queue_message(text)["update_id"] for text in ("one", "two")]
+
+    async def run() -> None:
+        application = polling_application(api, process)
+        assert application.updater is not None
+        async with application:
+            await application.updater.start_polling(poll_interval=0, timeout=1)
+            await application.start()
+            await asyncio.wait_for(first_began.wait(), 5)
+            stopping = asyncio.create_task(stop(application))
+            await wait_until(lambda: not application.running)
+            api.fail_next("getUpdates", 500, "Internal Server Error")
+            release.set()
+            await asyncio.wait_for(stopping, 5)
+
+    asyncio.run(run())
+    assert pending(api) == ids
+    assert "could not confirm the updates processed while stopping" in caplog.text
