@@ -78,6 +78,13 @@ _NOT_WRITES = frozenset(
 )  # fmt: skip
 
 
+def may_write(sql: str) -> bool:
+    """Whether a statement may write data: anything but a read, or Django setting up a
+    connection, a transaction or a savepoint (a compound read's parentheses included)."""
+    words = sql.lstrip().lstrip("(").split(None, 1)
+    return not words or words[0].upper() not in _NOT_WRITES
+
+
 def current_unit() -> UnitOfWork | None:
     """The unit of work of the update being processed, if any."""
     return _current.get()
@@ -141,9 +148,9 @@ class UnitOfWork:
     def _watch(
         self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
     ) -> Any:
-        # Any statement that is not a plain read may have written: the update must then be
-        # recorded, so that a redelivery does not write again.
-        if not self._internal and sql.lstrip()[:6].upper() != "SELECT":
+        # Any statement that may have written: the update must then be recorded, so that a
+        # redelivery does not write again.
+        if not self._internal and may_write(sql):
             self.wrote = True
         return execute(sql, params, many, context)
 
@@ -153,8 +160,7 @@ class UnitOfWork:
         # A write to another database commits on its own, outside the unit: the update is
         # recorded all the same, so a redelivery does not write it twice, and the first
         # such write of each database is logged, as it stands even if the update fails.
-        words = sql.split(None, 1)
-        if not words or words[0].upper() not in _NOT_WRITES:
+        if may_write(sql):
             self.wrote = True
             alias = context["connection"].alias
             if alias not in _warned_elsewhere:

@@ -18,7 +18,7 @@ from telegram.ext import CommandHandler
 from botproject.models import Purchase
 from botsessions import Fragment, Sessions, per_user
 from botsessions.models import ProcessedUpdate, Session
-from botsessions.unit import UnitOfWork
+from botsessions.unit import UnitOfWork, may_write
 
 from .fakebotapi import FakeBotAPI
 from .sql import lock_statements, locked, release_statements, statements
@@ -107,6 +107,46 @@ def test_a_read_only_update_is_not_recorded(make_bot: Any) -> None:
         assert bot.process(message("/show")) == "unchanged"
     assert statements(captured) == locked("SELECT", "SELECT")  # the session, the count
     assert ProcessedUpdate.objects.count() == 0
+
+
+def test_a_savepoint_and_a_compound_read_are_not_writes(make_bot: Any) -> None:
+    """Django sends savepoints through the cursor too: reading inside ``atomic`` (and a
+    union, which PostgreSQL gets in parentheses) records nothing."""
+    from asgiref.sync import sync_to_async
+    from django.db import transaction
+
+    def read() -> int:
+        with transaction.atomic():
+            mine = Purchase.objects.filter(user_id=1).values("id")
+            return len(mine.union(Purchase.objects.filter(user_id=2).values("id")))
+
+    async def show(update: Any, context: Any) -> None:
+        await sync_to_async(read)()
+
+    bot = make_bot(shop(), [CommandHandler("show", show)])
+    with CaptureQueriesContext(connection) as captured:
+        assert bot.process(message("/show")) == "unchanged"
+    assert any(q["sql"].startswith("SAVEPOINT") for q in captured.captured_queries)
+    assert ProcessedUpdate.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("sql", "writes"),
+    [
+        ("SELECT 1", False),
+        ("  (SELECT 1) UNION (SELECT 2)", False),
+        ('SAVEPOINT "s1"', False),
+        ('RELEASE SAVEPOINT "s1"', False),
+        ('ROLLBACK TO SAVEPOINT "s1"', False),
+        ("SET TIME ZONE 'UTC'", False),
+        ("INSERT INTO t VALUES (1)", True),
+        ("update t set a = 1", True),
+        ("WITH x AS (DELETE FROM t RETURNING 1) SELECT 1", True),
+        ("", True),
+    ],
+)
+def test_what_counts_as_a_write(sql: str, writes: bool) -> None:
+    assert may_write(sql) is writes
 
 
 def test_a_database_failure_inside_a_handler_is_retried_not_swallowed(make_bot: Any) -> None:
