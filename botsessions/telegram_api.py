@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from django.db import InterfaceError, OperationalError
 from telegram import Bot, Update, WebhookInfo
 from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError, TimedOut
 
+from .backoff import Backoff
 from .bots import bot_settings, build_application, session_application
 from .confirming import confirm_when_processed
 from .errors import ConfigurationError, LockTimeout, SessionConflict, StorageError
@@ -33,26 +33,6 @@ logger = logging.getLogger("botsessions.polling")
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class Backoff:
-    """Pauses between the tries of an update whose session could not be stored.
-
-    Each pause is drawn from the upper half of a ceiling that doubles from ``first`` up
-    to ``cap``: it grows, and processes that keep meeting on the same session (runbot
-    and a webhook worker, say) do not retry in step.
-    """
-
-    first: float
-    cap: float
-
-    def delay(self, failures: int, rng: random.Random | None = None) -> float:
-        """The pause after ``failures`` failed tries in a row (1 after the first)."""
-        ceiling = min(self.cap, self.first * 2.0 ** min(max(failures, 1) - 1, 60))
-        return (rng or _jitter).uniform(ceiling / 2, ceiling)
-
-
-_jitter = random.Random()
 
 #: After SessionConflict or LockTimeout: another process holds or changed the session,
 #: which is usually over within moments.

@@ -16,10 +16,10 @@ from telegram import Update
 from telegram.ext import ApplicationBuilder
 
 from botsessions import Sessions, telegram_api, use_sessions
+from botsessions.backoff import Backoff
 from botsessions.confirming import confirm_when_processed
 from botsessions.errors import SessionConflict, StorageError
 from botsessions.ptb import SessionApplication
-from botsessions.telegram_api import Backoff
 
 from .fakebotapi import FakeBotAPI
 from .harness import TOKEN

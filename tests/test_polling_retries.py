@@ -24,9 +24,9 @@ from telegram import Update
 from telegram.ext import ApplicationBuilder
 
 from botsessions import Sessions, telegram_api, use_sessions
+from botsessions.backoff import Backoff
 from botsessions.errors import LockTimeout, SessionConflict, StorageError
 from botsessions.ptb import SessionApplication
-from botsessions.telegram_api import Backoff
 
 from .fakebotapi import FakeBotAPI
 from .harness import TOKEN

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -51,6 +50,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..backoff import Backoff
 from ..conf import settings
 from ..errors import LockTimeout, SessionConflict, StorageError, StoredDataError
 from ..unit import current_unit
@@ -185,8 +185,8 @@ end
 return 1
 """
 
-_FIRST_PAUSE = 0.002  # seconds between attempts at a held lock, doubling up to the last
-_LAST_PAUSE = 0.05
+#: Between attempts at a held lock: from 2 ms, doubling up to 50 ms.
+_LOCK_BACKOFF = Backoff(first=0.002, cap=0.05)
 
 
 class RedisStorage(SessionStorage):
@@ -370,14 +370,13 @@ class RedisStorage(SessionStorage):
         budget = unit.remaining() if unit is not None else settings.LOCK_TIMEOUT
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        pause = _FIRST_PAUSE
+        attempts = 0
         while True:
             left = deadline - loop.time()
             if left <= 0:
                 raise LockTimeout(f"session locks in Redis not granted within {budget:g} s")
-            # A random share of the pause keeps waiters from retrying in step.
-            await asyncio.sleep(min(left, pause * (0.5 + random.random())))
-            pause = min(pause * 2, _LAST_PAUSE)
+            attempts += 1
+            await asyncio.sleep(min(left, _LOCK_BACKOFF.delay(attempts)))
             reply = await self._run("load", names, args, "reading sessions")
             if reply[0] == 1:
                 return reply
