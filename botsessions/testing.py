@@ -35,6 +35,7 @@ import difflib
 import functools
 import itertools
 import json
+import os
 import re
 import threading
 import time
@@ -68,17 +69,26 @@ __all__ = [
 ]
 
 
-def _update_id_counter() -> Iterator[int]:
-    """Update ids from the current time in microseconds, one more each time.
+def _update_id_counter(slot: int | None = None) -> Iterator[int]:
+    """Update ids from the clock in milliseconds, each ending in this process's slot.
 
     Sessions remember the ids of the updates they processed, to skip redeliveries. The
-    test database forgets them with the test, but Redis keeps them for a day: a process
-    counting from 1 again would resend ids the last run left there, and its updates
-    would be skipped as redeliveries. Counting from the clock, a process starts above
-    every id an earlier one sent (no process sends one update per microsecond). The ids
-    stay below 2**53 (exact in JSON tools and JavaScript) until the year 2255.
+    test database forgets them with the test, but Redis keeps them for a day, for every
+    process using the same prefix: a process counting from 1 again would resend ids an
+    earlier run left there, and processes running at once (pytest-xdist workers) would
+    send each other's ids; their updates would be skipped as redeliveries. So an id is
+    the millisecond it is made in (one more than the last, when sent faster), times
+    1,000, plus ``slot`` (by default the process id modulo 1,000): a later process
+    starts above the ids of earlier ones (unless one built updates faster than one a
+    millisecond, and ran ahead of the clock, in the same slot), and simultaneous ones
+    never meet while their slots differ. The ids stay below 2**53 (exact in JSON tools
+    and JavaScript) until the year 2255.
     """
-    return itertools.count(time.time_ns() // 1000)
+    slot = os.getpid() % 1000 if slot is None else slot
+    last = 0
+    while True:
+        last = max(last + 1, time.time_ns() // 1_000_000)
+        yield last * 1000 + slot
 
 
 # Ids shared by every client of the process: two clients of one bot in one test must not

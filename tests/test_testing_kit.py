@@ -297,12 +297,24 @@ def test_a_second_client_of_the_same_bot_sends_new_update_ids(db: None) -> None:
 
 
 def test_update_ids_count_up_from_the_clock() -> None:
-    """A process starting later starts above every id this one has sent so far."""
+    """A process starting later starts above the ids an earlier one sent (unless that one
+    sent more than one a millisecond, and ran ahead of the clock)."""
     first = message("a", chat_id=1, user_id=1)["update_id"]
-    assert message("b", chat_id=1, user_id=1)["update_id"] == first + 1
-    time.sleep(0.001)
-    restarted = next(testing._update_id_counter())  # where a new process would start
-    assert first + 1 < restarted < 2**53
+    second = message("b", chat_id=1, user_id=1)["update_id"]
+    assert first < second and first % 1000 == second % 1000 == os.getpid() % 1000
+    earlier = testing._update_id_counter(slot=5)
+    sent = [next(earlier) for _ in range(3)]
+    time.sleep(0.01)
+    restarted = next(testing._update_id_counter(slot=5))  # where a new process would start
+    assert sent[-1] < restarted < 2**53
+
+
+def test_processes_running_at_once_never_send_the_same_update_id() -> None:
+    """pytest-xdist workers sharing a Redis prefix: each sends ids of its own."""
+    ids = [testing._update_id_counter(slot) for slot in (7, 8)]
+    sent = [[next(counter) for _ in range(5000)] for counter in ids]
+    assert not set(sent[0]) & set(sent[1])
+    assert all(sorted(set(each)) == each for each in sent)  # and each counts up
 
 
 # Posts two updates to the kit's bot with its sessions in Redis, in a process of its own,
