@@ -78,17 +78,25 @@ def _update_id_counter(slot: int | None = None) -> Iterator[int]:
     earlier run left there, and processes running at once (pytest-xdist workers) would
     send each other's ids; their updates would be skipped as redeliveries. So an id is
     the millisecond it is made in (one more than the last, when sent faster), times
-    1,000, plus ``slot`` (by default the process id modulo 1,000): a later process
-    starts above the ids of earlier ones (unless one built updates faster than one a
+    1,000, plus ``slot`` (by default :func:`_process_slot`): a later process starts
+    above the ids of earlier ones (unless one built updates faster than one a
     millisecond, and ran ahead of the clock, in the same slot), and simultaneous ones
     never meet while their slots differ. The ids stay below 2**53 (exact in JSON tools
     and JavaScript) until the year 2255.
     """
-    slot = os.getpid() % 1000 if slot is None else slot
     last = 0
     while True:
         last = max(last + 1, time.time_ns() // 1_000_000)
-        yield last * 1000 + slot
+        yield last * 1000 + (_process_slot() if slot is None else slot)
+
+
+def _process_slot() -> int:
+    """pytest-xdist's worker number (``gw3``: 3), which no two workers share; otherwise
+    the process id, modulo 1,000."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        return int(worker[2:]) % 1000
+    return os.getpid() % 1000
 
 
 # Ids shared by every client of the process: two clients of one bot in one test must not

@@ -38,6 +38,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -70,21 +71,34 @@ _current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
 
 #: The other databases a handler was seen writing to (logged once per process).
 _warned_elsewhere: set[str] = set()
-#: Statements that write no data: reads, and what Django sends to set up a connection
-#: or a transaction there.
+#: First words of statements that write no data: reads, and what Django sends for a
+#: transaction or a savepoint.
 _NOT_WRITES = frozenset(
-    ("SELECT", "SHOW", "EXPLAIN", "PRAGMA", "SET", "BEGIN", "START", "COMMIT", "ROLLBACK",
-     "SAVEPOINT", "RELEASE")
+    ("SELECT", "SHOW", "EXPLAIN", "SET", "BEGIN", "START", "COMMIT", "ROLLBACK", "SAVEPOINT",
+     "RELEASE")
 )  # fmt: skip
+#: The forms of those that do write: MariaDB's ``SET STATEMENT ... FOR`` a statement and
+#: ``BEGIN NOT ATOMIC`` block, and ``EXPLAIN ANALYZE``, which runs the statement.
+_WRITING_FORMS = re.compile(
+    r"(?:SET\s+STATEMENT|BEGIN\s+NOT|EXPLAIN\b.*\bANALY[SZ]E)\b", re.I | re.S
+)
 
 
 def may_write(sql: str) -> bool:
-    """Whether a statement may write data: anything but a read, or Django setting up a
-    connection, a transaction or a savepoint (a compound read's parentheses included)."""
+    """Whether a statement may write data: anything but a read (a compound one in
+    parentheses included), or a transaction's or savepoint's own statement.
+
+    A read that writes all the same goes unseen: a ``SELECT`` of a function that writes
+    (or ``SELECT ... INTO`` a new table), and a procedure run with ``callproc``, which
+    Django runs past its cursor's wrappers.
+    """
+    text = sql.lstrip(" \t\r\n\f\v(")
     # The first word is all it takes, and none of those that write nothing is longer
     # than 9 letters: no need to split a long statement.
-    words = sql.lstrip().lstrip("(")[:10].split(None, 1)
-    return not words or words[0].upper() not in _NOT_WRITES
+    words = text[:10].split(None, 1)
+    if not words or words[0].upper() not in _NOT_WRITES:
+        return True
+    return _WRITING_FORMS.match(text) is not None
 
 
 def current_unit() -> UnitOfWork | None:

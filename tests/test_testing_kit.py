@@ -301,12 +301,19 @@ def test_update_ids_count_up_from_the_clock() -> None:
     sent more than one a millisecond, and ran ahead of the clock)."""
     first = message("a", chat_id=1, user_id=1)["update_id"]
     second = message("b", chat_id=1, user_id=1)["update_id"]
-    assert first < second and first % 1000 == second % 1000 == os.getpid() % 1000
+    assert first < second and first % 1000 == second % 1000 == testing._process_slot()
     earlier = testing._update_id_counter(slot=5)
     sent = [next(earlier) for _ in range(3)]
     time.sleep(0.01)
     restarted = next(testing._update_id_counter(slot=5))  # where a new process would start
     assert sent[-1] < restarted < 2**53
+
+
+def test_an_xdist_worker_takes_its_number_as_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw12")
+    assert testing._process_slot() == 12
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert testing._process_slot() == os.getpid() % 1000
 
 
 def test_processes_running_at_once_never_send_the_same_update_id() -> None:
