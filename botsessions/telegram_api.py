@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -180,6 +183,28 @@ def run_polling(alias: str, *, drop_pending_updates: bool = False) -> None:
         except (SystemExit, KeyboardInterrupt):
             _log_abandoned_updates(application)
             raise
+        finally:
+            _remove_stop_signal_handlers()
+
+
+def _remove_stop_signal_handlers() -> None:
+    """Give Ctrl-C and SIGTERM back to the process once polling has ended.
+
+    PTB's ``run_polling`` sends them to the event loop it runs on, and leaves them there
+    when it does not close that loop (runbot does not: the thread that called it, a
+    script's or a test's, may use its loop again). Left alone, a later Ctrl-C would go to
+    a loop that no longer runs, and do nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread: PTB set none elsewhere
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    if loop.is_closed():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGABRT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signum)
 
 
 def _log_abandoned_updates(application: SessionApplication) -> None:

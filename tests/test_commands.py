@@ -3,6 +3,7 @@ webhookinfo, and the failures a person must be told about in plain words."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections.abc import Iterator
 from io import StringIO
@@ -219,6 +220,20 @@ def test_runbot_refusing_a_bot_at_start_up_is_a_clear_error(
     assert message.startswith("Bot 'default' cannot run: ConversationHandler 'signup' has a ")
     assert "conversation_timeout" in message and "refused under runbot too" in message
     assert fake.calls_to("getUpdates") == []
+
+
+def test_ctrl_c_is_the_process_s_again_once_runbot_has_ended(
+    fake: FakeBotAPI, settings: Any
+) -> None:
+    """PTB's run_polling sends stop signals to its loop; runbot gives them back, so that a
+    script or a test that ran it in-process can still be interrupted."""
+    settings.BOTSESSIONS_BOTS = {
+        "default": {"APPLICATION": "tests.test_commands.conversation_timeout_bot"}
+    }
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(CommandError):
+        run("runbot")  # refused once PTB's run_polling has set its handlers
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 BAD_COMMAND_LINES = {
