@@ -8,8 +8,9 @@ what a crash or a stop has not lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from telegram import Update
@@ -63,11 +64,40 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
         await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def polling(application: SessionApplication) -> AsyncIterator[None]:
+    """The application initialized, polling through PTB's Updater, and started."""
+    assert application.updater is not None
+    async with application:
+        await application.updater.start_polling(poll_interval=0, timeout=1)
+        await application.start()
+        yield
+
+
 async def stop(application: SessionApplication) -> None:
     """What PTB's run_polling does at a stop signal: the Updater, then the application."""
     assert application.updater is not None
     await application.updater.stop()
     await application.stop()
+
+
+async def begin_stop(application: SessionApplication) -> asyncio.Task[None]:
+    """Start stopping, and return once PTB's last getUpdates has been sent."""
+    stopping = asyncio.create_task(stop(application))
+    await wait_until(lambda: not application.running)
+    return stopping
+
+
+class Gate:
+    """Update processing that holds every update until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def __call__(self, update_id: int, attempt: int) -> None:
+        self.reached.set()
+        await self.opened.wait()
 
 
 @pytest.fixture(autouse=True)
@@ -79,25 +109,17 @@ def long_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_batch_is_confirmed_once_it_is_processed(api: FakeBotAPI) -> None:
     """Until then a crash would lose nothing: Telegram still holds the whole batch."""
-    first_began, release = asyncio.Event(), asyncio.Event()
-
-    async def process(update_id: int, attempt: int) -> None:
-        first_began.set()
-        await release.wait()
-
+    gate = Gate()
     ids = [api.queue_message(text)["update_id"] for text in ("one", "two", "three")]
 
     async def run() -> None:
-        application = polling_application(api, process)
-        assert application.updater is not None
-        async with application:
-            await application.updater.start_polling(poll_interval=0, timeout=1)
-            await application.start()
-            await asyncio.wait_for(first_began.wait(), 5)
+        application = polling_application(api, gate)
+        async with polling(application):
+            await asyncio.wait_for(gate.reached.wait(), 5)
             await asyncio.sleep(0.3)  # time for PTB's next poll, which would confirm them
             assert pending(api) == ids
             assert len(api.calls_to("getUpdates")) == 1
-            release.set()
+            gate.opened.set()
             await wait_until(lambda: not pending(api))
             await stop(application)
 
@@ -119,30 +141,25 @@ def test_a_stop_confirms_what_it_processed_and_leaves_the_rest(
     and goes through. Telegram still holds update 2 to deliver again, and so update 3
     (an offset confirms the updates before it only), which is skipped then if recorded.
     """
-    first_began, release = asyncio.Event(), asyncio.Event()
+    gate = Gate()
     done: list[int] = []
 
     async def process(update_id: int, attempt: int) -> None:
         if update_id == ids[1]:
             raise error
         if update_id == ids[0]:
-            first_began.set()
-            await release.wait()
+            await gate(update_id, attempt)
         done.append(update_id)
 
     ids = [api.queue_message(text)["update_id"] for text in ("one", "two", "three")]
 
     async def run() -> None:
         application = polling_application(api, process)
-        assert application.updater is not None
-        async with application:
-            await application.updater.start_polling(poll_interval=0, timeout=1)
-            await application.start()
-            await asyncio.wait_for(first_began.wait(), 5)
-            stopping = asyncio.create_task(stop(application))
-            await wait_until(lambda: not application.running)  # PTB's last call was made
+        async with polling(application):
+            await asyncio.wait_for(gate.reached.wait(), 5)
+            stopping = await begin_stop(application)
             assert pending(api) == ids
-            release.set()
+            gate.opened.set()
             await asyncio.wait_for(stopping, 5)
 
     asyncio.run(run())
@@ -151,25 +168,16 @@ def test_a_stop_confirms_what_it_processed_and_leaves_the_rest(
 
 
 def test_a_stop_with_everything_processed_confirms_it_all(api: FakeBotAPI) -> None:
-    first_began, release = asyncio.Event(), asyncio.Event()
-
-    async def process(update_id: int, attempt: int) -> None:
-        first_began.set()
-        await release.wait()
-
+    gate = Gate()
     ids = [api.queue_message(text)["update_id"] for text in ("one", "two")]
 
     async def run() -> None:
-        application = polling_application(api, process)
-        assert application.updater is not None
-        async with application:
-            await application.updater.start_polling(poll_interval=0, timeout=1)
-            await application.start()
-            await asyncio.wait_for(first_began.wait(), 5)
-            stopping = asyncio.create_task(stop(application))
-            await wait_until(lambda: not application.running)
+        application = polling_application(api, gate)
+        async with polling(application):
+            await asyncio.wait_for(gate.reached.wait(), 5)
+            stopping = await begin_stop(application)
             assert pending(api) == ids
-            release.set()
+            gate.opened.set()
             await asyncio.wait_for(stopping, 5)
 
     asyncio.run(run())
@@ -189,10 +197,7 @@ def test_with_concurrent_updates_a_poll_does_not_wait_for_the_batch(api: FakeBot
 
     async def run() -> None:
         application = polling_application(api, process, concurrent_updates=2)
-        assert application.updater is not None
-        async with application:
-            await application.updater.start_polling(poll_interval=0, timeout=1)
-            await application.start()
+        async with polling(application):
             await wait_until(lambda: not pending(api))  # confirmed when fetched, as in PTB
             api.queue_message("two")
             await asyncio.wait_for(second_arrived.wait(), 5)
@@ -206,25 +211,16 @@ def test_a_confirmation_that_fails_at_the_stop_is_logged(
     api: FakeBotAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The updates the stop processed come again on the next start (skipped if recorded)."""
-    first_began, release = asyncio.Event(), asyncio.Event()
-
-    async def process(update_id: int, attempt: int) -> None:
-        first_began.set()
-        await release.wait()
-
+    gate = Gate()
     ids = [api.queue_message(text)["update_id"] for text in ("one", "two")]
 
     async def run() -> None:
-        application = polling_application(api, process)
-        assert application.updater is not None
-        async with application:
-            await application.updater.start_polling(poll_interval=0, timeout=1)
-            await application.start()
-            await asyncio.wait_for(first_began.wait(), 5)
-            stopping = asyncio.create_task(stop(application))
-            await wait_until(lambda: not application.running)
+        application = polling_application(api, gate)
+        async with polling(application):
+            await asyncio.wait_for(gate.reached.wait(), 5)
+            stopping = await begin_stop(application)
             api.fail_next("getUpdates", 500, "Internal Server Error")
-            release.set()
+            gate.opened.set()
             await asyncio.wait_for(stopping, 5)
 
     asyncio.run(run())

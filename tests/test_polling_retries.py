@@ -30,7 +30,7 @@ from botsessions.ptb import SessionApplication
 
 from .fakebotapi import FakeBotAPI
 from .harness import TOKEN
-from .servers import REPO, manage, server_env, start_runbot
+from .servers import REPO, Process, manage, server_env, start_runbot
 from .updates import BOB, GROUP
 
 QUICK = Backoff(first=0.001, cap=0.004)
@@ -289,20 +289,39 @@ def test_the_backoffs_runbot_uses() -> None:
     assert OUTAGE.first >= 0.5 and OUTAGE.cap <= 60
 
 
-@pytest.mark.slow
-def test_runbot_waits_out_a_database_outage_and_loses_nothing(
+def runbot_waiting_for_its_database(
     api: FakeBotAPI, tmp_path: Path
-) -> None:
-    """The database appears only after the updates were fetched: both are processed."""
+) -> tuple[Process, Callable[[], None], dict[str, str]]:
+    """runbot with a 🍕 and a /hunger fetched, both waiting for a database not created yet.
+
+    Returns the process, the function that creates the database, and the environment.
+    """
     database = tmp_path / "not-yet" / "db.sqlite3"
     env = server_env(api_base_url=api.base_url, database=f"sqlite:///{database}")
+
+    def create_database() -> None:
+        database.parent.mkdir()
+        subprocess.run(manage("migrate"), cwd=REPO, env=env, check=True, capture_output=True)
+
     bot = start_runbot(env)
     try:
         api.queue_message("🍕", chat_id=GROUP, user_id=BOB)
         api.queue_message("/hunger", chat_id=GROUP, user_id=BOB)
         bot.wait_for_log(r"update \d+ not stored \(try 1,")
-        database.parent.mkdir()
-        subprocess.run(manage("migrate"), cwd=REPO, env=env, check=True, capture_output=True)
+    except BaseException:
+        bot.stop(signal.SIGKILL, timeout=5)
+        raise
+    return bot, create_database, env
+
+
+@pytest.mark.slow
+def test_runbot_waits_out_a_database_outage_and_loses_nothing(
+    api: FakeBotAPI, tmp_path: Path
+) -> None:
+    """The database appears only after the updates were fetched: both are processed."""
+    bot, create_database, _ = runbot_waiting_for_its_database(api, tmp_path)
+    try:
+        create_database()
         api.wait_for("sendMessage", timeout=60)
         assert api.sent_texts() == ["Your hunger level is 1!"]
         assert "processed after" in bot.log()
@@ -316,19 +335,13 @@ def test_runbot_waits_out_a_database_outage_and_loses_nothing(
 @pytest.mark.slow
 def test_a_killed_runbot_loses_no_update_it_had_fetched(api: FakeBotAPI, tmp_path: Path) -> None:
     """SIGKILL while the fetched updates wait for the database: the next runbot gets them."""
-    database = tmp_path / "not-yet" / "db.sqlite3"
-    env = server_env(api_base_url=api.base_url, database=f"sqlite:///{database}")
-    bot = start_runbot(env)
+    bot, create_database, env = runbot_waiting_for_its_database(api, tmp_path)
     try:
-        api.queue_message("🍕", chat_id=GROUP, user_id=BOB)
-        api.queue_message("/hunger", chat_id=GROUP, user_id=BOB)
-        bot.wait_for_log(r"update \d+ not stored \(try 1,")
         bot.kill()
     finally:
         bot.stop(signal.SIGKILL, timeout=5)
     assert len(api.pending_updates()) == 2
-    database.parent.mkdir()
-    subprocess.run(manage("migrate"), cwd=REPO, env=env, check=True, capture_output=True)
+    create_database()
     bot = start_runbot(env)
     try:
         api.wait_for("sendMessage", timeout=60)
