@@ -15,11 +15,10 @@ class Command(BotCommand):
         "Runs the bot by long polling (getUpdates) until Ctrl-C. An update whose session "
         "cannot be stored is retried until it can; an update is confirmed to Telegram "
         "only once it is processed (unless updates are processed concurrently), so a "
-        "crash loses none. Updates already fetched are "
-        "processed and their sessions saved before it exits (if the storage is down then, "
-        "the ones left are logged, and Telegram delivers them again on the next start). "
-        "Telegram does not deliver by polling while a webhook is set; polling deletes the "
-        "webhook."
+        "crash loses none. Updates already fetched are processed and their sessions saved "
+        "before it exits (if the storage is down then, the ones left are logged, and "
+        "Telegram delivers them again on the next start). Telegram does not deliver by "
+        "polling while a webhook is set; polling deletes the webhook."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
