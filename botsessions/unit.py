@@ -47,10 +47,11 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import ThreadSensitiveContext
 from django.core.exceptions import ImproperlyConfigured
-from django.db import close_old_connections, connections, transaction
+from django.db import DatabaseError, close_old_connections, connections, transaction
 
 from . import dblocks
 from .conf import settings
+from .errors import StorageError
 from .outcome import Outcome
 from .storage.base import StorageKey
 
@@ -130,6 +131,8 @@ class UnitOfWork:
         self._pending_writes: list[Callable[[], bool]] = []
         self._when_ended: list[WhenEnded] = []
         self.begun = False
+        #: The error with which the database rolled back the whole transaction by itself.
+        self.rolled_back_by: DatabaseError | None = None
         #: Whether :meth:`end` left sends registered with :meth:`after_commit` to send now.
         self.sends_due = False
 
@@ -168,7 +171,12 @@ class UnitOfWork:
         # redelivery does not write again.
         if not self._internal and may_write(sql):
             self.wrote = True
-        return execute(sql, params, many, context)
+        try:
+            return execute(sql, params, many, context)
+        except DatabaseError as exc:
+            if self.rolled_back_by is None and _rolls_back_the_transaction(context, exc):
+                self.rolled_back_by = exc
+            raise
 
     def _elsewhere(
         self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
@@ -298,6 +306,10 @@ class UnitOfWork:
         committed = False
         try:
             try:
+                if self.rolled_back_by is not None:
+                    # Whatever the handler made of the error, nothing before it is left, a
+                    # chat migration's moves included: only a redelivery can do it all.
+                    raise _refused_for(self.rolled_back_by)
                 if commit and _spoiled(connection, self.using):
                     logger.error(
                         "botsessions: a handler caught a database error outside a savepoint "
@@ -495,6 +507,26 @@ class DatabaseThreads:
 def _stop(thread: ThreadPoolExecutor) -> None:
     thread.submit(connections.close_all)
     thread.shutdown(wait=False)
+
+
+# MySQL's and MariaDB's ER_LOCK_DEADLOCK: InnoDB rolls back the victim's whole
+# transaction, savepoints and all, where PostgreSQL fails only the statement.
+_DEADLOCK = 1213
+
+
+def _rolls_back_the_transaction(context: Any, error: DatabaseError) -> bool:
+    """Whether ``error`` ended the transaction on the server, unknown to Django."""
+    code = error.args[0] if error.args else None
+    return context["connection"].vendor == "mysql" and code == _DEADLOCK
+
+
+def _refused_for(error: DatabaseError) -> StorageError:
+    refusal = StorageError(
+        f"the database rolled back the update's transaction (a deadlock: {error}); "
+        "nothing of it is kept and it must be delivered again"
+    )
+    refusal.__cause__ = error
+    return refusal
 
 
 def _spoiled(connection: Any, using: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from telegram.ext import MessageHandler, filters
 from botsessions import Fragment, Sessions, per_chat, per_topic, per_user, per_user_in_chat
 
 from .probes import RecordingStorage
+from .sql import deadlock_with_another_connection
 from .updates import BOB, GROUP, SUPERGROUP, message, service_message
 
 BOT = 123456
@@ -370,3 +372,53 @@ def test_prefixed_keys_are_locked_with_the_rest_in_one_go(make_bot, monkeypatch)
     }
     assert expected <= calls[0]
     assert all(later <= calls[0] for later in calls[1:])
+
+
+# -- a deadlock the database resolves by rolling back the whole transaction ---------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deadlock_a_handler_catches_never_loses_the_moves(make_bot, settings):
+    """MariaDB rolls back the whole transaction of a deadlock's victim, not just the
+    handler's savepoint: the update (the moves with it) must then be refused for
+    redelivery, not answered as done. PostgreSQL rolls back only the savepoint: the
+    handler caught the error and the update commits."""
+    from asgiref.sync import sync_to_async
+    from django.db import OperationalError, connection
+
+    from botproject.models import Purchase
+    from botsessions.errors import StorageError
+    from botsessions.models import Session
+
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has one writer: two connections never wait for each other")
+    settings.BOTSESSIONS_LOCK_TIMEOUT = 10
+    first, second = (Purchase.objects.create(chat_id=1, user_id=1, item="x").pk for _ in "ab")
+    done = threading.Event()
+    caught: list[Exception] = []
+
+    async def clash(update, context):
+        if caught:
+            return  # the redelivery runs without the other connection
+        try:
+            await sync_to_async(deadlock_with_another_connection)(first, second, done)
+        except OperationalError as exc:
+            caught.append(exc)
+
+    bot = make_bot(
+        sessions(None), [*handlers(), MessageHandler(filters.StatusUpdate.MIGRATE, clash)]
+    )
+    bot.process(message("🍕", chat_id=GROUP, user_id=BOB))
+    notice = service_message(GROUP, migrate_to_chat_id=SUPERGROUP)
+    moved = Session.objects.filter(key__startswith=f"chat:{SUPERGROUP}")
+    if connection.vendor == "postgresql":
+        assert bot.process(notice) == "committed"
+    else:
+        with pytest.raises(StorageError, match="deadlock"):
+            bot.process(notice)
+        assert not moved.exists()  # nothing of it was kept: Telegram delivers it again
+        assert done.wait(10)
+        assert bot.process(notice) == "committed"
+    assert caught, "the handler saw no deadlock: the test set none up"
+    assert moved.count() == 2
+    assert Session.objects.get(fragment="chat", key=f"chat:{SUPERGROUP}").data == {"pizza": 1}

@@ -518,6 +518,51 @@ def test_a_handler_that_swallows_a_database_error_fails_the_update_without_a_503
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_deadlock_a_handler_catches_is_refused_where_it_rolled_back_everything(
+    make_bot: Any,
+) -> None:
+    """A handler catches a deadlock in its savepoint, as Django asks. PostgreSQL rolled
+    back the savepoint only: the update commits what else it wrote. MariaDB rolled back
+    the whole transaction: the update is refused (a 503 for the webhook), keeping nothing,
+    not answered as done with its writes silently gone, and its redelivery writes once."""
+    from asgiref.sync import sync_to_async
+
+    from botsessions.errors import StorageError
+
+    from .sql import deadlock_with_another_connection
+
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has one writer: two connections never wait for each other")
+    first, second = (Purchase.objects.create(chat_id=1, user_id=1, item="x").pk for _ in "ab")
+    other_done = threading.Event()
+    caught: list[Exception] = []
+
+    async def buy_despite_a_deadlock(update: Any, context: Any) -> None:
+        await buy(update, context)
+        if not caught:
+            try:
+                await sync_to_async(deadlock_with_another_connection)(first, second, other_done)
+            except OperationalError as exc:
+                caught.append(exc)
+
+    bot = make_bot(shop(), [CommandHandler("buy", buy_despite_a_deadlock)])
+    update = message("/buy", chat_id=GROUP, user_id=ALICE)
+    if connection.vendor == "postgresql":
+        assert bot.process(update) == "committed"
+    else:
+        with pytest.raises(StorageError, match="deadlock"):
+            bot.process(update)
+        assert not Purchase.objects.filter(item="tea").exists()
+        assert not Session.objects.exists()
+        assert other_done.wait(10)
+        assert bot.process(update) == "committed"
+    assert caught, "the handler saw no deadlock: the test set none up"
+    assert Purchase.objects.filter(item="tea").count() == 1
+    assert Session.objects.get().data == {"bought": 1}
+    assert bot.process(update) == "duplicate"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_database_lock_wait_past_the_timeout_fails_the_update(
     make_bot: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
