@@ -31,6 +31,7 @@ from .confirming import confirm_when_processed
 from .errors import ConfigurationError, LockTimeout, SessionConflict, StorageError
 from .ptb import SessionApplication
 from .redaction import redact
+from .retried_jobs import JobsOfTries
 
 logger = logging.getLogger("botsessions.polling")
 
@@ -253,6 +254,9 @@ def keep_polling_through_storage_errors(
     Any other database error (a bug, a missing table) would fail every try: it goes to
     the application's error handlers, once, like any other exception.
 
+    Jobs a failed try scheduled on the JobQueue and that have not run are removed before
+    the next try (:mod:`botsessions.retried_jobs`), as its rows are rolled back.
+
     An update is logged on its first failure, then at most every
     :data:`RETRY_LOG_INTERVAL` seconds, with its count of tries. Updates are processed
     one at a time (unless the application was built with ``concurrent_updates``): the
@@ -289,6 +293,7 @@ class _Retrying:
         self.application = application
         self.process = application.process_update
         self.on_processed = on_processed
+        self.jobs = JobsOfTries(application)
         #: An outage left an update during the stop: the rest are left untried.
         self.unavailable_at_stop = False
         #: The updates being processed, for the log of a stop that cannot wait for them.
@@ -320,12 +325,19 @@ class _Retrying:
         tries_at_stop = 0
         while True:
             try:
-                await self.process(update)
+                with self.jobs.watching() as attempt:
+                    await self.process(update)
             except (StorageError, OperationalError, InterfaceError) as exc:
                 # What a retry can cure: contention, an outage. Any other database error
                 # (a bug, a missing table) would fail every try: it goes to the error
                 # handlers below, as any other exception does.
                 failures += 1
+                removed = self.jobs.remove(attempt)
+                if removed:
+                    logger.info(
+                        "update %s: removed %d job(s) its failed try scheduled",
+                        update_id, removed,
+                    )  # fmt: skip
                 contention = isinstance(exc, SessionConflict | LockTimeout)
                 what = "session held by another process" if contention else "sessions unavailable"
                 if not self.application.running:

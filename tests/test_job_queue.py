@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from telegram import Update
 from telegram.ext import (
     ApplicationBuilder,
     CommandHandler,
@@ -162,3 +163,54 @@ def test_a_conversation_timeout_is_refused_where_no_job_queue_runs(make_bot, api
     application = use_sessions(builder, Sessions(initial=dict)).build()
     application.add_handler(handler)
     asyncio.run(application.initialize())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runbot_removes_the_jobs_of_a_try_it_retries(api, monkeypatch):
+    """The first try's sessions cannot be stored: runbot tries again, and only the try
+    that committed leaves its jobs (the handler's own, and a task's it started); a job
+    scheduled outside the update stays."""
+    from botsessions import telegram_api
+    from botsessions.backoff import Backoff
+    from botsessions.errors import StorageError
+    from botsessions.storage.db import DatabaseStorage
+
+    monkeypatch.setattr(telegram_api, "OUTAGE_BACKOFF", Backoff(first=0.001, cap=0.002))
+    real_commit = DatabaseStorage.commit_sync
+    tries: list[str] = []
+
+    def down_once(*args: Any, **kwargs: Any) -> Any:
+        if len(tries) == 1:
+            raise StorageError("database restarting")
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(DatabaseStorage, "commit_sync", down_once)
+
+    async def remind(update: Any, context: Any) -> None:
+        tries.append("try")
+        context.job_queue.run_once(job, 60, name="reminder")
+        await asyncio.create_task(follow_up(context))
+        context.session["reminders"] = 1
+
+    async def follow_up(context: Any) -> None:
+        context.job_queue.run_once(job, 60, name="follow-up")
+
+    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url).updater(None)
+    application = use_sessions(builder, Sessions(initial=dict)).build()
+    application.add_handler(CommandHandler("remind", remind))
+    application.job_queue.run_once(job, 60, name="nightly")
+    telegram_api.keep_polling_through_storage_errors(application)
+    names: list[str] = []
+
+    async def poll_once() -> None:
+        async with application:
+            await application.start()
+            update = Update.de_json(message("/remind", chat_id=ALICE), application.bot)
+            await application.update_queue.put(update)
+            await asyncio.wait_for(application.update_queue.join(), 10)
+            names.extend(sorted(j.name for j in application.job_queue.jobs()))
+            await application.stop()
+
+    asyncio.run(poll_once())
+    assert tries == ["try", "try"]
+    assert names == ["follow-up", "nightly", "reminder"]
