@@ -147,8 +147,10 @@ def release(connection: Any, ids: list[int]) -> None:
     parts = " + ".join(["COALESCE(RELEASE_LOCK(%s), 0)"] * len(ids))
     with connection.cursor() as cursor:
         cursor.execute(
-            "SET SESSION innodb_lock_wait_timeout = "
-            "COALESCE(@botsessions_lock_wait, @@GLOBAL.innodb_lock_wait_timeout), "
+            # CAST: on a session that never locked (Django reconnected after a lost
+            # connection) the variable is an untyped NULL, which the SET refuses.
+            "SET SESSION innodb_lock_wait_timeout = CAST(COALESCE("
+            "@botsessions_lock_wait, @@GLOBAL.innodb_lock_wait_timeout) AS UNSIGNED), "
             f"@botsessions_released = {parts}",
             [_mysql_name(ident) for ident in ids],
         )

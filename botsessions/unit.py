@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import ThreadSensitiveContext
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, close_old_connections, connections, transaction
+from django.db import Error, close_old_connections, connections, transaction
 
 from . import dblocks
 from .conf import settings
@@ -131,8 +131,9 @@ class UnitOfWork:
         self._pending_writes: list[Callable[[], bool]] = []
         self._when_ended: list[WhenEnded] = []
         self.begun = False
-        #: The error with which the database rolled back the whole transaction by itself.
-        self.rolled_back_by: DatabaseError | None = None
+        #: The error with which the transaction ended on the server, unknown to Django.
+        self.rolled_back_by: Error | None = None
+        self._began_on: object = None  # the driver's connection the transaction began on
         #: Whether :meth:`end` left sends registered with :meth:`after_commit` to send now.
         self.sends_due = False
 
@@ -154,6 +155,7 @@ class UnitOfWork:
             close_old_connections()  # what Django does around each request
         connection = connections[self.using]
         self._stack.enter_context(transaction.atomic(using=self.using))
+        self._began_on = connection.connection
         self._stack.enter_context(connection.execute_wrapper(self._watch))
         for alias in connections:
             if alias != self.using:
@@ -173,8 +175,8 @@ class UnitOfWork:
             self.wrote = True
         try:
             return execute(sql, params, many, context)
-        except DatabaseError as exc:
-            if self.rolled_back_by is None and _rolls_back_the_transaction(context, exc):
+        except Error as exc:
+            if self.rolled_back_by is None and _ends_the_transaction(sql, context, exc):
                 self.rolled_back_by = exc
             raise
 
@@ -244,7 +246,8 @@ class UnitOfWork:
         rolling them back would leave the group's sessions behind for good. The rest of
         the update runs in a nested ``atomic`` block: rolling the update back rolls
         back that block (its ``on_commit`` callbacks with it, and Django's "needs
-        rollback" state), and the moves commit alone. Only a failed COMMIT loses them.
+        rollback" state), and the moves commit alone. Only a transaction that ends without
+        committing loses them; :meth:`end` then refuses the update, for a redelivery.
         """
         with self.internal():
             self._stack.enter_context(transaction.atomic(using=self.using))
@@ -306,10 +309,13 @@ class UnitOfWork:
         committed = False
         try:
             try:
-                if self.rolled_back_by is not None:
-                    # Whatever the handler made of the error, nothing before it is left, a
-                    # chat migration's moves included: only a redelivery can do it all.
-                    raise _refused_for(self.rolled_back_by)
+                if outcome is not None and (
+                    self.rolled_back_by is not None or _lost(connection, self._began_on)
+                ):
+                    # Whatever the handler made of the error, nothing before it is left (a
+                    # chat migration's moves included): only a redelivery can do it all.
+                    # (Ending with an exception, the update is not kept either way.)
+                    raise _refused_for(self.rolled_back_by or "its connection was lost")
                 if commit and _spoiled(connection, self.using):
                     logger.error(
                         "botsessions: a handler caught a database error outside a savepoint "
@@ -509,23 +515,44 @@ def _stop(thread: ThreadPoolExecutor) -> None:
     thread.shutdown(wait=False)
 
 
-# MySQL's and MariaDB's ER_LOCK_DEADLOCK: InnoDB rolls back the victim's whole
-# transaction, savepoints and all, where PostgreSQL fails only the statement.
-_DEADLOCK = 1213
+# InnoDB rolls back the whole transaction, savepoints and all, of a deadlock's victim
+# (ER_LOCK_DEADLOCK) and of a write that MariaDB's snapshot isolation refuses
+# (ER_CHECKREAD), where PostgreSQL fails only the statement.
+_ENDS_THE_TRANSACTION_ON_MYSQL = {1213, 1020}
 
 
-def _rolls_back_the_transaction(context: Any, error: DatabaseError) -> bool:
-    """Whether ``error`` ended the transaction on the server, unknown to Django."""
+def _ends_the_transaction(sql: str, context: Any, error: Error) -> bool:
+    """Whether the statement's ``error`` says the transaction has ended on the server.
+
+    Django cannot tell: it goes on as if the handler's savepoint still stood, and what
+    the update writes next would commit without what it wrote before. A failed
+    ``ROLLBACK TO SAVEPOINT`` says it on every database, whatever ended the transaction
+    (a lost connection, too); the codes say it at once, also for a handler that caught
+    the error without a savepoint.
+    """
+    if sql.startswith("ROLLBACK TO SAVEPOINT"):
+        return True
     code = error.args[0] if error.args else None
-    return context["connection"].vendor == "mysql" and code == _DEADLOCK
+    return context["connection"].vendor == "mysql" and code in _ENDS_THE_TRANSACTION_ON_MYSQL
 
 
-def _refused_for(error: DatabaseError) -> StorageError:
+def _lost(connection: Any, began_on: object) -> bool:
+    """Whether the connection the transaction began on is gone, and the transaction with
+    it (the handler that met the error caught it), however Django carried on."""
+    raw = connection.connection
+    if raw is None or raw is not began_on or connection.closed_in_transaction:
+        return True
+    # psycopg says ``closed``; PyMySQL and mysqlclient say ``open``; sqlite3 says neither.
+    return bool(getattr(raw, "closed", False)) or not getattr(raw, "open", True)
+
+
+def _refused_for(error: Error | str) -> StorageError:
     refusal = StorageError(
-        f"the database rolled back the update's transaction (a deadlock: {error}); "
-        "nothing of it is kept and it must be delivered again"
+        f"the update's transaction ended on the database ({error}); nothing of it is "
+        "kept and it must be delivered again"
     )
-    refusal.__cause__ = error
+    if isinstance(error, Error):
+        refusal.__cause__ = error
     return refusal
 
 

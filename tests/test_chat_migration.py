@@ -414,7 +414,7 @@ def test_a_deadlock_a_handler_catches_never_loses_the_moves(make_bot, settings):
     if connection.vendor == "postgresql":
         assert bot.process(notice) == "committed"
     else:
-        with pytest.raises(StorageError, match="deadlock"):
+        with pytest.raises(StorageError, match="Deadlock found"):
             bot.process(notice)
         assert not moved.exists()  # nothing of it was kept: Telegram delivers it again
         assert done.wait(10)

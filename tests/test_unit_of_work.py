@@ -550,7 +550,7 @@ def test_a_deadlock_a_handler_catches_is_refused_where_it_rolled_back_everything
     if connection.vendor == "postgresql":
         assert bot.process(update) == "committed"
     else:
-        with pytest.raises(StorageError, match="deadlock"):
+        with pytest.raises(StorageError, match="Deadlock found"):
             bot.process(update)
         assert not Purchase.objects.filter(item="tea").exists()
         assert not Session.objects.exists()
@@ -560,6 +560,57 @@ def test_a_deadlock_a_handler_catches_is_refused_where_it_rolled_back_everything
     assert Purchase.objects.filter(item="tea").count() == 1
     assert Session.objects.get().data == {"bought": 1}
     assert bot.process(update) == "duplicate"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_connection_a_handler_catches_is_refused_not_answered_as_done(
+    make_bot: Any,
+) -> None:
+    """The update's connection dies inside a handler's savepoint and the handler catches
+    the error. Its transaction is gone with what it wrote: refused, for a redelivery,
+    rather than answered as a failed handler's (200) and lost."""
+    from asgiref.sync import sync_to_async
+    from django.db import Error, transaction
+
+    from botsessions.errors import StorageError
+
+    if connection.vendor == "sqlite":
+        pytest.skip("a SQLite connection cannot be ended from another")
+    lost: list[Exception] = []
+
+    def lose_the_connection() -> None:
+        own = connection.connection.info.backend_pid if connection.vendor == "postgresql" else None
+        with connection.cursor() as cursor:
+            if own is None:
+                cursor.execute("SELECT CONNECTION_ID()")
+                (own,) = cursor.fetchone()
+        other = connections.create_connection("default")
+        try:
+            with transaction.atomic():
+                with other.cursor() as cursor:
+                    if connection.vendor == "postgresql":
+                        cursor.execute("SELECT pg_terminate_backend(%s)", [own])
+                    else:
+                        cursor.execute(f"KILL {int(own)}")
+                Purchase.objects.count()
+        except Error as exc:
+            lost.append(exc)
+        finally:
+            other.close()
+
+    async def buy_despite_it(update: Any, context: Any) -> None:
+        await buy(update, context)
+        if not lost:
+            await sync_to_async(lose_the_connection)()
+
+    bot = make_bot(shop(), [CommandHandler("buy", buy_despite_it)])
+    update = message("/buy", chat_id=GROUP, user_id=ALICE)
+    with pytest.raises(StorageError, match="ended on the database"):
+        bot.process(update)
+    assert lost, "the connection was not lost: the test set nothing up"
+    assert Purchase.objects.count() == Session.objects.count() == 0
+    assert bot.process(update) == "committed"
+    assert Purchase.objects.count() == Session.objects.count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
