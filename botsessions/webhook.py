@@ -128,7 +128,8 @@ class WebhookView(View):
         The unread body must never be taken for a request of its own. A WSGI application
         may not send ``Connection`` (PEP 3333; Django's development server refuses it),
         but an answer without Content-Length makes that server close the connection: the
-        answer is streamed. The async view says ``Connection: close`` as well.
+        answer is streamed. gunicorn decodes a chunked body itself, and discards it. The
+        async view says ``Connection: close`` instead.
         """
         body = json.dumps({"ok": False, "error": "Content-Length required"}).encode()
         return StreamingHttpResponse([body], status=411, content_type="application/json")
@@ -190,8 +191,10 @@ class AsyncTelegramWebhookView(WebhookView):
     """
 
     def length_required(self) -> HttpResponseBase:
-        response = super().length_required()
-        response["Connection"] = "close"  # ASGI servers honour it
+        # ASGI servers honour Connection: close, so nothing need be streamed (Django warns
+        # when it serves a streamed answer from a plain iterator under ASGI).
+        response = refusal(411, "Content-Length required")
+        response["Connection"] = "close"
         return response
 
     async def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
