@@ -6,8 +6,8 @@ from __future__ import annotations
 class Outcome:
     """The outcomes of an update, as the webhook reports them (``{"outcome": ...}``)."""
 
-    COMMITTED = "committed"  # handlers ran; changes (if any) are stored
-    UNCHANGED = "unchanged"  # handlers ran; there was nothing to store
+    COMMITTED = "committed"  # handlers ran; what they changed (sessions, rows) is stored
+    UNCHANGED = "unchanged"  # handlers ran and changed nothing: not even recorded
     SKIPPED = "skipped"  # no handler wanted the update
     DUPLICATE = "duplicate"  # it was committed before; handlers did not run again
     HANDLER_FAILED = "handler_failed"  # a handler raised; everything it wrote discarded

@@ -188,7 +188,12 @@ class UpdateRun:
         if changed is None:
             self.outcome = Outcome.DUPLICATE
         else:
-            self.outcome = Outcome.COMMITTED if changed or self.moved else Outcome.UNCHANGED
+            # Rows the handlers wrote, or sends after the commit, are committed with the
+            # update's record even when no session changed.
+            unit = current_unit()
+            recorded = unit is not None and unit.needs_record
+            changed_anything = changed or self.moved or recorded
+            self.outcome = Outcome.COMMITTED if changed_anything else Outcome.UNCHANGED
 
 
 class SessionContext(

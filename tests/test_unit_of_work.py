@@ -73,7 +73,7 @@ def test_a_handler_that_writes_only_rows_is_not_run_again_on_redelivery(make_bot
 
     bot = make_bot(shop(), [CommandHandler("order", order)])
     update = message("/order")
-    assert bot.process(update) == "unchanged"  # no session change, but recorded
+    assert bot.process(update) == "committed"  # no session change, but its row and record
     assert ProcessedUpdate.objects.count() == 1
     assert bot.process(update) == "duplicate"
     assert calls == [update["update_id"]]
@@ -446,7 +446,7 @@ def test_a_write_to_another_database_is_recorded_and_logged(
 
     bot = make_bot(shop(), [CommandHandler("note", note)])
     update = message("/note")
-    assert bot.process(update) == "unchanged"
+    assert bot.process(update) == "committed"
     assert bot.process(update) == "duplicate"
     assert Session.objects.using("elsewhere").count() == 1
     assert ProcessedUpdate.objects.filter(update_id=update["update_id"]).exists()
@@ -493,7 +493,7 @@ def test_a_reply_after_commit_alone_is_recorded_and_not_sent_twice(
     bot = make_bot(shop(), [CommandHandler("hello", hello)])
     update = message("/hello")
     api.reset()
-    assert bot.process(update) == "unchanged"
+    assert bot.process(update) == "committed"
     assert bot.process(update) == "duplicate"
     assert api.sent_texts() == ["hi"]
 
