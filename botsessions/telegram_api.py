@@ -413,8 +413,8 @@ def bot_api_errors(alias: str) -> Iterator[None]:
         raise BotAPIError(
             _redacted(
                 alias,
-                f"Telegram refused the token of bot {alias!r} ({exc.message}); check "
-                "TELEGRAM_BOT_TOKEN (or the token your application is built with).",
+                f"Telegram refused the token of bot {alias!r} ({exc.message}); check the "
+                "token its application is built with (the demo's is TELEGRAM_BOT_TOKEN).",
             )
         ) from None
     except BadRequest as exc:  # a subclass of NetworkError, but the server did answer
