@@ -65,7 +65,7 @@ def deadlock_with_another_connection(first: int, second: int, other_done: thread
                 Purchase.objects.filter(pk=second).update(item="other")
                 other_holds_second.set()
                 this_holds_first.wait(5)
-                time.sleep(0.3)  # let this one wait first
+                time.sleep(0.5)  # let this one wait first (PostgreSQL: its check comes first)
                 Purchase.objects.filter(pk=first).update(item="other")
         except Exception:
             pass  # PostgreSQL may time out waiting instead; this side's error is the test's
