@@ -174,9 +174,13 @@ def test_refused_token_is_a_clear_error(fake: FakeBotAPI, settings: Any, command
         run(*command)
 
 
-def test_unknown_alias_is_a_clear_error(fake: FakeBotAPI) -> None:
+@pytest.mark.parametrize("command", ["webhookinfo", "setwebhook", "deletewebhook", "runbot"])
+def test_unknown_alias_is_a_clear_error_in_one_line(fake: FakeBotAPI, command: str) -> None:
+    out = StringIO()
+    args = [URL] if command == "setwebhook" else []
     with pytest.raises(CommandError, match="No bot 'nope' in BOTSESSIONS_BOTS"):
-        run("webhookinfo", "--bot", "nope")
+        call_command(command, *args, "--bot", "nope", stdout=out, stderr=out)
+    assert out.getvalue() == ""  # nothing said before the error
 
 
 def test_bot_api_refusal_is_a_clear_error(fake: FakeBotAPI) -> None:

@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import CommandParser
 
-from ...telegram_api import run_polling
+from ...bots import bot_settings
+from ...telegram_api import bot_api_errors, run_polling
 from ._botcommand import BotCommand
 
 
@@ -30,8 +31,10 @@ class Command(BotCommand):
         )
 
     def handle(self, *args: Any, bot: str, **options: Any) -> None:
-        self.stdout.write(f"Polling for updates of bot {bot!r}; Ctrl-C to stop.")
-        self.stdout.flush()
         with self.bot_api():
+            with bot_api_errors(bot):
+                bot_settings(bot)  # an unknown alias fails before anything is said
+            self.stdout.write(f"Polling for updates of bot {bot!r}; Ctrl-C to stop.")
+            self.stdout.flush()
             run_polling(bot, drop_pending_updates=options["drop_pending_updates"])
         self.stdout.write("Stopped.")
