@@ -529,6 +529,7 @@ class PTBState:
         An old chat without data (none stored, or empty) moves nothing and leaves the new
         chat's data as it is: Telegram sends two notices, and a bot that calls this on
         both would otherwise empty the supergroup on the second, after the first moved.
+        On the old chat's notice the handlers then see fresh ``chat_data``, as in PTB.
         """
         fragment = sessions.fragments.get(CHAT_DATA)
         if fragment is None:
@@ -544,7 +545,7 @@ class PTBState:
         storage = fragment.fragment.resolve_storage()
         if fragment.key == old:
             data = fragment.value
-            fragment.set(None)
+            fragment.set(_fresh(fragment))  # as after a drop: fresh data, deleted unless written
         else:
             record = sessions.extra_records[old]
             data = None if record is None else fragment.fragment.serializer.loads(record.data)

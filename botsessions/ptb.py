@@ -103,6 +103,7 @@ class UpdateRun:
     __slots__ = (
         "application",
         "begun",
+        "ended",
         "failed",
         "moved",
         "outcome",
@@ -117,12 +118,20 @@ class UpdateRun:
         self.update = update
         self.sessions: UpdateSessions | None = None
         self.begun = False
+        #: Set once the update is processed: a context kept beyond it (a conversation's
+        #: timeout handlers, a job copying the handler's context) no longer reaches it.
+        self.ended = False
         self.failed = False
         self.storage_error: StorageError | None = None
         self.outcome = Outcome.SKIPPED
         #: How many sessions a chat migration moved (they commit with the update).
         self.moved = 0
         self.tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def loaded_sessions(self) -> UpdateSessions | None:
+        """The update's sessions once read, while the update is being processed."""
+        return self.sessions if self.begun and not self.ended else None
 
     def prepare(self) -> UpdateSessions:
         """The update's sessions, with their keys resolved (nothing read yet)."""
@@ -252,7 +261,7 @@ class SessionContext(
 
     async def refresh_data(self) -> None:
         run: UpdateRun | None = getattr(self, "_botsessions_run", None)
-        if run is not None and not run.begun:
+        if run is not None and not run.begun and not run.ended:
             await run.begin()
         if getattr(self.application, "ptb_state", None) is None:
             # Another persistence (or none); DjangoPersistence's state was read by begin().
@@ -266,13 +275,14 @@ class SessionContext(
         if state is None or name not in state.stored:
             return _PTB_OWN
         run: UpdateRun | None = getattr(self, "_botsessions_run", None)
-        if run is None or run.sessions is None or not run.begun:
+        sessions = run.loaded_sessions if run is not None else None
+        if sessions is None:
             raise SessionNotLoadedError(
                 f"context.{what} is stored with each update by DjangoPersistence, and exists "
                 "only while an update is processed (not in a job's context): give a job what "
                 "it needs in its data"
             )
-        fragment = run.sessions.fragments[name]
+        fragment = sessions.fragments[name]
         return None if fragment.key is None else fragment.get()
 
     @property  # type: ignore[misc]  # PTB's setter only refuses assignment, as no setter does
@@ -312,7 +322,7 @@ class SessionContext(
         """
         run: UpdateRun | None = getattr(self, "_botsessions_run", None)
         unit = current_unit()
-        if run is None or unit is None:
+        if run is None or run.ended or unit is None:
             if inspect.iscoroutine(send):
                 send.close()
             raise SessionNotLoadedError(
@@ -328,12 +338,13 @@ class SessionContext(
                 "use_sessions(builder, sessions) to use context.session"
             )
         run: UpdateRun | None = getattr(self, "_botsessions_run", None)
-        if run is None or run.sessions is None or not run.begun:
+        sessions = run.loaded_sessions if run is not None else None
+        if sessions is None:
             raise SessionNotLoadedError(
                 "context.session exists only while an update is processed by a "
                 "SessionApplication (not in jobs, and not before the handlers run)"
             )
-        return run.sessions
+        return sessions
 
     @property
     def session(self) -> S:
@@ -636,12 +647,13 @@ class SessionApplication(Application):  # type: ignore[type-arg]
 
     def _ptb_sessions(self, what: str) -> UpdateSessions:
         run = _current.get()
-        if run is None or run.sessions is None or not run.begun:
+        sessions = run.loaded_sessions if run is not None else None
+        if sessions is None:
             raise SessionNotLoadedError(
                 f"{what} under DjangoPersistence takes effect in the commit of the update "
                 "being processed; call it from a handler"
             )
-        return run.sessions
+        return sessions
 
     @property
     def session_bot_id(self) -> int:
@@ -712,6 +724,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
                 await super().process_update(update)
             await run.finish()
         finally:
+            run.ended = True
             if states is not None:
                 ptb.finish(states)  # type: ignore[union-attr]
             _current.reset(token)
@@ -732,7 +745,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         coroutine: Any = None,
     ) -> bool:
         run = _current.get()
-        if run is not None and update is run.update:
+        if run is not None and update is run.update and not run.ended:
             run.failed = True
             # A lazy read, or a handler's own query, failed for want of the database
             # (down, a lock wait past the timeout, a deadlock): deliver it again.
@@ -745,7 +758,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         self, coroutine: Any, update: object | None = None, *, name: str | None = None
     ) -> asyncio.Task[Any]:
         run = _current.get()
-        if run is None or update is not run.update:
+        if run is None or update is not run.update or run.ended:
             return super().create_task(coroutine, update=update, name=name)
         # Non-blocking handlers: the session is saved only after they finish. PTB warns
         # that tasks of an application that is not running (the webhook's never is) are

@@ -21,6 +21,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
+from telegram import Update
 from telegram.ext import (
     ApplicationBuilder,
     CallbackQueryHandler,
@@ -438,6 +439,80 @@ def test_drop_outside_an_update_says_why(make_bot):
         bot.application.drop_chat_data(GROUP)
 
 
+def test_a_job_the_handler_scheduled_cannot_drop_data_of_a_finished_update(make_bot):
+    """APScheduler runs a job in a copy of the scheduling handler's context: the drop must
+    not land in that update, committed long before, and be lost without a word."""
+    refused: list[BaseException] = []
+
+    async def cleanup(context: Any) -> None:
+        try:
+            context.application.drop_chat_data(GROUP)
+        except SessionNotLoadedError as exc:
+            refused.append(exc)
+
+    async def later(update: Any, context: Any) -> None:
+        context.job_queue.run_once(cleanup, 0.01)
+
+    bot = make_bot(
+        None,
+        [CommandHandler("later", later), MessageHandler(filters.TEXT, remember)],
+        configure=with_persistence(),
+    )
+    bot.runner.initialize()
+    bot.runner.run(bot.application.start())  # as runbot does: the JobQueue runs
+    try:
+        bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+        bot.process(message("/later", chat_id=GROUP, user_id=ALICE))
+        bot.runner.run(asyncio.sleep(0.3))
+    finally:
+        bot.runner.run(bot.application.stop())
+    assert "call it from a handler" in str(refused[0])
+    assert row("ptb.chat_data", f"chat:{GROUP}") == {"chat": 1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_conversation_timeout_cannot_reach_the_state_of_the_update_it_outlived(api):
+    """PTB hands a conversation's TIMEOUT handlers the context of the update that started
+    the wait, long processed: reading it would give stale data, a write would be lost."""
+    seen: list[Any] = []
+
+    async def begin(update: Any, context: Any) -> int:
+        context.user_data["step"] = "started"
+        return NAME
+
+    async def timed_out(update: Any, context: Any) -> None:
+        try:
+            seen.append(dict(context.user_data))
+        except SessionNotLoadedError as exc:
+            seen.append(exc)
+
+    conversation = ConversationHandler(
+        entry_points=[CommandHandler("start", begin)],
+        states={
+            NAME: [MessageHandler(filters.TEXT, begin)],
+            ConversationHandler.TIMEOUT: [TypeHandler(Update, timed_out)],
+        },
+        fallbacks=[],
+        conversation_timeout=0.1,  # not persistent: allowed under runbot
+    )
+    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url).updater(None)
+    application = use_sessions(builder.persistence(DjangoPersistence())).build()
+    application.add_handler(conversation)
+
+    async def run_like_runbot() -> None:
+        async with application:
+            await application.start()
+            start_update = message("/start", chat_id=ALICE, user_id=ALICE)
+            await application.process_update(Update.de_json(start_update, application.bot))
+            await asyncio.sleep(0.5)
+            await application.stop()
+
+    asyncio.run(run_like_runbot())
+    [refusal] = seen
+    assert isinstance(refusal, SessionNotLoadedError)
+    assert row("ptb.user_data", f"user:{ALICE}") == {"step": "started"}
+
+
 @pytest.mark.parametrize("announcement", ["migrate_to_chat_id", "migrate_from_chat_id"])
 def test_migrate_chat_data_moves_the_group_data_to_the_supergroup(make_bot, announcement):
     async def migrate(update: Any, context: Any) -> None:
@@ -527,6 +602,36 @@ def test_migrating_a_group_without_data_leaves_the_supergroups_data(make_bot, an
     bot.process(both_notices(first=announcement)[0])
     assert row("ptb.chat_data", f"chat:{GROUP}") is None
     assert row("ptb.chat_data", f"chat:{SUPERGROUP}") == {"chat": 1}
+
+
+@pytest.mark.parametrize("later", ["reads", "writes"])
+def test_after_migrate_chat_data_the_old_chat_s_handlers_see_fresh_data(make_bot, later):
+    """As in PTB: on the old group's notice, a later handler of the update gets fresh
+    chat_data, not ``None``; what it writes is the old chat's, else that row stays gone."""
+
+    async def migrate(update: Any, context: Any) -> None:
+        context.application.migrate_chat_data(message=update.message)
+
+    async def touch(update: Any, context: Any) -> None:
+        if later == "writes":
+            context.chat_data["after"] = True
+        else:
+            assert context.chat_data.get("chat") is None
+
+    bot = make_bot(
+        None,
+        [
+            MessageHandler(filters.StatusUpdate.MIGRATE, migrate),
+            MessageHandler(filters.TEXT, remember),
+        ],
+        configure=with_persistence(),
+    )
+    bot.application.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, touch), group=1)
+    bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    assert bot.process(service_message(GROUP, migrate_to_chat_id=SUPERGROUP)) == "committed"
+    assert row("ptb.chat_data", f"chat:{SUPERGROUP}") == {"chat": 1}
+    expected = {"after": True} if later == "writes" else None
+    assert row("ptb.chat_data", f"chat:{GROUP}") == expected
 
 
 def test_migrate_chat_data_outside_a_migration_update_says_why(make_bot):
