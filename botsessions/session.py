@@ -809,6 +809,14 @@ class UpdateSessions:
     async def unlock_storages(self) -> None:
         """Give back the locks the update's storages took (Redis's; the database's end
         with the transaction)."""
+        for fragment in self._states:
+            # A lazy read a failed handler started and never awaited may still be on its
+            # way: let it end (its outcome no longer matters), so that the locks it takes
+            # are given back here rather than left to expire.
+            task = fragment._load_task
+            if task is not None and not task.done():
+                with contextlib.suppress(Exception):
+                    await task
         locked, self._locked_in = self._locked_in, []
         for storage, keys in locked:
             if storage is None:

@@ -108,6 +108,20 @@ def test_a_failed_handler_writes_nothing_and_gives_its_locks_back(make_bot, pref
     assert raw.keys(prefix + "*") == []  # no session, no record, no lock
 
 
+def test_a_lazy_read_a_failed_handler_never_awaited_gives_its_lock_back(make_bot, prefix, raw):
+    """The read starts on access and takes the key's lock once it runs, after the handler
+    has failed: it must not be left holding the lock until it expires."""
+
+    async def fail(update: Any, context: Any) -> None:
+        context.session  # noqa: B018  (starts the lazy read, never awaited)
+        raise RuntimeError("no")
+
+    lazy = Sessions(storage=storage(prefix), lazy=True, initial=lambda: {"count": 0})
+    bot = make_bot(lazy, [MessageHandler(filters.TEXT, fail)])
+    assert bot.process(message()) == Outcome.HANDLER_FAILED
+    assert raw.keys(prefix + "*") == []  # no session, no record, no lock
+
+
 def test_a_ttl_is_redis_expiry(make_bot, prefix, raw):
     bot = make_bot(
         counter(prefix, ttl=timedelta(milliseconds=400)), [MessageHandler(filters.TEXT, count)]
