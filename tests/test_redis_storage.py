@@ -473,12 +473,19 @@ def test_newer_data_is_refused_and_left_alone(make_bot, prefix, raw):
     assert raw.get(name) == before
 
 
+# Revisions int() reads but the commit script does not: each would refuse every write.
+ODD_REVISIONS = {"negative": "-1", "spaced": " 1", "underscored": "1_0", "arabic": "\u0661"}
+
+
 @pytest.mark.parametrize(
-    "kind", ["not json", "not our format", "a hash", "a year past 9999", "400 digits"]
+    "kind",
+    ["not json", "not our format", "a hash", "a year past 9999", "400 digits", *ODD_REVISIONS],
 )
 def test_bad_stored_data_is_left_alone_and_other_chats_go_on(make_bot, prefix, raw, kind):
     name = f"{prefix}{{{BOT}}}:s::chat:{ALICE}"
-    if kind == "not json":
+    if kind in ODD_REVISIONS:
+        raw.set(name, ODD_REVISIONS[kind] + '|||{"count": 5}')
+    elif kind == "not json":
         raw.set(name, "1|||{not json")
     elif kind == "not our format":
         raw.set(name, '{"count": 1}')

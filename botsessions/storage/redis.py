@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -617,6 +618,10 @@ def _glob(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+_DIGITS = re.compile(r"[0-9]+")
+_VERSION = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:E[+-]?[0-9]+)?")
+
+
 def _decode(key: StorageKey, value: Any) -> StoredSession | None:
     """A stored value as a record; raises :class:`StoredDataError` for one not ours."""
     if value is None:
@@ -626,6 +631,14 @@ def _decode(key: StorageKey, value: Any) -> StoredSession | None:
     try:
         text = value.decode() if isinstance(value, bytes) else value
         revision, version, expiry, data = text.split("|", 3)
+        # As the scripts read them (ASCII digits), not as int() would ("-1", " 1", "1_0"):
+        # a revision the commit script cannot read would refuse every write of the key.
+        if not (
+            _DIGITS.fullmatch(revision)
+            and (not version or _VERSION.fullmatch(version))
+            and (not expiry or _DIGITS.fullmatch(expiry))
+        ):
+            raise ValueError(f"unreadable revision, version or expiry in {text[:60]!r}")
         return StoredSession(
             data=data,
             version=Decimal(version) if version else None,
