@@ -502,6 +502,33 @@ def test_bad_stored_data_is_left_alone_and_other_chats_go_on(make_bot, prefix, r
     assert raw.exists(f"{prefix}{{{BOT}}}:lock::chat:{ALICE}") == 0
 
 
+def test_a_chat_migration_moves_the_rest_past_a_bad_key_and_leaves_it(
+    make_bot, prefix, raw, caplog
+):
+    """One undecodable session of the group must not fail the migration for good: it is
+    left where it is, logged, and the chat's other sessions move."""
+    from botsessions import per_user_in_chat
+
+    from .updates import GROUP, SUPERGROUP, service_message
+
+    store = storage(prefix)
+    sessions = Sessions.multi(
+        chat=Fragment(initial=lambda: {"count": 0}, storage=store),
+        member=Fragment(initial=dict, key=per_user_in_chat, storage=store),
+        migrate_chats=True,
+    )
+    bot = make_bot(sessions, [])
+    run(store.write(StorageKey(BOT, "chat", f"chat:{GROUP}"), StoredSession('{"count": 3}')))
+    bad = f"{prefix}{{{BOT}}}:s:member:chat:{GROUP}:user:{ALICE}"
+    raw.set(bad, "x|||{}")
+    notice = service_message(GROUP, migrate_to_chat_id=SUPERGROUP)
+    assert bot.process(notice) == Outcome.COMMITTED
+    moved = run(store.read(StorageKey(BOT, "chat", f"chat:{SUPERGROUP}")))
+    assert moved is not None and moved.data == '{"count": 3}'
+    assert raw.get(bad) == "x|||{}"  # left alone
+    assert f"member/chat:{GROUP}:user:{ALICE} not moved" in caplog.text
+
+
 def test_redis_going_away_is_a_storage_error_and_nothing_is_written(make_bot, prefix, raw):
     from botsessions.storage.redis import RedisStorage
 

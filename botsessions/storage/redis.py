@@ -557,7 +557,12 @@ class RedisStorage(SessionStorage):
         """Move each pair in one commit (created new, deleted old), never overwriting."""
         moved = []
         for old, new in pairs:
-            records = await self.read_many([old, new])
+            try:
+                records = await self.read_many([old, new])
+            except StoredDataError as exc:
+                # Bad stored data is left alone here too, and the other keys still move.
+                logger.error("botsessions: session %s not moved to %s: %s", old, new, exc)
+                continue
             record = records[old]
             if record is None or records[new] is not None:
                 continue
