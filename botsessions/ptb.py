@@ -60,6 +60,7 @@ from .persistence import (
     conversations_in,
 )
 from .session import FragmentSession, UpdateSessions, is_internal
+from .storage.base import SessionStorage
 from .unit import AfterCommit, DatabaseThreads, current_unit, process_as_unit
 
 logger = logging.getLogger("botsessions")
@@ -600,6 +601,13 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         if self.ptb_state is not None:
             self.ptb_state.install()
 
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        # Connections the storages opened on this loop (Redis's, from url=) end with it:
+        # under the webhook's runner, runbot, and a test kit's BotClient alike.
+        for storage in self.session_storages():
+            await storage.close_for_loop()
+
     async def update_persistence(self) -> None:
         """PTB's timer; under DjangoPersistence each update has written its state already."""
         if self.ptb_state is None:
@@ -668,6 +676,14 @@ class SessionApplication(Application):  # type: ignore[type-arg]
             return bot_id
         self._bot_id_of = (token, int(head))
         return self._bot_id_of[1]
+
+    def session_storages(self) -> list[SessionStorage]:
+        """The storages the application's fragments use, each once."""
+        found: dict[int, SessionStorage] = {}
+        for fragment in self.engine_sessions.fragments.values():
+            storage = fragment.resolve_storage()
+            found.setdefault(id(storage), storage)
+        return list(found.values())
 
     @property
     def unit_database(self) -> str:

@@ -529,6 +529,42 @@ def test_a_chat_migration_moves_the_rest_past_a_bad_key_and_leaves_it(
     assert f"member/chat:{GROUP}:user:{ALICE} not moved" in caplog.text
 
 
+def connections_named(raw: Any, name: str) -> int:
+    return sum(1 for client in raw.client_list() if client.get("name") == name)
+
+
+def test_a_loop_that_ended_leaves_no_client_behind(prefix, raw):
+    """A storage made from url= used from one asyncio.run() after another (a script's
+    loop of calls) keeps no connection of a loop that has ended."""
+    import gc
+    import secrets
+
+    name = f"bs-{secrets.token_hex(4)}"
+    store = storage(prefix, client_name=name)
+    for _ in range(5):
+        asyncio.run(store.read(KEY))
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while connections_named(raw, name) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server sees the sockets close
+    assert connections_named(raw, name) <= 1
+
+
+def test_a_runner_shutting_down_closes_its_redis_connections(make_bot, prefix, raw):
+    import secrets
+
+    name = f"bs-{secrets.token_hex(4)}"
+    sessions = Sessions(initial=lambda: {"count": 0}, storage=storage(prefix, client_name=name))
+    bot = make_bot(sessions, [MessageHandler(filters.TEXT, count)])
+    assert bot.process(message()) == Outcome.COMMITTED
+    assert connections_named(raw, name) >= 1
+    bot.runner.shutdown()
+    deadline = time.monotonic() + 5
+    while connections_named(raw, name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert connections_named(raw, name) == 0
+
+
 def test_redis_going_away_is_a_storage_error_and_nothing_is_written(make_bot, prefix, raw):
     from botsessions.storage.redis import RedisStorage
 

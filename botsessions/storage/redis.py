@@ -241,6 +241,12 @@ class RedisStorage(SessionStorage):
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
+            # A client holds its loop through its connections (and its scripts hold the
+            # client), so weak keys alone never let go of a loop that has ended
+            # (asyncio.run() in a loop of calls): such clients are dropped here, and their
+            # sockets closed as they are collected.
+            for ended in [known for known in self._clients if known.is_closed()]:
+                self._scripts.pop(self._clients.pop(ended), None)
             client = self._clients[loop] = self._new_client()
         return client
 
@@ -592,11 +598,13 @@ class RedisStorage(SessionStorage):
         """Close the client made for the running loop (never one passed as ``client``)."""
         client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
+            self._scripts.pop(client, None)
             await client.aclose()
 
     async def aclose(self) -> None:
         """Close the clients this storage made (not one passed as ``client``)."""
         for client in list(self._clients.values()):
+            self._scripts.pop(client, None)
             await client.aclose()
         self._clients.clear()
 
