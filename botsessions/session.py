@@ -722,7 +722,20 @@ class UpdateSessions:
                 if not await primary.commit(own, self.mark):
                     return None
                 for storage, batch in others.values():
-                    await storage.commit(batch, None)
+                    # Committed with its record in the primary storage, the update is
+                    # done: a failure here cannot be undone, only reported.
+                    try:
+                        await storage.commit(batch, None)
+                    except StorageError as exc:
+                        update_id = self.mark.update_id if self.mark is not None else None
+                        logger.error(
+                            "botsessions: update %s is committed in %r, but its sessions in "
+                            "%r could not be saved and are lost: %s",
+                            update_id,
+                            primary,
+                            storage,
+                            exc,
+                        )
             else:
                 # The record commits in the update's transaction, with the handlers' rows and
                 # the database's fragments; storages outside it (Redis) follow its COMMIT, so

@@ -638,6 +638,35 @@ def locks(raw: Any, prefix: str) -> list[str]:
     return [name for name in raw.keys(prefix + "*") if ":lock:" in name]
 
 
+def test_a_second_redis_storage_failing_after_the_first_committed_is_logged_as_lost(
+    make_bot, prefix, raw, proxy, caplog
+):
+    """Two RedisStorage objects (two servers, say) are two commits: the first holds the
+    update's record, so once it has committed the update is done. The second one
+    failing then loses its changes, said in the log, instead of a 503 whose redelivery
+    would be a duplicate that loses them without a word."""
+    cut: list[bool] = []
+
+    async def both(update: Any, context: Any) -> None:
+        context.session.menu["n"] += 1
+        context.session.wizard["n"] += 1
+        if cut:
+            proxy.cut()  # the second server goes away before the commit
+
+    sessions = Sessions.multi(
+        menu=Fragment(initial=lambda: {"n": 0}, storage=storage(prefix)),
+        wizard=Fragment(initial=lambda: {"n": 0}, key=per_user, storage=behind(proxy, prefix)),
+    )
+    bot = make_bot(sessions, [MessageHandler(filters.TEXT, both)])
+    assert bot.process(message()) == Outcome.COMMITTED
+    cut.append(True)
+    update = message()
+    assert bot.process(update) == Outcome.COMMITTED
+    assert "could not be saved and are lost" in caplog.text
+    proxy.restore()
+    assert bot.process(update) == Outcome.DUPLICATE
+
+
 def test_a_commit_whose_reply_is_lost_but_landed_is_committed(make_bot, api, prefix, raw, proxy):
     """Redis ran the commit, record included; its reply never came. The update is
     committed all the same: its sends after the commit go out, a redelivery is a
