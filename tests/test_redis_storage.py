@@ -122,6 +122,12 @@ def test_a_lazy_read_a_failed_handler_never_awaited_gives_its_lock_back(make_bot
     assert raw.keys(prefix + "*") == []  # no session, no record, no lock
 
 
+def test_a_lock_timeout_under_a_millisecond_still_locks(make_bot, prefix, settings):
+    settings.BOTSESSIONS_LOCK_TIMEOUT = 0.0005  # E011 allows it; Redis refuses PX 0
+    bot = make_bot(counter(prefix), [MessageHandler(filters.TEXT, count)])
+    assert bot.process(message()) == Outcome.COMMITTED
+
+
 def test_a_ttl_is_redis_expiry(make_bot, prefix, raw):
     bot = make_bot(
         counter(prefix, ttl=timedelta(milliseconds=400)), [MessageHandler(filters.TEXT, count)]

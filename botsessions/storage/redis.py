@@ -341,7 +341,7 @@ class RedisStorage(SessionStorage):
         if mark is not None:
             names.append(self.mark_name(mark))
         args: list[Any] = [len(wanted), "1" if mark is not None else "0"]
-        args.append(int(settings.LOCK_TIMEOUT * 1000) if wanted else 0)
+        args.append(max(1, int(settings.LOCK_TIMEOUT * 1000)) if wanted else 0)  # PX 0 is refused
         args += tokens
         # Remembered before sending: a read whose reply is lost may have taken them.
         taking = {k: t for k, t in zip(wanted, tokens, strict=True) if k not in self._tokens}
