@@ -222,15 +222,20 @@ def conversation_key_text(handler: ConversationHandler[Any], update: object) -> 
         return None
     parts = iter(key)
     words = []
+    place = place_of(update)
     if handler.per_chat:
-        words.append(f"chat:{next(parts)}")
+        chat = f"chat:{next(parts)}"
+        if place is not None and place.chat_names_user and not handler.per_user:
+            # A private guest chat's id is one of two people's: the summoner keeps
+            # different people's chats apart, as in per_chat's own key.
+            chat = place.chat or chat
+        words.append(chat)
     if handler.per_user:
         words.append(f"user:{next(parts)}")
     if handler.per_message:
         query = update.callback_query  # type: ignore[attr-defined]
         kind = "inline" if query.inline_message_id else "message"
         words.append(f"{kind}:{next(parts)}")
-    place = place_of(update)
     return (place.space if place is not None else "") + ":".join(words)
 
 

@@ -61,6 +61,7 @@ from .updates import (
     callback_query,
     channel_post,
     edited_message,
+    guest_message,
     message,
     service_message,
 )
@@ -747,6 +748,35 @@ def test_business_conversations_are_apart_from_the_bots_own(make_bot, api):
     bot.process(message("/signup", chat_id=BOB, user_id=BOB))
     assert row("ptb.conversation.signup", f"chat:{BOB}:user:{BOB}") == NAME
     assert row("ptb.conversation.signup", f"business:{CONNECTION}:chat:{BOB}:user:{BOB}") is None
+
+
+def test_private_guest_chats_keep_their_per_chat_conversations_apart(make_bot, api):
+    """Two people summon the bot in their private chats with the same third person: both
+    chats carry that person's id, and the summoner keeps them apart, as chat_data does."""
+    carol = 444444444
+
+    async def ask(update: Any, context: Any) -> int:
+        await update.effective_message.reply_text("Which size?")
+        return NAME
+
+    async def answer(update: Any, context: Any) -> int:
+        await update.effective_message.reply_text(f"Size {update.effective_message.text}.")
+        return ConversationHandler.END
+
+    handler = ConversationHandler(
+        entry_points=[MessageHandler(filters.Regex("order"), ask)],
+        states={NAME: [MessageHandler(filters.TEXT, answer)]},
+        fallbacks=[],
+        per_user=False,
+        name="order",
+        persistent=True,
+    )
+    bot = make_bot(None, [handler], configure=with_persistence())
+    api.reset()
+    bot.process(guest_message("order pizza", chat_id=carol, user_id=ALICE))
+    bot.process(guest_message("large", chat_id=carol, user_id=BOB))  # not Alice's order
+    assert api.sent_texts() == ["Which size?"]
+    assert row("ptb.conversation.order", f"guest:chat:{carol}:user:{ALICE}") == NAME
 
 
 def test_a_failing_step_keeps_the_previous_state(make_bot):
