@@ -117,6 +117,58 @@ def test_every_write_slides_the_expiry(make_bot, timed, clock):
     assert timed.stored_text(BOT, "", KEY) == '{"n":3}'
 
 
+@pytest.fixture
+def database_in_new_york() -> Any:
+    """The database's own TIME_ZONE (Django writes its datetimes in that zone's time)."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        # PostgreSQL keeps time zones itself (Django refuses a TIME_ZONE there); on
+        # MariaDB the update's thread has a connection of its own, set up already.
+        pytest.skip("the update shares the test's connection on SQLite only")
+    cached = ("timezone", "timezone_name")
+    connection.settings_dict["TIME_ZONE"] = "America/New_York"
+    for name in cached:
+        connection.__dict__.pop(name, None)
+    yield
+    connection.settings_dict["TIME_ZONE"] = None
+    for name in cached:
+        connection.__dict__.pop(name, None)
+
+
+def test_a_database_time_zone_neither_expires_nor_keeps_sessions_wrongly(
+    make_bot, database_in_new_york
+):
+    seen: list[int] = []
+
+    async def handler(update, context):
+        seen.append(context.session["n"])
+        context.session["n"] += 1
+
+    sessions = Sessions(initial=lambda: {"n": 0}, ttl=timedelta(hours=2))
+    bot = make_bot(sessions, [every_update(handler)])
+    for _ in range(3):
+        bot.process(message("x"))
+    assert seen == [0, 1, 2]  # read as UTC, every row looked five hours expired
+
+
+def test_an_unreadable_expiry_is_bad_stored_data_left_alone(make_bot):
+    """A hand edit SQLite let through (its column is text): not taken for "no expiry"
+    and overwritten, but logged and left alone."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the other databases' datetime columns refuse such text")
+    bot = make_bot(Sessions(initial=lambda: {"n": 0}, ttl=timedelta(hours=1)), [counter()])
+    bot.process(message("x"))
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE botsessions_session SET expires_at = 'tomorrow'")
+    assert bot.process(message("x")) == "bad_stored_data"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CAST(expires_at AS TEXT), data FROM botsessions_session")
+        assert cursor.fetchall() == [("tomorrow", '{"n":1}')]
+
+
 def test_memory_storage_has_its_own_ttl():
     import asyncio
 

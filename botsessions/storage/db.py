@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -237,7 +237,7 @@ class DatabaseStorage(SessionStorage):
                 records[storage_key] = StoredSession(
                     data=data if isinstance(data, str) else _json_text(data),
                     version=None if version is None else Decimal(str(version)),
-                    expires_at=_aware(expires_at),
+                    expires_at=_aware(expires_at, connection.timezone or UTC),
                     revision=int(revision),
                 )
             except _UNDECODABLE as exc:
@@ -419,17 +419,23 @@ def _stamp(connection: Any, now: datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(now)
 
 
-def _aware(value: Any) -> datetime | None:
-    """Normalise what the driver returns for a datetime column to an aware UTC datetime."""
+def _aware(value: Any, zone: tzinfo) -> datetime | None:
+    """What the driver returns for a datetime column, as an aware datetime.
+
+    A naive one is in the connection's time zone (the database's ``TIME_ZONE``, UTC
+    unless set), as Django wrote it; text that is no datetime is refused, not taken
+    for "no expiry".
+    """
     if value is None:
         return None
     if isinstance(value, str):
-        value = parse_datetime(value)
-        if value is None:
-            return None
+        parsed = parse_datetime(value)
+        if parsed is None:
+            raise ValueError(f"expires_at {value[:40]!r} is not a datetime")
+        value = parsed
     stamp: datetime = value
     if timezone.is_naive(stamp):
-        return stamp.replace(tzinfo=UTC)
+        return timezone.make_aware(stamp, zone).astimezone(UTC)
     return stamp
 
 
