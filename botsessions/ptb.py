@@ -181,6 +181,14 @@ class UpdateRun:
                 self.outcome = Outcome.HANDLER_FAILED
             return
         try:
+            # An awaitable a handler assigned is the handler's own code: when it raises,
+            # the handler failed (or, for want of the database, the update is retried).
+            await self.sessions.await_assigned()
+        except Exception as exc:
+            self.outcome = Outcome.HANDLER_FAILED
+            await self.application.process_error(update=self.update, error=exc)
+            return
+        try:
             if self.application.ptb_state is not None:
                 self.application.ptb_state.before_commit(self.sessions)
             changed = await self.sessions.commit()

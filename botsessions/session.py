@@ -229,6 +229,8 @@ class FragmentSession:
         """Replace the data; ``None`` deletes the session when the update completes."""
         if self.key is None:
             self.require_key()
+        if isinstance(value, _LazyValue) and value._fragment is self:
+            return  # ``context.session = context.session``: it stays what it is
         self.assigned = True
         self.value = value
 
@@ -818,6 +820,12 @@ class UpdateSessions:
                     await storage.unlock(keys)
 
         unit.when_ended(finish)
+
+    async def await_assigned(self) -> None:
+        """Await what handlers assigned as awaitables (raising what those raise)."""
+        for fragment in self._states:
+            if fragment.assigned and _is_awaitable(fragment.value):
+                fragment.value = await fragment.value
 
     async def unlock_storages(self) -> None:
         """Give back the locks the update's storages took (Redis's; the database's end

@@ -146,6 +146,36 @@ def test_assigned_awaitable_is_awaited_and_its_result_written(make_bot, probe):
     assert probe.stored_text(BOT, "", KEY) == "42"
 
 
+def test_an_assigned_awaitable_that_raises_fails_the_handler(make_bot, probe):
+    """It is the handler's code: the update ends as a failed handler's (200, nothing
+    kept) and the error handlers are told, not as a 500 that Telegram redelivers."""
+
+    async def fetch() -> int:
+        raise RuntimeError("the menu service is down")
+
+    async def handler(update, context):
+        context.session = fetch()
+
+    bot = make_bot(lazy(probe.storage, initial=dict), [every_update(handler)])
+    assert bot.process(message("x")) == "handler_failed"
+    assert "the menu service is down" in str(bot.errors[0])
+    assert probe.stored_text(BOT, "", KEY) is None
+
+
+def test_a_lazy_session_assigned_to_itself_stays_as_it_was(make_bot, probe):
+    async def count(update, context):
+        (await context.session)["n"] += 1
+
+    async def same(update, context):
+        context.session = context.session
+
+    bot = make_bot(lazy(probe.storage, initial=lambda: {"n": 0}), [every_update(count)])
+    bot.process(message("x"))
+    again = make_bot(lazy(probe.storage, initial=lambda: {"n": 0}), [every_update(same)])
+    assert again.process(message("y")) == "unchanged"
+    assert probe.stored_text(BOT, "", KEY) == '{"n":1}'
+
+
 def test_pending_read_is_awaited_before_the_commit(make_bot):
     storage = RecordingStorage()
 
