@@ -195,6 +195,15 @@ class DataclassSerializer(Generic[T]):
             plain = self._plain(value)
         except TypeError as exc:
             raise SessionDataError(str(exc)) from exc
+        try:
+            _resolve_field_types(self.cls)  # type: ignore[arg-type]  # a class is hashable
+        except Exception as exc:
+            # Written now, it could never be read back: every later update would fail.
+            raise SessionDataError(
+                f"{self.cls.__name__} could not be read back: its field types do not "
+                f"resolve ({type(exc).__name__}: {exc}); define the dataclasses where "
+                "typing.get_type_hints finds them (at module level)"
+            ) from exc
         text = self._json.dumps(plain)
         # The engine measures the nesting of the value it holds: here, of the fields.
         if text.count("[") + text.count("{") > MAX_NESTING and deeper_than(plain, MAX_NESTING):
@@ -215,6 +224,22 @@ class DataclassSerializer(Generic[T]):
 
 # A dataclass's field types, resolved once: loads runs on every update.
 _type_hints = functools.cache(typing.get_type_hints)
+
+
+@functools.cache
+def _resolve_field_types(cls: type) -> None:
+    """Resolve the field types of ``cls`` and of the dataclasses they name (a class may
+    name itself), as :func:`_from_plain` will; raises what ``get_type_hints`` raises."""
+    seen: set[int] = set()
+    pending: list[Any] = [cls]
+    while pending:
+        kind = pending.pop()
+        if id(kind) in seen:
+            continue
+        seen.add(id(kind))
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            pending += _type_hints(kind).values()
+        pending += typing.get_args(kind)
 
 
 def _from_plain(kind: Any, data: Any) -> Any:

@@ -43,6 +43,11 @@ class Profile:
     places: dict[str, Address] = field(default_factory=dict)
 
 
+@dataclass
+class Node:
+    children: list[Node] = field(default_factory=list)
+
+
 def every_update(callback: Any) -> TypeHandler[Any, Any]:
     return TypeHandler(Update, callback)
 
@@ -93,6 +98,44 @@ def test_dataclass_serializer_refuses_what_would_not_come_back():
     assert serializer.loads('{"visits": 2}') == Profile(visits=2)  # new fields: defaults
     with pytest.raises(ConfigurationError):
         DataclassSerializer(dict)
+
+
+def test_a_dataclass_whose_field_types_do_not_resolve_is_never_written(make_bot, probe):
+    """Defined in a function under ``from __future__ import annotations``, its field
+    types cannot be resolved when the data is read: refused when written (the handler
+    fails and is told why), not stored to fail every later update."""
+
+    @dataclass
+    class Item:
+        name: str
+
+    @dataclass
+    class Basket:
+        items: list[Item] = field(default_factory=list)
+
+    async def add(update: Any, context: Any) -> None:
+        context.session.items.append(Item("cake"))
+
+    sessions = Sessions(
+        storage=probe.storage, initial=Basket, serializer=DataclassSerializer(Basket)
+    )
+    bot = make_bot(sessions, [every_update(add)])
+    assert bot.process(message("x")) == Outcome.HANDLER_FAILED
+    assert "could not be read back" in str(bot.errors[0])
+    assert probe.stored_text(BOT, "", f"chat:{ALICE}") is None
+
+
+def test_a_dataclass_naming_itself_is_written_and_read(make_bot, probe):
+    async def grow(update: Any, context: Any) -> None:
+        context.session.children.append(Node())
+
+    sessions = Sessions(storage=probe.storage, initial=Node, serializer=DataclassSerializer(Node))
+    bot = make_bot(sessions, [every_update(grow)])
+    assert [bot.process(message("x")) for _ in "ab"] == [Outcome.COMMITTED] * 2
+    assert (
+        probe.stored_text(BOT, "", f"chat:{ALICE}")
+        == '{"children":[{"children":[]},{"children":[]}]}'
+    )
 
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["strict", "lazy"])
