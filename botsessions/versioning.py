@@ -75,13 +75,21 @@ def _as_version(value: object) -> Decimal:
         raise ConfigurationError(f"migration version {value!r} must be a finite number >= 0")
     # What the version column keeps (numeric(20, 6)): a finer version would be stored
     # rounded, and its step would run again on every update; a larger one not at all.
-    if number >= _VERSION_LIMIT or number != number.quantize(_VERSION_STEP, ROUND_DOWN):
+    # SQLite keeps a decimal number in a float: 15 significant digits come back as they
+    # were written, more may not.
+    digits = len(number.normalize().as_tuple().digits)
+    if (
+        number >= _VERSION_LIMIT
+        or number != number.quantize(_VERSION_STEP, ROUND_DOWN)
+        or digits > _VERSION_DIGITS
+    ):
         raise ConfigurationError(
             f"migration version {value!r} does not fit what is stored: "
-            "below 10**14, with at most 6 decimal places"
+            "below 10**14, with at most 6 decimal places and 15 digits in all"
         )
     return number
 
 
 _VERSION_LIMIT = Decimal(10) ** 14
 _VERSION_STEP = Decimal("0.000001")
+_VERSION_DIGITS = 15

@@ -202,7 +202,10 @@ def test_duplicate_versions_are_refused():
         DataMigrations({1: lambda d: d, "1.0": lambda d: d})
 
 
-@pytest.mark.parametrize("version", [1.0000001, "0.0000005", 10**14, "1e15"])
+@pytest.mark.parametrize(
+    "version",
+    [1.0000001, "0.0000005", 10**14, "1e15", "99999999999.999999", "20240115123.000001"],
+)
 def test_versions_the_database_cannot_keep_are_refused(version):
     """Stored rounded, a step would run again on every update; too large, no write fits."""
     with pytest.raises(ConfigurationError, match="does not fit"):
@@ -211,6 +214,16 @@ def test_versions_the_database_cannot_keep_are_refused(version):
 
 def test_the_finest_and_largest_versions_stored_are_accepted():
     DataMigrations({"0.000001": lambda d: d, 10**14 - 1: lambda d: d, "99.5": lambda d: d})
+
+
+@pytest.mark.parametrize("version", ["999999999.999999", "99999999999999", "0.000001"])
+def test_the_longest_versions_accepted_come_back_exactly(make_bot, version):
+    """Fifteen digits: what SQLite, which keeps them in a float, gives back unchanged."""
+    steps: list[Any] = []
+    sessions = Sessions(initial=lambda: {"n": 0}, migrations={version: steps.append})
+    bot = make_bot(sessions, [counter()])
+    assert [bot.process(message("x")) for _ in "abc"] == ["committed"] * 3
+    assert steps == []  # never at an older version: never migrated
 
 
 def test_absent_data_is_not_migrated(make_bot, timed):
