@@ -3,7 +3,8 @@
 Django's ASGI handler reads a request's whole body (spooling it to disk) before any view
 runs, so the webhook view's size check would come after a 1 GiB upload was received.
 This wrapper answers 413 from the declared ``Content-Length``, or after at most
-``BOTSESSIONS_MAX_BODY_SIZE + 1`` bytes of a body without one, for the URLs served by a
+``BOTSESSIONS_MAX_BODY_SIZE + 1`` bytes of any body, whatever its headers say, for every
+request (any method) to the URLs served by a
 :class:`~botsessions.webhook.AsyncTelegramWebhookView` (or the WSGI view, when an ASGI
 server serves that); every other request passes untouched::
 
@@ -34,18 +35,19 @@ class WebhookBodyLimit:
         self.application = application
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST" or not _is_webhook(scope):
+        # Every method: the view refuses all but POST, but only after Django has read the
+        # body, and a server may pass a method on as the client spelt it ("post").
+        if scope["type"] != "http" or not _is_webhook(scope):
             await self.application(scope, receive, send)
             return
         limit = settings.MAX_BODY_SIZE
         declared = _content_length(scope)
-        if declared is not None:
-            # A malformed value goes on to the view, which answers 400 for it.
-            if declared.isdigit() and int(declared) > limit:
-                await _too_large(send, limit)
-                return
-            await self.application(scope, receive, send)
+        # A malformed value goes on to the view, which answers 400 for it.
+        if declared is not None and _digits(declared) and int(declared) > limit:
+            await _too_large(send, limit)
             return
+        # What arrives is counted all the same: with Transfer-Encoding also sent, a server
+        # may deliver a chunked body longer than the Content-Length said.
         received: list[Message] = []
         size = 0
         while True:
@@ -76,6 +78,10 @@ def _is_webhook(scope: Scope) -> bool:
     except Resolver404:
         return False
     return served_bot(match.func) is not None
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # not "²", which isdigit() takes
 
 
 def _content_length(scope: Scope) -> str | None:

@@ -91,10 +91,28 @@ def test_undeclared_small_body_reaches_django_intact(settings: Any) -> None:
     assert inner.body == b'{"update_id": 1}'
 
 
+@pytest.mark.parametrize("method", ["post", "Post", "PUT", "PATCH", "GET"])
+def test_every_method_to_the_webhook_is_limited(method: str) -> None:
+    """uvicorn passes the method on as the client spelt it, and Django upper-cases it:
+    "post" reaches the view's post(). The others get a 405, after Django read the body."""
+    inner, sent, read = run([b"{}"], method=method, content_length=10**9)
+    assert status(sent) == 413
+    assert (inner.called, read) == (False, 0)
+
+
+def test_a_body_longer_than_its_content_length_is_counted(settings: Any) -> None:
+    """Sent with Transfer-Encoding: chunked as well, a body may run past the length its
+    Content-Length declares (h11 lets chunked win): what arrives is what counts."""
+    settings.BOTSESSIONS_MAX_BODY_SIZE = 100
+    inner, sent, read = run([b"x" * 60] * 50, content_length=10)
+    assert status(sent) == 413
+    assert (inner.called, read) == (False, 2)
+
+
 @pytest.mark.parametrize(
     ("path", "method", "length"),
-    [("/admin/login/", "POST", 10**9), (URL, "GET", 10**9), (URL, "POST", 50)],
-    ids=["other-url", "not-post", "within-limit"],
+    [("/admin/login/", "POST", 10**9), (URL, "POST", 50)],
+    ids=["other-url", "within-limit"],
 )
 def test_other_requests_pass_untouched(path: str, method: str, length: int) -> None:
     inner, sent, _ = run([b"{}"], path=path, method=method, content_length=length)
