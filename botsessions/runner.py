@@ -97,6 +97,8 @@ class BotRunner:
         # PTB does not check types: every field a session key can be built from is
         # checked before anything runs (InvalidKeyPart is a ValueError: a 400).
         check_key_parts(update)
+        if isinstance(bot, ExtBot) and bot.callback_data_cache is not None:
+            _check_callback_data(update)
         return update
 
     def process(self, update: Update) -> str:
@@ -200,3 +202,24 @@ def shutdown_runners() -> None:
         _runners.clear()
     for runner in runners:
         runner.shutdown()
+
+
+def _check_callback_data(update: Update) -> None:
+    """Refuse callback data that is not text where PTB's cache of arbitrary callback data
+    will slice it (it would raise while the update is processed): a 400, not a 500."""
+    query = update.callback_query
+    if query is not None and query.data is not None and not isinstance(query.data, str):
+        raise ValueError("callback_query.data is not a string")
+    messages = [update.effective_message, query.message if query is not None else None]
+    messages += [getattr(m, name, None) for m in messages for name in _NESTED_MESSAGES]
+    for message in messages:
+        markup = getattr(message, "reply_markup", None)
+        for row in getattr(markup, "inline_keyboard", ()):
+            for button in row:
+                data = getattr(button, "callback_data", None)
+                if data is not None and not isinstance(data, str):
+                    raise ValueError("an inline button's callback_data is not a string")
+
+
+# The messages PTB's cache looks into besides the update's own.
+_NESTED_MESSAGES = ("pinned_message", "reply_to_message")

@@ -366,6 +366,27 @@ def test_arbitrary_callback_data_reaches_the_handler(client: Client, demo: FakeB
     assert Session.objects.get().data == {"ordered": [{"name": "diavola", "size_cm": 28}]}
 
 
+@pytest.mark.urls("tests.webhook_bots")
+@pytest.mark.parametrize("where", ["query", "button", "replied-to button"])
+def test_callback_data_that_is_not_text_is_a_400(
+    client: Client, demo: FakeBotAPI, where: str
+) -> None:
+    """PTB's cache of arbitrary callback data slices it as text: anything else is no
+    update Telegram sends, refused before it is processed."""
+    if where == "query":
+        update = callback_query("x")
+        update["callback_query"]["data"] = 12345
+    else:
+        update = message("hi")
+        carrier = update["message"]
+        if where == "replied-to button":
+            carrier["reply_to_message"] = carrier = {**message("earlier")["message"]}
+        carrier["reply_markup"] = {"inline_keyboard": [[{"text": "a", "callback_data": 7}]]}
+    response = post(client, update, url="/bots/callbacks/")
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("not a Telegram update")
+
+
 def test_update_decodes_with_the_bot(client: Client, demo: FakeBotAPI) -> None:
     """The runner's decoding gives a real Update bound to the application's bot."""
     from botsessions.runner import runner_for
