@@ -9,7 +9,7 @@ from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import MAX_PURGE_BATCH_SIZE, settings
+from .conf import MAX_PURGE_BATCH_SIZE, MAX_RETENTION, settings
 
 
 @register(Tags.compatibility)
@@ -64,14 +64,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 )
             )
     retention = getattr(django_settings, "BOTSESSIONS_PROCESSED_UPDATES_RETENTION", None)
+    if isinstance(retention, int | float) and not isinstance(retention, bool):
+        seconds: float | None = retention
+    else:
+        seconds = retention.total_seconds() if isinstance(retention, timedelta) else None
     if retention is not None and not (
-        (isinstance(retention, timedelta) and retention >= timedelta(hours=24))
-        or (isinstance(retention, int | float) and retention >= 86400)
+        seconds is not None and 86400 <= seconds <= MAX_RETENTION.total_seconds()
     ):
         messages.append(
             Error(
                 "BOTSESSIONS_PROCESSED_UPDATES_RETENTION must cover Telegram's 24-hour "
-                "redelivery window (a timedelta or seconds, at least 24 hours).",
+                "redelivery window (a timedelta or seconds, at least 24 hours, at most "
+                f"{MAX_RETENTION.days} days).",
                 id="botsessions.E006",
             )
         )
@@ -264,6 +268,8 @@ def _check_application(alias: object, path: str) -> list[CheckMessage]:
         if isinstance(target, SessionApplication):
             return []
         why = "is an Application without sessions"
+    elif isinstance(target, type):
+        why = "is a class, not a function that builds the application"
     elif callable(target):
         return []
     else:

@@ -18,6 +18,10 @@ A batch's ids all go into that statement, and SQLite takes at most 32,766 parame
 one (PostgreSQL binding on the server, 65,535).
 """
 
+MAX_RETENTION = timedelta(days=3650)
+"""The longest ``BOTSESSIONS_PROCESSED_UPDATES_RETENTION``: ten years, well past any use,
+and within what a date minus it, and a Redis expiry, can hold."""
+
 
 class Settings:
     """One typed property per setting."""

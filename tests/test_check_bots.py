@@ -39,6 +39,10 @@ def test_an_application_without_sessions_or_not_an_application_is_refused():
     assert (found, "without sessions" in text) == ("botsessions.E012", True)
     [(found, text)] = messages({"APPLICATION": f"{__name__}.not_an_application"})
     assert (found, "is int" in text) == ("botsessions.E012", True)
+    # A class is callable, but calling it builds no application (every update a 500).
+    for cls in ("telegram.ext.ApplicationBuilder", "botsessions.ptb.SessionApplication"):
+        [(found, text)] = messages({"APPLICATION": cls})
+        assert (found, "is a class" in text) == ("botsessions.E012", True)
     assert messages({"APPLICATION": APP}) == []  # a function: not called by the check
 
 

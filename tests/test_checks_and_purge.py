@@ -60,6 +60,11 @@ def test_missing_secret_warns_in_debug_and_fails_otherwise():
         ({"BOTSESSIONS_PURGE_BATCH_SIZE": 10_001}, "botsessions.E005"),
         ({"BOTSESSIONS_ADMIN_BATCH_SIZE": -1}, "botsessions.E005"),
         ({"BOTSESSIONS_PROCESSED_UPDATES_RETENTION": timedelta(hours=1)}, "botsessions.E006"),
+        # Past what a date minus it (purgesessions) or a Redis expiry can hold.
+        ({"BOTSESSIONS_PROCESSED_UPDATES_RETENTION": float("inf")}, "botsessions.E006"),
+        ({"BOTSESSIONS_PROCESSED_UPDATES_RETENTION": 10**20}, "botsessions.E006"),
+        ({"BOTSESSIONS_PROCESSED_UPDATES_RETENTION": timedelta.max}, "botsessions.E006"),
+        ({"BOTSESSIONS_PROCESSED_UPDATES_RETENTION": True}, "botsessions.E006"),
         (
             {"BOTSESSIONS_BOTS": {"a": {"APPLICATION": APP, "WEBHOOK_SECRET": 5}}},
             "botsessions.E007",
