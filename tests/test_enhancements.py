@@ -189,6 +189,24 @@ def test_memory_storage_has_its_own_ttl():
     assert later is None and keys == []
 
 
+def test_a_memory_storage_clock_times_its_own_ttl_only(make_bot):
+    """Its clock (a test's, say) is not the engine's: the storage's expiry must not be
+    judged by the engine's time, which saw every session as long expired."""
+    from botsessions import MemoryStorage
+
+    seen: list[int] = []
+
+    async def handler(update, context):
+        seen.append(context.session["n"])
+        context.session["n"] += 1
+
+    storage = MemoryStorage(ttl=timedelta(hours=1), clock=lambda: datetime(2020, 1, 1, tzinfo=UTC))
+    bot = make_bot(Sessions(storage=storage, initial=lambda: {"n": 0}), [every_update(handler)])
+    for _ in range(3):
+        bot.process(message("x"))
+    assert seen == [0, 1, 2]
+
+
 # -- migrations ------------------------------------------------------------------
 
 

@@ -24,12 +24,17 @@ def _utcnow() -> datetime:
 
 
 class MemoryStorage(SessionStorage):
-    """Sessions in a dict; ``ttl`` (optional) expires entries that long after their write."""
+    """Sessions in a dict; ``ttl`` (optional) expires entries that long after their write.
+
+    ``clock`` tells the time for that ``ttl`` only: the expiry a fragment's own ``ttl``
+    stamps on its data is the engine's to judge, and is kept as it was written.
+    """
 
     def __init__(self, ttl: timedelta | None = None, *, clock: Clock = _utcnow) -> None:
         self.ttl = ttl
         self.clock = clock
         self._rows: dict[StorageKey, StoredSession] = {}
+        self._ends: dict[StorageKey, datetime] = {}  # by ``clock``, for this storage's ttl
         self._marks: set[UpdateMark] = set()
 
     async def read(self, key: StorageKey) -> StoredSession | None:
@@ -43,7 +48,7 @@ class MemoryStorage(SessionStorage):
 
     async def delete(self, key: StorageKey, *, expected_revision: int | None = None) -> None:
         self._check_revision(key, expected_revision)
-        self._rows.pop(key, None)
+        self._drop(key)
 
     async def keys(self, bot_id: int | None = None) -> AsyncIterator[StorageKey]:
         for key in list(self._rows):
@@ -71,7 +76,7 @@ class MemoryStorage(SessionStorage):
             if isinstance(change, Write):
                 self._store(change.key, change.record, change.expected_revision)
             elif isinstance(change, Delete):
-                self._rows.pop(change.key, None)
+                self._drop(change.key)
         if mark is not None:
             self._marks.add(mark)
         return True
@@ -80,23 +85,25 @@ class MemoryStorage(SessionStorage):
         return mark in self._marks
 
     def _current(self, key: StorageKey, now: datetime) -> StoredSession | None:
-        """The row of ``key``, dropped and ``None`` once it has expired."""
-        record = self._rows.get(key)
-        if record is not None and record.expires_at is not None and record.expires_at <= now:
-            del self._rows[key]
+        """The row of ``key``, dropped and ``None`` once this storage's ttl has run out."""
+        end = self._ends.get(key)
+        if end is not None and end <= now:
+            self._drop(key)
             return None
-        return record
+        return self._rows.get(key)
 
     def _store(self, key: StorageKey, record: StoredSession, expected: int | None) -> None:
-        """Keep ``record`` (its revision already checked), numbered and expiring as set."""
+        """Keep ``record`` (its revision already checked), numbered as set."""
         if expected is None:
             current = self._rows.get(key)
             record = replace(record, revision=(current.revision if current else 0) + 1)
-        if self.ttl is not None:
-            expiry = self.clock() + self.ttl
-            if record.expires_at is None or expiry < record.expires_at:
-                record = replace(record, expires_at=expiry)
         self._rows[key] = record
+        if self.ttl is not None:
+            self._ends[key] = self.clock() + self.ttl
+
+    def _drop(self, key: StorageKey) -> None:
+        self._rows.pop(key, None)
+        self._ends.pop(key, None)
 
     def _check_revision(self, key: StorageKey, expected: int | None) -> None:
         if expected is None:
