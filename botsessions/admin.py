@@ -67,7 +67,8 @@ from .maintenance import (
 )
 from .models import ProcessedUpdate, Session
 from .persistence import describe_ptb_row
-from .serializers import MAX_NESTING, Serializer, default_serializer
+from .serializers import MAX_NESTING, DataclassSerializer, Serializer, default_serializer
+from .versioning import DataMigrations
 
 SINGLE_FRAGMENT = "-"  # the filter's value for the unnamed fragment of a single session
 
@@ -708,6 +709,17 @@ def editable(text: str | None) -> Any:
     return forms.fields.InvalidJSONInput(text or "")
 
 
+def _read_as_the_bot_does(
+    serializer: Serializer, migrations: DataMigrations, text: str, row: Session
+) -> Any:
+    """Stored ``text`` of ``row``'s older version, decoded and upgraded as the engine does
+    when it reads the row (:meth:`~botsessions.session.FragmentSession.take`); raises what
+    the serializer or a migration raises."""
+    if not isinstance(serializer, DataclassSerializer):
+        return migrations.upgrade(serializer.loads(text), row.version)
+    return serializer.build(migrations.upgrade(serializer.loads_plain(text), row.version))
+
+
 class SessionDataForm(forms.ModelForm):  # type: ignore[type-arg]  # not subscriptable at runtime
     """Edits only ``data``, validated the way the bot's serializer and the database will
     store it."""
@@ -749,9 +761,19 @@ class SessionDataForm(forms.ModelForm):  # type: ignore[type-arg]  # not subscri
         if problem := unstorable(value):
             raise problem
         serializer = self.serializer()
+        fragment = fragment_config(self.instance.bot_id, self.instance.fragment)
+        migrations = fragment.data_migrations if fragment is not None else None
         try:
-            decoded = serializer.loads(json.dumps(value, ensure_ascii=False))
-            stored = json.loads(serializer.dumps(decoded))
+            text = json.dumps(value, ensure_ascii=False)
+            if migrations is not None and self.instance.version != migrations.latest:
+                # Kept at its older version, the data is edited in the shape it is stored
+                # in, and checked as the bot will read it: upgraded, then decoded.
+                assert fragment is not None
+                read = _read_as_the_bot_does(serializer, migrations, text, self.instance)
+                serializer.dumps(read)  # and write it back, upgraded
+                stored = value
+            else:
+                stored = json.loads(serializer.dumps(serializer.loads(text)))
             json.dumps(stored, allow_nan=False)
         except Exception as exc:  # a serializer of the project's own may raise anything
             raise ValidationError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -30,7 +31,15 @@ from django.urls import reverse
 from django.utils import timezone
 from telegram.ext import Application, ApplicationBuilder
 
-from botsessions import Fragment, JSONSerializer, Sessions, bots, maintenance, use_sessions
+from botsessions import (
+    DataclassSerializer,
+    Fragment,
+    JSONSerializer,
+    Sessions,
+    bots,
+    maintenance,
+    use_sessions,
+)
 from botsessions import admin as session_admin
 from botsessions.errors import SessionConflict, SessionDataError
 from botsessions.models import ProcessedUpdate, Session
@@ -42,6 +51,7 @@ pytestmark = pytest.mark.django_db
 BOT_ID = 123456
 SHOP_ID = 654321
 NOTES_ID = 777777
+CART_ID = 888888
 CHAT = -4012345678
 
 CHANGELIST = "admin:botsessions_session_changelist"
@@ -67,6 +77,20 @@ def build_shop_application() -> Application:  # type: ignore[type-arg]
         serializer=NoPasswordsSerializer(),
     )
     return use_sessions(ApplicationBuilder().token(f"{SHOP_ID}:shop-token"), sessions).build()
+
+
+@dataclass
+class Cart:
+    count: int = 0  # "n" before version 2
+
+
+def build_cart_application() -> Application:  # type: ignore[type-arg]
+    sessions = Sessions(
+        initial=Cart,
+        serializer=DataclassSerializer(Cart),
+        migrations={1: lambda data: data, 2: lambda data: {"count": data["n"]}},
+    )
+    return use_sessions(ApplicationBuilder().token(f"{CART_ID}:cart-token"), sessions).build()
 
 
 async def fresh_prefs() -> dict[str, str]:
@@ -563,6 +587,32 @@ def test_edits_are_checked_by_the_fragments_own_serializer(
     assert "passwords are not kept in sessions" in refused.text
     assert accepted.status_code == 302
     assert Session.objects.get(pk=row.pk).data == {"cart": ["tea"]}
+
+
+@pytest.mark.parametrize(
+    ("typed", "accepted"),
+    [('{"n": 5}', True), ('{"count": 5}', False)],
+    ids=["stored-shape", "newest-shape"],
+)
+def test_an_edit_of_an_older_version_is_checked_as_the_bot_will_read_it(
+    admin_client: Client, settings: Any, typed: str, accepted: bool
+) -> None:
+    """The row keeps its version, so the bot upgrades the edit as it reads it: the data
+    is edited in the shape it is stored in, and the newest shape (which the migration
+    to version 2 cannot take) is refused rather than stored for the bot to refuse."""
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "cart": {"APPLICATION": "tests.test_admin.build_cart_application"},
+    }
+    row = make("chat:1", {"n": 3}, bot_id=CART_ID, fragment="", version=Decimal(1))
+    answer = admin_client.post(change_url(row), {"data": typed, "loaded_revision": row.revision})
+    row.refresh_from_db()
+    if accepted:
+        assert answer.status_code == 302
+        assert (row.data, row.version) == ({"n": 5}, Decimal(1))
+    else:
+        assert "The bot could not store this data" in answer.text
+        assert row.data == {"n": 3}
 
 
 def test_a_bot_write_after_the_page_loaded_wins_and_the_edit_is_refused(
