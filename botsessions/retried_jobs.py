@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from telegram.ext import Job
+from telegram.ext import ConversationHandler, Job
 
 if TYPE_CHECKING:
     from .ptb import SessionApplication
@@ -67,15 +67,34 @@ class JobsOfTries:
             _current.reset(token)
 
     def remove(self, attempt: _Try) -> int:
-        """Remove the jobs ``attempt`` added that are still scheduled; return how many."""
+        """Remove the jobs ``attempt`` added that are still scheduled; return how many.
+
+        A ``ConversationHandler``'s timeout is left to it: it keeps the job, and the
+        next try (or the next update) removes and replaces it, as PTB does.
+        """
         removed = 0
         for job_id, store in attempt.added if self._scheduler is not None else ():
             aps_job = self._scheduler.get_job(job_id, store)
-            if aps_job is not None:
-                Job.from_aps_job(aps_job).schedule_removal()
-                removed += 1
+            if aps_job is None:
+                continue  # it ran, or was removed already
+            job = _ptb_job(aps_job)
+            if job is None:  # added to the scheduler directly, not through the JobQueue
+                self._scheduler.remove_job(job_id, store)
+            elif isinstance(getattr(job.callback, "__self__", None), ConversationHandler):
+                continue
+            else:
+                job.schedule_removal()
+            removed += 1
         attempt.added = []
         return removed
+
+
+def _ptb_job(aps_job: Any) -> Job[Any] | None:
+    try:
+        job: object = Job.from_aps_job(aps_job)
+    except (IndexError, AttributeError):
+        return None
+    return job if isinstance(job, Job) else None
 
 
 def _job_added(event: Any) -> None:

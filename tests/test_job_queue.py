@@ -214,3 +214,65 @@ def test_runbot_removes_the_jobs_of_a_try_it_retries(api, monkeypatch):
     asyncio.run(poll_once())
     assert tries == ["try", "try"]
     assert names == ["follow-up", "nightly", "reminder"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retried_try_leaves_a_conversation_timeout_to_its_handler(api, monkeypatch):
+    """A ConversationHandler keeps its timeout job and replaces it itself: removed under
+    it, the retry (and every later step) failed as PTB removed it again."""
+    from botsessions import telegram_api
+    from botsessions.backoff import Backoff
+    from botsessions.errors import StorageError
+    from botsessions.storage.db import DatabaseStorage
+
+    monkeypatch.setattr(telegram_api, "OUTAGE_BACKOFF", Backoff(first=0.001, cap=0.002))
+    real_commit = DatabaseStorage.commit_sync
+    steps: list[str] = []
+
+    def down_once(*args: Any, **kwargs: Any) -> Any:
+        if steps == ["asked"]:
+            raise StorageError("database restarting")
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(DatabaseStorage, "commit_sync", down_once)
+
+    async def ask(update: Any, context: Any) -> int:
+        steps.append("asked")
+        context.session["asked"] = True
+        return 1
+
+    async def answer(update: Any, context: Any) -> int:
+        steps.append("answered")
+        return ConversationHandler.END
+
+    conversation = ConversationHandler(
+        entry_points=[CommandHandler("start", ask)],
+        states={1: [MessageHandler(filters.TEXT & ~filters.COMMAND, answer)]},
+        fallbacks=[],
+        conversation_timeout=60,
+    )
+    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url).updater(None)
+    application = use_sessions(builder, Sessions(initial=dict)).build()
+    application.add_handler(conversation)
+    errors: list[BaseException] = []
+
+    async def record(update: Any, context: Any) -> None:
+        errors.append(context.error)
+
+    application.add_error_handler(record)
+    telegram_api.keep_polling_through_storage_errors(application)
+
+    async def poll() -> None:
+        async with application:
+            await application.start()
+            for text in ("/start", "pizza"):
+                update = Update.de_json(message(text, chat_id=ALICE), application.bot)
+                await application.update_queue.put(update)
+            await asyncio.wait_for(application.update_queue.join(), 10)
+            await application.stop()
+
+    asyncio.run(poll())
+    # PTB keeps a conversation that is not persistent in memory, outside the unit: the
+    # retry finds it waiting for the answer already, and the answer is taken.
+    assert steps == ["asked", "answered"]
+    assert errors == []
