@@ -111,6 +111,7 @@ class UpdateRun:
         "sessions",
         "storage_error",
         "tasks",
+        "unit",
         "update",
     )
 
@@ -128,11 +129,15 @@ class UpdateRun:
         #: How many sessions a chat migration moved (they commit with the update).
         self.moved = 0
         self.tasks: list[asyncio.Task[Any]] = []
+        self.unit = current_unit()
 
     @property
     def loaded_sessions(self) -> UpdateSessions | None:
-        """The update's sessions once read, while the update is being processed."""
-        return self.sessions if self.begun and not self.ended else None
+        """The update's sessions once read, while the update is being processed (its
+        sends after the commit included, which may read what was committed)."""
+        if not self.begun or (self.ended and not (self.unit is not None and self.unit.sending)):
+            return None
+        return self.sessions
 
     def prepare(self) -> UpdateSessions:
         """The update's sessions, with their keys resolved (nothing read yet)."""

@@ -204,22 +204,27 @@ def shutdown_runners() -> None:
         runner.shutdown()
 
 
+# The messages PTB's cache looks into besides the update's own, at any depth.
+_NESTED_MESSAGES = ("pinned_message", "reply_to_message")
+
+
 def _check_callback_data(update: Update) -> None:
     """Refuse callback data that is not text where PTB's cache of arbitrary callback data
     will slice it (it would raise while the update is processed): a 400, not a 500."""
     query = update.callback_query
     if query is not None and query.data is not None and not isinstance(query.data, str):
         raise ValueError("callback_query.data is not a string")
-    messages = [update.effective_message, query.message if query is not None else None]
-    messages += [getattr(m, name, None) for m in messages for name in _NESTED_MESSAGES]
-    for message in messages:
+    pending = [update.effective_message, query.message if query is not None else None]
+    seen: set[int] = set()
+    while pending:
+        message = pending.pop()
+        if message is None or id(message) in seen:
+            continue
+        seen.add(id(message))
+        pending += [getattr(message, name, None) for name in _NESTED_MESSAGES]
         markup = getattr(message, "reply_markup", None)
         for row in getattr(markup, "inline_keyboard", ()):
             for button in row:
                 data = getattr(button, "callback_data", None)
                 if data is not None and not isinstance(data, str):
                     raise ValueError("an inline button's callback_data is not a string")
-
-
-# The messages PTB's cache looks into besides the update's own.
-_NESTED_MESSAGES = ("pinned_message", "reply_to_message")

@@ -728,7 +728,7 @@ class UpdateSessions:
                     # done: a failure here cannot be undone, only reported.
                     try:
                         await storage.commit(batch, None)
-                    except StorageError as exc:
+                    except Exception as exc:  # a storage of your own may raise anything
                         update_id = self.mark.update_id if self.mark is not None else None
                         logger.error(
                             "botsessions: update %s is committed in %r, but its sessions in "

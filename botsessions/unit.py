@@ -136,6 +136,8 @@ class UnitOfWork:
         self._began_on: object = None  # the driver's connection the transaction began on
         #: Whether :meth:`end` left sends registered with :meth:`after_commit` to send now.
         self.sends_due = False
+        #: True while those sends run.
+        self.sending = False
 
     # -- on the database thread ------------------------------------------------------
 
@@ -313,8 +315,9 @@ class UnitOfWork:
                     self.rolled_back_by is not None or _lost(connection, self._began_on)
                 ):
                     # Whatever the handler made of the error, nothing before it is left (a
-                    # chat migration's moves included): only a redelivery can do it all.
-                    # (Ending with an exception, the update is not kept either way.)
+                    # chat migration's moves included): only a redelivery can do it all,
+                    # whatever the outcome (a failed handler's too: the moves). Ending with
+                    # an exception, the update is not kept either way, and that is raised.
                     raise _refused_for(self.rolled_back_by or "its connection was lost")
                 if commit and _spoiled(connection, self.using):
                     logger.error(
@@ -379,11 +382,15 @@ class UnitOfWork:
     async def send_after_commit(self) -> None:
         """Run the registered sends in order; a failure is logged and the rest still run."""
         pending, self._after_commit = self._after_commit, []
-        for send in pending:
-            try:
-                await (send() if callable(send) else send)
-            except Exception:
-                logger.exception("botsessions: a send after commit failed (not retried)")
+        self.sending = True  # a send given as a function may read the committed sessions
+        try:
+            for send in pending:
+                try:
+                    await (send() if callable(send) else send)
+                except Exception:
+                    logger.exception("botsessions: a send after commit failed (not retried)")
+        finally:
+            self.sending = False
 
     def discard_after_commit(self) -> None:
         for send in self._after_commit:

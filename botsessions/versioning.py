@@ -71,6 +71,7 @@ def _as_version(value: object) -> Decimal:
         number = Decimal(str(value))
     except ArithmeticError as exc:
         raise ConfigurationError(f"migration version {value!r} is not a number") from exc
+    number += 0  # -0 is 0, written as "0"
     if not number.is_finite() or number < 0:
         raise ConfigurationError(f"migration version {value!r} must be a finite number >= 0")
     # What the version column keeps (numeric(20, 6)): a finer version would be stored

@@ -420,5 +420,6 @@ def test_a_deadlock_a_handler_catches_never_loses_the_moves(make_bot, settings):
         assert done.wait(10)
         assert bot.process(notice) == "committed"
     assert caught, "the handler saw no deadlock: the test set none up"
+    assert done.wait(10)  # its connection closed before the test's teardown
     assert moved.count() == 2
     assert Session.objects.get(fragment="chat", key=f"chat:{SUPERGROUP}").data == {"pizza": 1}

@@ -103,6 +103,27 @@ def test_fragments_are_read_and_written_in_their_own_storage(make_bot):
     assert chats.counts.deletes == 1 and users.counts.deletes == 1
 
 
+def test_a_second_storage_failing_after_the_first_committed_is_logged_as_lost(make_bot, caplog):
+    """The first storage committed the update with its record: whatever the second one
+    raises (a storage of your own may raise anything) cannot undo that, and is said."""
+
+    class Unreachable(RecordingStorage):
+        async def commit(self, changes: Any, mark: Any = None) -> bool:
+            raise ConnectionError("connection refused")
+
+    chats, users = RecordingStorage(), Unreachable()
+
+    async def count(update, context):
+        context.session.chat["pizza"] += 1
+        context.session.user["messages"] += 1
+
+    bot = make_bot(two_fragments(chats, users), [every_update(count)])
+    update = message("x", chat_id=GROUP, user_id=ALICE)
+    assert bot.process(update) == "committed"
+    assert "could not be saved and are lost: connection refused" in caplog.text
+    assert bot.process(update) == "duplicate"
+
+
 def test_lazy_and_strict_fragments_together(make_bot, probe):
     """grammY refuses lazy multi sessions; here each fragment chooses."""
     sessions = Sessions.multi(

@@ -230,6 +230,11 @@ def test_versions_the_database_cannot_keep_are_refused(version):
         DataMigrations({1: lambda d: d, version: lambda d: d})
 
 
+def test_minus_zero_is_version_zero():
+    """Written as "-0" it would not be read back (Redis takes digits only)."""
+    assert str(DataMigrations({"-0": lambda d: d}).latest) == "0"
+
+
 def test_the_finest_and_largest_versions_stored_are_accepted():
     DataMigrations({"0.000001": lambda d: d, 10**14 - 1: lambda d: d, "99.5": lambda d: d})
 

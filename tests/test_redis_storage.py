@@ -119,6 +119,7 @@ def test_a_lazy_read_a_failed_handler_never_awaited_gives_its_lock_back(make_bot
     lazy = Sessions(storage=storage(prefix), lazy=True, initial=lambda: {"count": 0})
     bot = make_bot(lazy, [MessageHandler(filters.TEXT, fail)])
     assert bot.process(message()) == Outcome.HANDLER_FAILED
+    time.sleep(0.3)  # time enough for a read left running to take its lock
     assert raw.keys(prefix + "*") == []  # no session, no record, no lock
 
 
@@ -554,6 +555,8 @@ def test_a_loop_that_ended_leaves_no_client_behind(prefix, raw):
     while connections_named(raw, name) > 1 and time.monotonic() < deadline:
         time.sleep(0.05)  # the server sees the sockets close
     assert connections_named(raw, name) <= 1
+    del store  # and the last loop's, which ended too, goes with the storage
+    gc.collect()
 
 
 def test_a_runner_shutting_down_closes_its_redis_connections(make_bot, prefix, raw):

@@ -480,6 +480,21 @@ def test_reading_another_database_in_a_transaction_is_no_write(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_send_after_commit_given_as_a_function_reads_the_committed_session(
+    make_bot: Any, api: FakeBotAPI
+) -> None:
+    async def count(update: Any, context: Any) -> None:
+        context.session["bought"] += 1
+        message = update.effective_message
+        context.on_commit(lambda: message.reply_text(f"Bought: {context.session['bought']}."))
+
+    bot = make_bot(shop(), [CommandHandler("buy", count)])
+    api.reset()
+    assert bot.process(message("/buy")) == "committed"
+    assert api.sent_texts() == ["Bought: 1."]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_reply_after_commit_alone_is_recorded_and_not_sent_twice(
     make_bot: Any, api: FakeBotAPI
 ) -> None:
@@ -556,6 +571,7 @@ def test_a_deadlock_a_handler_catches_is_refused_where_it_rolled_back_everything
         assert not Session.objects.exists()
         assert other_done.wait(10)
         assert bot.process(update) == "committed"
+    assert other_done.wait(10)  # its connection closed before the test's teardown
     assert caught, "the handler saw no deadlock: the test set none up"
     assert Purchase.objects.filter(item="tea").count() == 1
     assert Session.objects.get().data == {"bought": 1}

@@ -367,7 +367,9 @@ def test_arbitrary_callback_data_reaches_the_handler(client: Client, demo: FakeB
 
 
 @pytest.mark.urls("tests.webhook_bots")
-@pytest.mark.parametrize("where", ["query", "button", "replied-to button"])
+@pytest.mark.parametrize(
+    "where", ["query", "button", "replied-to button", "pinned in a replied-to message"]
+)
 def test_callback_data_that_is_not_text_is_a_400(
     client: Client, demo: FakeBotAPI, where: str
 ) -> None:
@@ -379,8 +381,10 @@ def test_callback_data_that_is_not_text_is_a_400(
     else:
         update = message("hi")
         carrier = update["message"]
-        if where == "replied-to button":
+        if where != "button":
             carrier["reply_to_message"] = carrier = {**message("earlier")["message"]}
+        if where == "pinned in a replied-to message":
+            carrier["pinned_message"] = carrier = {**message("pinned")["message"]}
         carrier["reply_markup"] = {"inline_keyboard": [[{"text": "a", "callback_data": 7}]]}
     response = post(client, update, url="/bots/callbacks/")
     assert response.status_code == 400
