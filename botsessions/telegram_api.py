@@ -188,6 +188,24 @@ def run_polling(alias: str, *, drop_pending_updates: bool = False) -> None:
             _remove_stop_signal_handlers()
 
 
+# A deadlock's victim on PostgreSQL (deadlock_detected, or a serialization failure) and
+# on MySQL/MariaDB (ER_LOCK_DEADLOCK): the next try gets past the other update.
+_DEADLOCK_SQLSTATES = frozenset({"40P01", "40001"})
+_MYSQL_DEADLOCK = 1213
+
+
+def _a_deadlock(error: BaseException) -> bool:
+    """Whether ``error``, or a cause of it, is a deadlock the database resolved."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if getattr(cause, "sqlstate", None) in _DEADLOCK_SQLSTATES:
+            return True
+        if isinstance(cause, OperationalError) and cause.args[:1] == (_MYSQL_DEADLOCK,):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def _remove_stop_signal_handlers() -> None:
     """Give Ctrl-C and SIGTERM back to the process once polling has ended.
 
@@ -246,7 +264,8 @@ def keep_polling_through_storage_errors(
     So a try that fails that way is followed by another, without limit:
 
     - after :class:`SessionConflict` or :class:`LockTimeout` (another process holds or
-      changed the session), paced by :data:`CONTENTION_BACKOFF`, logged as a warning;
+      changed the session) or a deadlock the database resolved against it, paced by
+      :data:`CONTENTION_BACKOFF`, logged as a warning;
     - after any other storage error, or a database's ``OperationalError`` or
       ``InterfaceError`` (an outage), paced by :data:`OUTAGE_BACKOFF`, logged as a
       warning, then as an error while it lasts.
@@ -338,8 +357,14 @@ class _Retrying:
                         "update %s: removed %d job(s) its failed try scheduled",
                         update_id, removed,
                     )  # fmt: skip
-                contention = isinstance(exc, SessionConflict | LockTimeout)
-                what = "session held by another process" if contention else "sessions unavailable"
+                deadlock = _a_deadlock(exc)
+                contention = deadlock or isinstance(exc, SessionConflict | LockTimeout)
+                if deadlock:
+                    what = "a deadlock with another update"
+                elif contention:
+                    what = "session held by another process"
+                else:
+                    what = "sessions unavailable"
                 if not self.application.running:
                     tries_at_stop += 1
                     if contention and tries_at_stop < TRIES_AT_STOP_AFTER_CONTENTION:

@@ -120,6 +120,46 @@ def test_contention_is_retried_until_the_update_is_processed(
     assert last_level == logging.INFO and "update 1 processed after 7 tries" in last
 
 
+def deadlock_refusal(database: str) -> StorageError:
+    """What the update's processing raises when the database picked it as a deadlock's
+    victim: MariaDB's error code, or PostgreSQL's SQLSTATE on the driver's error."""
+    refusal = StorageError("the update's transaction ended on the database")
+    if database == "mariadb":
+        refusal.__cause__ = OperationalError(1213, "Deadlock found when trying to get lock")
+    else:
+        import psycopg
+
+        cause = OperationalError("deadlock detected")
+        cause.__cause__ = psycopg.errors.DeadlockDetected("deadlock detected")
+        refusal.__cause__ = cause
+    return refusal
+
+
+@pytest.mark.parametrize("database", ["mariadb", "postgresql"])
+def test_a_deadlock_is_retried_as_contention_not_as_an_outage(
+    api: FakeBotAPI,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    database: str,
+) -> None:
+    paced: list[str] = []
+    monkeypatch.setattr(telegram_api, "CONTENTION_BACKOFF", Backoff(first=0.001, cap=0.001))
+    monkeypatch.setattr(telegram_api, "OUTAGE_BACKOFF", Backoff(first=0.5, cap=0.5))
+    real_pause = telegram_api._pause_unless_stopping
+
+    async def pause(application: Any, delay: float) -> None:
+        paced.append("contention" if delay < 0.1 else "outage")
+        await real_pause(application, delay)
+
+    monkeypatch.setattr(telegram_api, "_pause_unless_stopping", pause)
+    application, tried = application_failing(api, failing(2, deadlock_refusal(database)))
+    with caplog.at_level(logging.INFO, logger="botsessions.polling"):
+        poll(application, 1)
+    assert tried == [1] * 3 and paced == ["contention"] * 2
+    [(level, first), _] = polling_log(caplog)
+    assert level == logging.WARNING and "a deadlock with another update" in first
+
+
 @pytest.mark.parametrize(
     "error",
     [StorageError("database restarting"), OperationalError("server closed the connection")],
