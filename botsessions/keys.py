@@ -119,6 +119,10 @@ def place_of(update: object) -> Place | None:
     else:
         # The message a button was on (perhaps an inaccessible one), if any.
         chat, user = update.effective_chat, update.effective_user
+        if update.poll_answer is not None and update.poll_answer.voter_chat is not None:
+            # A vote cast on behalf of a chat names a placeholder user, the same one for
+            # every such vote in every chat.
+            user = None
         message = None if update.callback_query is None else update.callback_query.message
         connection, business = _business_of(update, message)
         guest = bool(getattr(message, "guest_query_id", None))

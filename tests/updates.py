@@ -265,6 +265,8 @@ def anonymous_poll_answer(voter_chat_id: int = CHANNEL) -> dict[str, Any]:
         {
             "poll_id": "5432109876543210000",
             "voter_chat": _chat(voter_chat_id),
+            # Telegram sends this placeholder user too, for bots that read only "user".
+            "user": _user(136817688),
             "option_ids": [0],
             "option_persistent_ids": ["0"],
         },
