@@ -383,6 +383,11 @@ def _chat(chat_id: int, chat_type: str | None = None) -> dict[str, Any]:
     return chat
 
 
+# A command as Telegram marks one: Latin letters, digits and underscores after the slash,
+# and the bot's username if given ("/start@my_bot"); it ends at anything else.
+_COMMAND = re.compile(r"/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{3,32})?")
+
+
 def _message_body(
     text: str | None, chat_id: int, user_id: int, chat_type: str | None, message_id: int | None
 ) -> dict[str, Any]:
@@ -394,9 +399,9 @@ def _message_body(
     }
     if text is not None:
         body["text"] = text
-        command = re.match(r"/\S+", text)
-        if command:
-            length = len(command[0].encode("utf-16-le")) // 2  # Telegram counts UTF-16 units
+        command = _COMMAND.match(text)
+        if command:  # ASCII only, so its length is the same in Telegram's UTF-16 units
+            length = len(command[0])
             body["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
     return body
 

@@ -120,6 +120,11 @@ def test_a_command_gets_its_entity_and_the_chat_type_follows_the_id() -> None:
     update = message("/buy@test_bot cake", chat_id=-5, user_id=3)["message"]
     assert update["entities"] == [{"type": "bot_command", "offset": 0, "length": 13}]
     assert "entities" not in message("no /command", chat_id=1, user_id=1)["message"]
+    # Telegram's command ends at the first character outside Latin letters, digits and _.
+    for text, length in [("/hunger!", 7), ("/start,", 6), ("/a-b", 2), ("/x@b", 2)]:
+        entities = message(text, chat_id=1, user_id=1)["message"]["entities"]
+        assert entities == [{"type": "bot_command", "offset": 0, "length": length}], text
+    assert "entities" not in message("/купить", chat_id=1, user_id=1)["message"]
     assert [chat_type_of(i) for i in (5, -5, -999999999999, SUPERGROUP)] == [
         "private",
         "group",
