@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import itertools
 import json
 import os
@@ -46,7 +47,7 @@ from typing import Any
 from django.db import connections
 from django.test import Client, TestCase
 from django.urls import NoReverseMatch, get_resolver, reverse
-from telegram import Bot
+from telegram import Bot, Message
 from telegram.request import BaseRequest, RequestData
 
 from .bots import bot_settings, forget_applications
@@ -136,10 +137,11 @@ class BotAPICall:
 
 
 class _Failure(Exception):
-    def __init__(self, code: int, description: str) -> None:
+    def __init__(self, code: int, description: str, parameters: dict[str, int]) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
+        self.parameters = parameters
 
 
 Answer = Any  # a result, or a function of the call's parameters returning one
@@ -180,17 +182,35 @@ class FakeBotAPI(BaseRequest):
             self._answers[method] = result
             self._failures.pop(method, None)
 
-    def fail(self, method: str, description: str, *, error_code: int = 400) -> None:
+    def fail(
+        self,
+        method: str,
+        description: str,
+        *,
+        error_code: int = 400,
+        retry_after: int | None = None,
+        migrate_to_chat_id: int | None = None,
+    ) -> None:
         """Make ``method`` fail from now on, as Telegram answers an error.
 
         ``description`` is Telegram's text, e.g. ``"Forbidden: bot was blocked by the
         user"`` with ``error_code=403``. ``method`` is the Bot API's name of a method PTB
         knows, else ``ValueError``: a misspelt one would fail nothing, and the test would
-        pass for the wrong reason.
+        pass for the wrong reason. ``retry_after`` (flood control, with 429) and
+        ``migrate_to_chat_id`` go into the answer's ``parameters``, from which PTB raises
+        ``RetryAfter`` and ``ChatMigrated``.
         """
         _check_method(method)
+        parameters = {
+            name: value
+            for name, value in (
+                ("retry_after", retry_after),
+                ("migrate_to_chat_id", migrate_to_chat_id),
+            )
+            if value is not None
+        }
         with self._lock:
-            self._failures[method] = _Failure(error_code, description)
+            self._failures[method] = _Failure(error_code, description, parameters)
             self._answers.pop(method, None)
 
     # -- BaseRequest --------------------------------------------------------------
@@ -232,6 +252,8 @@ class FakeBotAPI(BaseRequest):
         except _Failure as exc:
             error = exc.description
             body = {"ok": False, "error_code": exc.code, "description": exc.description}
+            if exc.parameters:
+                body["parameters"] = exc.parameters
             return exc.code, json.dumps(body).encode()
         except Exception as exc:  # an answer function that raised, or a result not JSON
             error = f"{type(exc).__name__}: {exc}"
@@ -267,17 +289,22 @@ class FakeBotAPI(BaseRequest):
             return [{"message_id": _next(_message_ids)} for _ in params.get("message_ids", ())]
         if name == "sendMediaGroup":
             return [self._message(params, token) for _ in params.get("media", ())]
-        if (name.startswith("send") and name != "sendChatAction") or name == "forwardMessage":
+        returns = _returns(name)
+        if returns is Message:  # sendMessage, sendPhoto, forwardMessage, …
             return self._message(params, token)
-        if name.startswith("edit") or name == "stopMessageLiveLocation":
+        if returns == "Message | bool":  # an edit: True for an inline message's
             if params.get("inline_message_id"):
                 return True
             return self._message(params, token, message_id=params.get("message_id"))
-        if name.startswith("get"):
-            raise _Failure(
-                400, f"Bad Request: the test kit has no answer for {name}: give one with answer()"
-            )
-        return True
+        if returns is bool:
+            return True
+        # Any other object (a ChatInviteLink, a ForumTopic, a Poll, …): made up, it would
+        # be wrong or fail PTB's parsing; the test says what it should be.
+        raise _Failure(
+            400,
+            f"Bad Request: the test kit has no answer for {name}: give one with answer()",
+            {},
+        )
 
     def _message(
         self, params: dict[str, Any], token: str, *, message_id: Any = None
@@ -330,6 +357,13 @@ def _check_method(method: str) -> None:
         f"{method!r} is not a Bot API method python-telegram-bot knows "
         f"(by its Bot API name, like 'sendMessage'){hint}"
     )
+
+
+@functools.cache
+def _returns(name: str) -> Any:
+    """What PTB's method for Bot API method ``name`` is declared to return."""
+    method = getattr(Bot, _snake_case(name), None)
+    return None if method is None else inspect.signature(method).return_annotation
 
 
 def _snake_case(name: str) -> str:
@@ -618,9 +652,23 @@ class BotClient:
         """Answer a Bot API method with ``result`` (see :meth:`FakeBotAPI.answer`)."""
         self.api.answer(method, result)
 
-    def fail(self, method: str, description: str, *, error_code: int = 400) -> None:
+    def fail(
+        self,
+        method: str,
+        description: str,
+        *,
+        error_code: int = 400,
+        retry_after: int | None = None,
+        migrate_to_chat_id: int | None = None,
+    ) -> None:
         """Make a Bot API method fail (see :meth:`FakeBotAPI.fail`)."""
-        self.api.fail(method, description, error_code=error_code)
+        self.api.fail(
+            method,
+            description,
+            error_code=error_code,
+            retry_after=retry_after,
+            migrate_to_chat_id=migrate_to_chat_id,
+        )
 
     @property
     def calls(self) -> list[BotAPICall]:

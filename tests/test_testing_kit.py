@@ -277,6 +277,57 @@ def test_every_bot_api_method_can_be_answered_or_made_to_fail(kit: BotClient, me
     kit.fail(method, "Too Many Requests: retry after 5", error_code=429)
 
 
+def test_flood_control_and_a_migrated_chat_raise_what_ptb_raises() -> None:
+    """Telegram says how long to wait, or where the chat went, in the error's
+    ``parameters``; PTB raises RetryAfter and ChatMigrated from them."""
+    import asyncio
+
+    from telegram import Bot
+    from telegram.error import ChatMigrated, RetryAfter
+
+    api = testing.FakeBotAPI()
+    bot = Bot("123456:TEST-token", request=api)
+    api.fail("sendMessage", "Too Many Requests: retry after 5", error_code=429, retry_after=5)
+    api.fail("sendPhoto", "Bad Request: group chat was upgraded", migrate_to_chat_id=-1007)
+    with pytest.raises(RetryAfter) as flood:
+        asyncio.run(bot.send_message(1, "hi"))
+    assert "retry in 5 seconds" in str(flood.value).lower()
+    with pytest.raises(ChatMigrated) as moved:
+        asyncio.run(bot.send_photo(-5, "photo-id"))
+    assert moved.value.new_chat_id == -1007
+
+
+@pytest.mark.parametrize(
+    ("method", "call", "expected"),
+    [
+        ("sendMessage", lambda bot: bot.send_message(1, "hi"), "a message"),
+        ("editForumTopic", lambda bot: bot.edit_forum_topic(-5, 7, name="x"), True),
+        ("sendGift", lambda bot: bot.send_gift("gift-id", user_id=1), True),
+        ("createChatInviteLink", lambda bot: bot.create_chat_invite_link(-5), "refused"),
+        ("stopPoll", lambda bot: bot.stop_poll(-5, 3), "refused"),
+    ],
+)
+def test_default_answers_follow_what_ptb_says_each_method_returns(
+    method: str, call: Any, expected: object
+) -> None:
+    """A made-up object would be wrong or fail PTB's parsing: a method returning one has
+    no default answer, and says so (``answer()`` gives it one)."""
+    import asyncio
+
+    from telegram import Bot, Message
+    from telegram.error import BadRequest
+
+    bot = Bot("123456:TEST-token", request=testing.FakeBotAPI())
+    if expected == "refused":
+        # PTB capitalises the message, lowering the rest.
+        with pytest.raises(BadRequest, match=f"(?i)no answer for {method}: give one with answer"):
+            asyncio.run(call(bot))
+    elif expected == "a message":
+        assert isinstance(asyncio.run(call(bot)), Message)
+    else:
+        assert asyncio.run(call(bot)) is expected
+
+
 def test_nothing_reaches_the_network(bot_client: BotClient) -> None:
     bot_client.send("/hunger", chat_id=1, user_id=1)
     bot = runner_for("default").application.bot
