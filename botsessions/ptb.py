@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import re
 import threading
 import types
 import warnings
@@ -777,9 +778,10 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         if run is not None and update is run.update and not run.ended:
             run.failed = True
             # A lazy read, or a handler's own query, failed for want of the database
-            # (down, a lock wait past the timeout, a deadlock): deliver it again.
+            # (down, a lock wait past the timeout, a deadlock): deliver it again. A query
+            # that can never work (a table not migrated yet) is the handler's bug.
             transient = isinstance(error, StorageError | OperationalError | InterfaceError)
-            if transient and run.storage_error is None:
+            if transient and run.storage_error is None and not _never_works(error):
                 run.storage_error = _storage_error(error)
         return await super().process_error(update, error, job, coroutine)
 
@@ -884,6 +886,22 @@ def _fragment_session(sessions: UpdateSessions, fragment: Fragment[Any] | str) -
             else "that Fragment is configured under several names: pass the name instead"
         )
     return found[0]
+
+
+# What SQLite and MySQL/MariaDB report as an OperationalError though no retry can cure
+# it: the schema lacks what the query names, or the SQL is wrong (PostgreSQL reports
+# these as ProgrammingError).
+_SQLITE_NEVER_WORKS = re.compile(
+    r"no such (table|column|function)|has no column named|syntax error", re.IGNORECASE
+)
+_MYSQL_NEVER_WORKS = frozenset({1054, 1064, 1146, 1305})  # unknown column, syntax, table, function
+
+
+def _never_works(error: Exception) -> bool:
+    if not isinstance(error, OperationalError):
+        return False
+    code = error.args[0] if error.args else None
+    return code in _MYSQL_NEVER_WORKS or bool(_SQLITE_NEVER_WORKS.search(str(error)))
 
 
 def _storage_error(exc: Exception) -> StorageError:

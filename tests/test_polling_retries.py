@@ -306,6 +306,59 @@ class Lowest(random.Random):
         return a
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("missing", ["table", "column"])
+def test_a_query_that_can_never_work_goes_to_the_error_handlers_once(
+    api: FakeBotAPI, missing: str
+) -> None:
+    """SQLite (and MariaDB, for a column) reports a table or column not migrated yet as
+    an OperationalError, like an outage: retried, it would stop the bot for good."""
+    from asgiref.sync import sync_to_async
+    from django.db import connection
+    from telegram.ext import MessageHandler, filters
+
+    from .updates import message
+
+    sql = {
+        "table": "SELECT * FROM table_not_migrated_yet",
+        "column": "SELECT column_not_migrated_yet FROM botsessions_session",
+    }[missing]
+    handled: list[str] = []
+    errors: list[BaseException] = []
+
+    def query() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+
+    async def handler(update: Any, context: Any) -> None:
+        handled.append(update.message.text)
+        if update.message.text == "query":
+            await sync_to_async(query)()
+        context.session["seen"] = True
+
+    async def record(update: Any, context: Any) -> None:
+        errors.append(context.error)
+
+    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url).updater(None)
+    application = use_sessions(builder, Sessions(initial=dict)).build()
+    application.add_handler(MessageHandler(filters.TEXT, handler))
+    application.add_error_handler(record)
+    telegram_api.keep_polling_through_storage_errors(application)
+
+    async def run() -> None:
+        async with application:
+            await application.start()
+            for text in ("query", "next"):
+                update = Update.de_json(message(text, chat_id=BOB, user_id=BOB), application.bot)
+                await application.update_queue.put(update)
+            await asyncio.wait_for(application.update_queue.join(), 10)
+            await application.stop()
+
+    asyncio.run(run())
+    assert handled == ["query", "next"]
+    assert len(errors) == 1
+
+
 def test_the_delay_doubles_up_to_its_cap() -> None:
     backoff = Backoff(first=0.1, cap=2.0)
     highest = [backoff.delay(failures, Highest()) for failures in range(1, 8)]
