@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -194,3 +195,33 @@ def test_purge_runs_where_a_bot_cannot_be_built(settings, caplog):
     call_command("purgesessions", stdout=out)
     assert "Deleted 0 expired session(s)" in out.getvalue()
     assert "bot 'elsewhere' is not available here" in caplog.text
+
+
+def build_elsewhere_application() -> Any:
+    """A bot whose sessions a DatabaseStorage keeps in the "elsewhere" database."""
+    from telegram.ext import ApplicationBuilder
+
+    from botsessions import Sessions, use_sessions
+    from botsessions.storage.db import DatabaseStorage
+
+    sessions = Sessions(initial=dict, storage=DatabaseStorage(using="elsewhere"))
+    return use_sessions(ApplicationBuilder().token("333333:other-token"), sessions).build()
+
+
+@pytest.mark.django_db(databases=["default", "elsewhere"])
+def test_purge_reaches_the_databases_the_bots_storages_write_to(settings):
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "other": {"APPLICATION": "tests.test_checks_and_purge.build_elsewhere_application"},
+    }
+    past = timezone.now() - timedelta(minutes=1)
+    Session.objects.using("elsewhere").create(
+        bot_id=333333, key="chat:1", data={}, expires_at=past
+    )
+    ProcessedUpdate.objects.using("elsewhere").create(
+        bot_id=333333, update_id=1, processed_at=timezone.now() - timedelta(hours=26)
+    )
+    out = StringIO()
+    call_command("purgesessions", stdout=out)
+    assert "Deleted 1 expired session(s) and 1 processed-update record(s)" in out.getvalue()
+    assert not Session.objects.using("elsewhere").exists()

@@ -42,8 +42,13 @@ class Command(BaseCommand):
 
             return progress
 
-        sessions = purge_expired_sessions(batch_size=size, progress=report("sessions"))
-        records = prune_processed_updates(batch_size=size, progress=report("records"))
+        databases = _storage_databases()
+        sessions = purge_expired_sessions(
+            batch_size=size, progress=report("sessions"), databases=databases
+        )
+        records = prune_processed_updates(
+            batch_size=size, progress=report("records"), databases=databases
+        )
         self.stdout.write(
             self.style.SUCCESS(
                 f"Deleted {sessions} expired session(s) and {records} processed-update record(s)."
@@ -55,6 +60,14 @@ class Command(BaseCommand):
                 "Sessions and exactly-once records in Redis expire by themselves: "
                 "they need no purging."
             )
+
+
+def _storage_databases() -> list[str]:
+    """The databases the configured bots' ``DatabaseStorage(using=...)`` write to."""
+    from ...storage.db import DatabaseStorage
+
+    storages = [ref.storage for ref in configured_fragments(in_database=True)]
+    return list(dict.fromkeys(s.using for s in storages if isinstance(s, DatabaseStorage)))
 
 
 def _uses_redis() -> bool:
