@@ -489,5 +489,9 @@ def test_a_second_ctrl_c_names_the_updates_it_leaves_unprocessed(api: FakeBotAPI
             "delivers them again on the next start"
         ) in bot.log()
         assert [u["update_id"] for u in api.pending_updates()] == ids
+        # At once, not once the update's database thread is done waiting for the pool.
+        started = time.monotonic()
+        assert bot.wait(timeout=8) == 130
+        assert time.monotonic() - started < 3
     finally:
         bot.stop(signal.SIGKILL, timeout=5)

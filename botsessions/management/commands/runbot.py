@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from typing import Any
 
 from django.core.management.base import CommandParser
@@ -36,5 +39,14 @@ class Command(BotCommand):
                 bot_settings(bot)  # an unknown alias fails before anything is said
             self.stdout.write(f"Polling for updates of bot {bot!r}; Ctrl-C to stop.")
             self.stdout.flush()
-            run_polling(bot, drop_pending_updates=options["drop_pending_updates"])
+            try:
+                run_polling(bot, drop_pending_updates=options["drop_pending_updates"])
+            except (SystemExit, KeyboardInterrupt):
+                # A second Ctrl-C (run_polling has logged what it left): exit now. Python
+                # would wait at exit for the update's database thread, which may be stuck
+                # in a query for as long as the database takes.
+                logging.shutdown()
+                self.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
         self.stdout.write("Stopped.")
