@@ -271,11 +271,10 @@ class FragmentSession:
             raise
 
     async def settle(self) -> None:
-        """Wait for a read still in flight and for an assigned awaitable."""
+        """Wait for a read still in flight (an assigned awaitable is awaited before, by
+        :meth:`UpdateSessions.await_assigned`: it is the handler's code)."""
         if self._load_task is not None:
             await self._load_task
-        if _is_awaitable(self.value):
-            self.value = await self.value
 
     # -- loading ------------------------------------------------------------------
 
@@ -689,7 +688,7 @@ class UpdateSessions:
         others: dict[int, tuple[SessionStorage, list[Change]]] = {}
         locking = self.sessions.locking
         for fragment in self._states:
-            if fragment._load_task is not None or _is_awaitable(fragment.value):
+            if fragment._load_task is not None:
                 await fragment.settle()
             try:
                 change = fragment.change(now)
@@ -834,10 +833,9 @@ class UpdateSessions:
             # A lazy read a failed handler started and never awaited may still be on its
             # way: let it end (its outcome no longer matters), so that the locks it takes
             # are given back here rather than left to expire.
-            task = fragment._load_task
-            if task is not None and not task.done():
+            if fragment._load_task is not None:
                 with contextlib.suppress(Exception):
-                    await task
+                    await fragment.settle()
         locked, self._locked_in = self._locked_in, []
         for storage, keys in locked:
             if storage is None:
