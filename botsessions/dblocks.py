@@ -48,6 +48,7 @@ from typing import Any
 
 from django.db import OperationalError
 
+from .database_errors import sqlstate
 from .errors import LockTimeout
 from .storage.base import StorageKey
 
@@ -95,7 +96,7 @@ def acquire(connection: Any, ids: list[int], timeout: float) -> None:
                     [*params, f"{budget_ms}ms"],
                 )
             except OperationalError as exc:
-                if _sqlstate(exc) != "55P03":  # lock_not_available
+                if sqlstate(exc) != "55P03":  # lock_not_available
                     raise
                 raise LockTimeout(f"session locks not granted within {timeout:g} s") from exc
         elif vendor == "mysql":
@@ -132,12 +133,6 @@ _PG_LEFT = (
     "set_config('lock_timeout', GREATEST(1, %s - FLOOR(EXTRACT(EPOCH FROM "
     "clock_timestamp() - statement_timestamp()) * 1000))::int || 'ms', true)"
 )
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of the driver error behind a Django database error (psycopg 3 or 2)."""
-    cause = exc.__cause__
-    return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
 
 
 def release(connection: Any, ids: list[int]) -> None:

@@ -15,7 +15,6 @@ import contextlib
 import contextvars
 import inspect
 import logging
-import re
 import threading
 import types
 import warnings
@@ -40,6 +39,7 @@ from typing_extensions import TypeVar
 
 from .chat_migration import migration_of, move_chat
 from .config import Fragment, Sessions
+from .database_errors import never_works
 from .errors import (
     ConfigurationError,
     JobQueueNotRunning,
@@ -781,7 +781,7 @@ class SessionApplication(Application):  # type: ignore[type-arg]
             # (down, a lock wait past the timeout, a deadlock): deliver it again. A query
             # that can never work (a table not migrated yet) is the handler's bug.
             transient = isinstance(error, StorageError | OperationalError | InterfaceError)
-            if transient and run.storage_error is None and not _never_works(error):
+            if transient and run.storage_error is None and not never_works(error):
                 run.storage_error = _storage_error(error)
         return await super().process_error(update, error, job, coroutine)
 
@@ -886,22 +886,6 @@ def _fragment_session(sessions: UpdateSessions, fragment: Fragment[Any] | str) -
             else "that Fragment is configured under several names: pass the name instead"
         )
     return found[0]
-
-
-# What SQLite and MySQL/MariaDB report as an OperationalError though no retry can cure
-# it: the schema lacks what the query names, or the SQL is wrong (PostgreSQL reports
-# these as ProgrammingError).
-_SQLITE_NEVER_WORKS = re.compile(
-    r"no such (table|column|function)|has no column named|syntax error", re.IGNORECASE
-)
-_MYSQL_NEVER_WORKS = frozenset({1054, 1064, 1146, 1305})  # unknown column, syntax, table, function
-
-
-def _never_works(error: Exception) -> bool:
-    if not isinstance(error, OperationalError):
-        return False
-    code = error.args[0] if error.args else None
-    return code in _MYSQL_NEVER_WORKS or bool(_SQLITE_NEVER_WORKS.search(str(error)))
 
 
 def _storage_error(exc: Exception) -> StorageError:

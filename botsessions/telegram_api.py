@@ -28,6 +28,7 @@ from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 from .backoff import Backoff
 from .bots import bot_settings, build_application, session_application
 from .confirming import confirm_when_processed
+from .database_errors import a_deadlock
 from .errors import ConfigurationError, LockTimeout, SessionConflict, StorageError
 from .ptb import SessionApplication
 from .redaction import redact
@@ -188,24 +189,6 @@ def run_polling(alias: str, *, drop_pending_updates: bool = False) -> None:
             _remove_stop_signal_handlers()
 
 
-# A deadlock's victim on PostgreSQL (deadlock_detected, or a serialization failure) and
-# on MySQL/MariaDB (ER_LOCK_DEADLOCK): the next try gets past the other update.
-_DEADLOCK_SQLSTATES = frozenset({"40P01", "40001"})
-_MYSQL_DEADLOCK = 1213
-
-
-def _a_deadlock(error: BaseException) -> bool:
-    """Whether ``error``, or a cause of it, is a deadlock the database resolved."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if getattr(cause, "sqlstate", None) in _DEADLOCK_SQLSTATES:
-            return True
-        if isinstance(cause, OperationalError) and cause.args[:1] == (_MYSQL_DEADLOCK,):
-            return True
-        cause = cause.__cause__
-    return False
-
-
 def _remove_stop_signal_handlers() -> None:
     """Give Ctrl-C and SIGTERM back to the process once polling has ended.
 
@@ -357,7 +340,7 @@ class _Retrying:
                         "update %s: removed %d job(s) its failed try scheduled",
                         update_id, removed,
                     )  # fmt: skip
-                deadlock = _a_deadlock(exc)
+                deadlock = a_deadlock(exc)
                 contention = deadlock or isinstance(exc, SessionConflict | LockTimeout)
                 if deadlock:
                     what = "a deadlock with another update"

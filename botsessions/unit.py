@@ -51,6 +51,7 @@ from django.db import Error, close_old_connections, connections, transaction
 
 from . import dblocks
 from .conf import settings
+from .database_errors import ends_the_transaction
 from .errors import StorageError
 from .outcome import Outcome
 from .storage.base import StorageKey
@@ -178,7 +179,9 @@ class UnitOfWork:
         try:
             return execute(sql, params, many, context)
         except Error as exc:
-            if self.rolled_back_by is None and _ends_the_transaction(sql, context, exc):
+            if self.rolled_back_by is None and ends_the_transaction(
+                sql, context["connection"].vendor, exc
+            ):
                 self.rolled_back_by = exc
             raise
 
@@ -520,27 +523,6 @@ class DatabaseThreads:
 def _stop(thread: ThreadPoolExecutor) -> None:
     thread.submit(connections.close_all)
     thread.shutdown(wait=False)
-
-
-# InnoDB rolls back the whole transaction, savepoints and all, of a deadlock's victim
-# (ER_LOCK_DEADLOCK) and of a write that MariaDB's snapshot isolation refuses
-# (ER_CHECKREAD), where PostgreSQL fails only the statement.
-_ENDS_THE_TRANSACTION_ON_MYSQL = {1213, 1020}
-
-
-def _ends_the_transaction(sql: str, context: Any, error: Error) -> bool:
-    """Whether the statement's ``error`` says the transaction has ended on the server.
-
-    Django cannot tell: it goes on as if the handler's savepoint still stood, and what
-    the update writes next would commit without what it wrote before. A failed
-    ``ROLLBACK TO SAVEPOINT`` says it on every database, whatever ended the transaction
-    (a lost connection, too); the codes say it at once, also for a handler that caught
-    the error without a savepoint.
-    """
-    if sql.startswith("ROLLBACK TO SAVEPOINT"):
-        return True
-    code = error.args[0] if error.args else None
-    return context["connection"].vendor == "mysql" and code in _ENDS_THE_TRANSACTION_ON_MYSQL
 
 
 def _lost(connection: Any, began_on: object) -> bool:
