@@ -7,9 +7,11 @@ pytest-django's transactions and query counting see every statement.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from telegram import Update
 from telegram.ext import ApplicationBuilder, BaseHandler
 
 from botsessions import Sessions, use_sessions
@@ -56,3 +58,31 @@ class BotHarness:
 
     def close(self) -> None:
         self.runner.shutdown()
+
+
+def poll(
+    application: SessionApplication,
+    *updates: int | dict[str, Any],
+    timeout: float = 10,
+    before_stop: Callable[[], None] | None = None,
+) -> None:
+    """Hand the updates to PTB's fetcher, as runbot's Updater does, then stop.
+
+    An int is a bare ``Update`` of that id; a dict is decoded with the application's bot.
+    ``before_stop`` looks at the application once every update is processed.
+    """
+
+    async def run() -> None:
+        async with application:
+            await application.start()
+            for update in updates:
+                if isinstance(update, int):
+                    await application.update_queue.put(Update(update))
+                else:
+                    await application.update_queue.put(Update.de_json(update, application.bot))
+            await asyncio.wait_for(application.update_queue.join(), timeout)
+            if before_stop is not None:
+                before_stop()
+            await asyncio.wait_for(application.stop(), timeout)
+
+    asyncio.run(run())

@@ -13,7 +13,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from telegram import Update
 from telegram.ext import (
     ApplicationBuilder,
     CommandHandler,
@@ -32,7 +31,7 @@ from botsessions import (
 )
 from botsessions.runner import BotRunner
 
-from .harness import TOKEN
+from .harness import TOKEN, poll
 from .updates import ALICE, message
 
 pytestmark = pytest.mark.django_db
@@ -202,16 +201,11 @@ def test_runbot_removes_the_jobs_of_a_try_it_retries(api, monkeypatch):
     telegram_api.keep_polling_through_storage_errors(application)
     names: list[str] = []
 
-    async def poll_once() -> None:
-        async with application:
-            await application.start()
-            update = Update.de_json(message("/remind", chat_id=ALICE), application.bot)
-            await application.update_queue.put(update)
-            await asyncio.wait_for(application.update_queue.join(), 10)
-            names.extend(sorted(j.name for j in application.job_queue.jobs()))
-            await application.stop()
-
-    asyncio.run(poll_once())
+    poll(
+        application,
+        message("/remind", chat_id=ALICE),
+        before_stop=lambda: names.extend(sorted(j.name for j in application.job_queue.jobs())),
+    )
     assert tries == ["try", "try"]
     assert names == ["follow-up", "nightly", "reminder"]
 
@@ -262,16 +256,7 @@ def test_a_retried_try_leaves_a_conversation_timeout_to_its_handler(api, monkeyp
     application.add_error_handler(record)
     telegram_api.keep_polling_through_storage_errors(application)
 
-    async def poll() -> None:
-        async with application:
-            await application.start()
-            for text in ("/start", "pizza"):
-                update = Update.de_json(message(text, chat_id=ALICE), application.bot)
-                await application.update_queue.put(update)
-            await asyncio.wait_for(application.update_queue.join(), 10)
-            await application.stop()
-
-    asyncio.run(poll())
+    poll(application, *(message(text, chat_id=ALICE) for text in ("/start", "pizza")))
     # PTB keeps a conversation that is not persistent in memory, outside the unit: the
     # retry finds it waiting for the answer already, and the answer is taken.
     assert steps == ["asked", "answered"]

@@ -29,7 +29,7 @@ from botsessions.errors import LockTimeout, SessionConflict, StorageError
 from botsessions.ptb import SessionApplication
 
 from .fakebotapi import FakeBotAPI
-from .harness import TOKEN
+from .harness import TOKEN, poll
 from .servers import REPO, Process, manage, server_env, start_runbot
 from .updates import BOB, GROUP
 
@@ -71,20 +71,6 @@ def application_failing(
 def failing(times: int, error: Exception) -> Callable[[int, int], Exception | None]:
     """Every update fails its first ``times`` tries with ``error``."""
     return lambda update_id, attempt: error if attempt <= times else None
-
-
-def poll(application: SessionApplication, *update_ids: int, timeout: float = 10) -> None:
-    """Hand the updates to PTB's fetcher, as runbot's Updater does, then stop."""
-
-    async def run() -> None:
-        async with application:
-            await application.start()
-            for update_id in update_ids:
-                await application.update_queue.put(Update(update_id))
-            await asyncio.wait_for(application.update_queue.join(), timeout)
-            await asyncio.wait_for(application.stop(), timeout)
-
-    asyncio.run(run())
 
 
 @pytest.fixture(autouse=True)
@@ -345,16 +331,7 @@ def test_a_query_that_can_never_work_goes_to_the_error_handlers_once(
     application.add_error_handler(record)
     telegram_api.keep_polling_through_storage_errors(application)
 
-    async def run() -> None:
-        async with application:
-            await application.start()
-            for text in ("query", "next"):
-                update = Update.de_json(message(text, chat_id=BOB, user_id=BOB), application.bot)
-                await application.update_queue.put(update)
-            await asyncio.wait_for(application.update_queue.join(), 10)
-            await application.stop()
-
-    asyncio.run(run())
+    poll(application, *(message(text, chat_id=BOB, user_id=BOB) for text in ("query", "next")))
     assert handled == ["query", "next"]
     assert len(errors) == 1
 
