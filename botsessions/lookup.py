@@ -193,11 +193,11 @@ def reset_session(ref: FragmentRef, key: str, *, revision: int | None) -> bool:
     check_key(key)
     plan = initial_data(ref.fragment)
     storage_key = ref.key(key)
-    if plan.deletes:
+    if plan.deletes or plan.text is None:
         _change(ref, Delete(storage_key, revision))
         return False
     record = StoredSession(
-        data=ref.fragment.serializer.dumps(plan.data),
+        data=plan.text,
         version=plan.version,
         expires_at=plan.expires_at(datetime.now(UTC)),
         revision=(revision or 0) + 1,

@@ -51,12 +51,15 @@ class InitialData:
     """What a reset writes for one fragment: its initial data, already validated.
 
     ``data`` is ``None`` when the fragment's initial data is ``None``: the reset then
-    deletes the row, as the engine does when a handler assigns ``None``.
+    deletes the row, as the engine does when a handler assigns ``None``. ``text`` is the
+    serializer's own output, for storages that keep text: a serializer that builds
+    objects (a dataclass's) cannot take ``data``, which is already plain JSON.
     """
 
     data: Any
     version: Decimal | None
     fragment: Fragment
+    text: str | None = None
 
     @property
     def deletes(self) -> bool:
@@ -109,11 +112,12 @@ def initial_data(fragment: Fragment) -> InitialData:
     if value is None:
         return InitialData(None, version, fragment)
     try:
-        stored = json.loads(fragment.serializer.dumps(value))
+        text = fragment.serializer.dumps(value)
+        stored = json.loads(text)
     except Exception as exc:  # SessionDataError, or anything a serializer of its own raises
         problem = str(exc) if isinstance(exc, SessionDataError) else _named(exc)
         raise SessionDataError(f"the bot's initial data cannot be stored: {problem}") from exc
-    return InitialData(stored, version, fragment)
+    return InitialData(stored, version, fragment, text)
 
 
 def fragment_pairs(queryset: QuerySet[Session]) -> list[FragmentKey]:

@@ -8,6 +8,7 @@ ones those of the demo bot ("default", fragments ``chat`` and ``user``).
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass, field
 from decimal import Decimal
 from io import StringIO
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from telegram.ext import Application, ApplicationBuilder
 
+from botsessions import DataclassSerializer, Sessions, use_sessions
 from botsessions.models import Session
 
 from . import test_admin, test_admin_storages
@@ -115,6 +118,33 @@ def test_resetsession_in_redis_and_in_the_database(prefix: str, raw: Any) -> Non
     run("resetsession", "chat", "chat:42")
     row = Session.objects.get(key="chat:42")
     assert (row.data, row.revision) == ({"pizza_count": 0}, 2)
+
+
+TYPED_ID = 343434
+
+
+@dataclass
+class Basket:
+    items: list[str] = field(default_factory=list)
+
+
+def build_typed_application() -> Application:  # type: ignore[type-arg]
+    sessions = Sessions(initial=Basket, serializer=DataclassSerializer(Basket))
+    return use_sessions(ApplicationBuilder().token(f"{TYPED_ID}:typed-token"), sessions).build()
+
+
+def test_resetsession_stores_a_dataclass_sessions_initial_data(settings: Any) -> None:
+    """The initial data is the serializer's text: a dataclass's cannot be re-read from JSON."""
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "typed": {"APPLICATION": "tests.test_session_commands.build_typed_application"},
+    }
+    Session.objects.create(bot_id=TYPED_ID, fragment="", key="chat:1", data={"items": ["cake"]})
+
+    assert "reset to its initial data" in run("resetsession", "-", "chat:1", "--bot", "typed")
+
+    row = Session.objects.get(key="chat:1")
+    assert (row.data, row.revision) == ({"items": []}, 2)
 
 
 def test_resetting_to_initial_data_none_deletes(prefix: str, raw: Any) -> None:
