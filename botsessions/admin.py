@@ -665,10 +665,17 @@ class PrettyJSONField(forms.JSONField):
         if isinstance(value, forms.fields.InvalidJSONInput):
             return printable(value)
         try:
-            text = json.dumps(value, indent=2, ensure_ascii=False, cls=self.encoder)
+            text = printable(json.dumps(value, indent=2, ensure_ascii=False, cls=self.encoder))
         except (ValueError, TypeError, RecursionError):
-            text = json.dumps(value, ensure_ascii=False, cls=self.encoder, allow_nan=True)
-        return printable(text)
+            text = ""
+        if not text or len(text.encode("utf-8", "surrogatepass")) > MAX_EDIT_SIZE:
+            # Indenting can multiply deeply nested data's size: shown compact, data that
+            # fits the limit can be saved back from the page as shown.
+            compact = json.dumps(
+                value, ensure_ascii=False, cls=self.encoder, allow_nan=True, separators=(",", ":")
+            )
+            text = printable(compact)
+        return text
 
     def to_python(self, value: Any) -> Any:
         if self.disabled or not isinstance(value, str):
