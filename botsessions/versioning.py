@@ -60,6 +60,10 @@ class DataMigrations:
                     raise MigrationError(
                         f"migration to version {step_version} failed: {exc!r}"
                     ) from exc
+                if data is None:  # most likely a step that changed the data but forgot `return`
+                    raise MigrationError(
+                        f"migration to version {step_version} returned None, not the data"
+                    )
         return data
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -288,7 +289,9 @@ def seed(probe: Probe, data: str, version: Decimal | None) -> None:
     if isinstance(probe.storage, RecordingStorage):
         asyncio.run(probe.storage.commit([Write(StorageKey(BOT, "", KEY), record, 0)]))
     else:
-        Session.objects.create(bot_id=BOT, fragment="", key=KEY, data=int(data), version=version)
+        Session.objects.create(
+            bot_id=BOT, fragment="", key=KEY, data=json.loads(data), version=version
+        )
 
 
 STEPS = {1: lambda n: n + 10, 3: lambda n: n * 2, 12: lambda n: n**2}
@@ -350,6 +353,27 @@ def test_data_newer_than_the_newest_migration_is_refused_and_untouched(make_bot,
     assert "newer than the newest known migration" in caplog.text
     with pytest.raises(MigrationError):
         DataMigrations(STEPS).upgrade(1, Decimal(13))
+
+
+def test_a_migration_returning_none_is_bad_stored_data_and_deletes_nothing(
+    make_bot, timed, caplog
+):
+    seed(timed, '{"count": 5}', Decimal(1))
+    ran: list[Any] = []
+
+    def add_field(data: Any) -> None:  # changes the data in place and forgets to return it
+        data["extra"] = 0
+
+    async def handler(update, context):
+        ran.append(context.session)
+
+    sessions = Sessions(storage=timed.storage, migrations={1: lambda d: d, 2: add_field})
+    bot = make_bot(sessions, [every_update(handler)])
+    assert bot.process(message("look")) == "bad_stored_data"
+    assert ran == []
+    assert stored_row(timed)[0] == Decimal(1)
+    assert json.loads(timed.stored_text(BOT, "", KEY)) == {"count": 5}
+    assert "migration to version 2 returned None" in caplog.text
 
 
 def test_timeouts_and_migrations_together(make_bot, timed, clock):
