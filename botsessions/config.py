@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic
 
 from typing_extensions import TypeVar
@@ -73,12 +73,25 @@ class Fragment(Generic[D]):
             not isinstance(self.ttl, timedelta) or self.ttl <= timedelta(0)
         ):
             raise ConfigurationError("ttl must be a positive datetime.timedelta")
+        if self.ttl is not None:
+            try:
+                datetime.now(UTC) + self.ttl
+            except OverflowError:
+                raise ConfigurationError(
+                    "ttl reaches past the year 9999, which no expiry can hold; for sessions "
+                    "that never expire, leave ttl out"
+                ) from None
         if not isinstance(self.prefix, str) or not storable_key(self.prefix):
             raise ConfigurationError("prefix must be a string without NUL or lone surrogates")
         embed = getattr(self.key, "chat_key", None)
         if embed is not None and not callable(embed):
             raise ConfigurationError(
                 "key.chat_key must be a function from a chat id to that chat's key, or None"
+            )
+        if isinstance(self.serializer, type):
+            raise ConfigurationError(
+                f"serializer must be an instance, such as {self.serializer.__name__}(), "
+                "not the class"
             )
         for method in ("dumps", "loads"):
             if not callable(getattr(self.serializer, method, None)):
@@ -128,6 +141,11 @@ class Sessions:
     ) -> None:
         if fragment is not None and options:
             raise ConfigurationError("pass either a Fragment or its options, not both")
+        if fragment is not None and not isinstance(fragment, Fragment):
+            raise ConfigurationError(
+                "Sessions takes a Fragment or keyword options (initial=..., key=...), "
+                f"not {type(fragment).__name__}"
+            )
         self.fragments: dict[str, Fragment] = {"": fragment or Fragment(**options)}
         self.is_multi = False
         self.migrate_chats = migrate_chats

@@ -358,7 +358,7 @@ class FragmentSession:
         if text is not None and plan.verify is not None:
             text = plan.verify(value, text)
         else:
-            text = self.fragment.serializer.dumps(value)
+            text = self._foreign_text(self.fragment.serializer.dumps(value))
         if not text.isascii():
             try:
                 text.encode("utf-8")
@@ -391,6 +391,22 @@ class FragmentSession:
             (expected or 0) + 1,
         )
         return Write(key, record, expected)
+
+    def _foreign_text(self, text: object) -> str:
+        """What a serializer other than JSONSerializer gave, checked before it is stored."""
+        if not isinstance(text, str):
+            raise SessionDataError(
+                f"the serializer's dumps() returned {type(text).__name__}, not str"
+            )
+        if self.storage is not None and self.storage.keeps_json_only:
+            try:
+                json.loads(text)
+            except ValueError as exc:
+                raise SessionDataError(
+                    f"the serializer's dumps() returned text that is not JSON, which "
+                    f"{type(self.storage).__name__} cannot keep: {exc}"
+                ) from None
+        return text
 
 
 class _FloatFrom1e16(Exception):
@@ -449,7 +465,7 @@ class UpdateSessions:
                 text = f"{fragment_plan.fragment.prefix}{raw}"
                 if (
                     isinstance(raw, str)
-                    and len(text) <= MAX_KEY_LENGTH
+                    and 0 < len(text) <= MAX_KEY_LENGTH
                     and (text in fragment_plan.keys or storable_key(text))
                 ):
                     key = fragment_plan.key(bot_id, text)
@@ -463,7 +479,7 @@ class UpdateSessions:
                     # or a lone surrogate: refuse here rather than fail the write.
                     state = FragmentSession(fragment_plan, None, update)
                     state.bad_key = (
-                        f"{raw!r:.80} is not a string of at most {MAX_KEY_LENGTH} characters "
+                        f"{raw!r:.80} is not a string of 1 to {MAX_KEY_LENGTH} characters "
                         "without NUL or lone surrogates"
                     )
             states.append(state)

@@ -6,13 +6,25 @@ where grammY writes back data nobody changed.
 
 from __future__ import annotations
 
+import base64
+import json
+import pickle
 from typing import Any
 
 import pytest
 from telegram import Update
 from telegram.ext import TypeHandler
 
-from botsessions import Fragment, MemoryStorage, SessionKeyError, Sessions, StorageError
+from botsessions import (
+    Fragment,
+    JSONSerializer,
+    MemoryStorage,
+    SessionDataError,
+    SessionKeyError,
+    Sessions,
+    StorageError,
+)
+from botsessions.models import Session
 
 from .updates import ALICE, inline_query, message
 
@@ -281,9 +293,15 @@ def test_fragment_config_is_validated():
         Fragment(key="chat")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="storage"):
         Fragment(storage=object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="year 9999"):
+        Fragment(ttl=timedelta(days=10_000_000))
+    with pytest.raises(ConfigurationError, match=r"JSONSerializer\(\), not the class"):
+        Fragment(serializer=JSONSerializer)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="not function"):
+        Sessions(lambda: {"n": 0})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("bad_key", ["k" * 256, 12345])
+@pytest.mark.parametrize("bad_key", ["k" * 256, 12345, ""])
 def test_unusable_keys_are_refused_before_any_storage_call(make_bot, probe, bad_key):
     """A resolver bug must not become a write that fails on every redelivery."""
 
@@ -354,3 +372,52 @@ def test_an_error_of_initial_data_is_a_failed_handler_not_a_storage_failure(make
     bot = make_bot(Sessions(storage=MemoryStorage(), initial=broken_initial), [every_update(read)])
     assert bot.process(message("hello")) == "handler_failed"
     assert isinstance(bot.errors[0], KeyError)
+
+
+class PickledText:
+    """A serializer of a project's own whose text is not JSON (base64 of a pickle)."""
+
+    def dumps(self, value: Any) -> str:
+        return base64.b64encode(pickle.dumps(value)).decode("ascii")
+
+    def loads(self, text: str) -> Any:
+        return pickle.loads(base64.b64decode(text))
+
+
+class Bytes(PickledText):
+    """One whose dumps() gives bytes, as orjson.dumps does."""
+
+    def dumps(self, value: Any) -> Any:
+        return json.dumps(value).encode("utf-8")
+
+
+def test_a_serializer_giving_bytes_fails_the_handler_and_writes_nothing(make_bot, probe):
+    async def handler(update, context):
+        context.session["n"] = 1
+
+    sessions = Sessions(storage=probe.storage, initial=dict, serializer=Bytes())
+    bot = make_bot(sessions, [every_update(handler)])
+    assert bot.process(message("x")) == "handler_failed"
+    assert isinstance(bot.errors[0], SessionDataError)
+    assert "dumps() returned bytes, not str" in str(bot.errors[0])
+    assert probe.stored_text(BOT, "", f"chat:{ALICE}") is None
+
+
+def test_text_that_is_not_json_is_refused_only_by_the_database(make_bot, probe):
+    """The database's data column holds JSON: refused before the write (no 503 loop)."""
+    seen: list[Any] = []
+
+    async def handler(update, context):
+        seen.append(dict(context.session))
+        context.session["n"] = context.session.get("n", 0) + 1
+
+    sessions = Sessions(storage=probe.storage, initial=dict, serializer=PickledText())
+    bot = make_bot(sessions, [every_update(handler)])
+    first, second = bot.process(message("x")), bot.process(message("y"))
+    if probe.kind == "db":
+        assert (first, second) == ("handler_failed", "handler_failed")
+        assert "not JSON, which DatabaseStorage cannot keep" in str(bot.errors[0])
+        assert not Session.objects.exists()
+    else:
+        assert (first, second) == ("committed", "committed")
+        assert seen == [{}, {"n": 1}]

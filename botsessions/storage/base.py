@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import ClassVar
 
 #: True while the admin or a session command runs a call on a short-lived event loop
 #: of its own (:mod:`botsessions.lookup`). A connection bound to the bot's loop cannot
@@ -84,6 +85,10 @@ class UpdateMark:
 
 class SessionStorage(ABC):
     """Base class of session storages; subclass it to plug in your own."""
+
+    #: True for a storage that holds JSON only (a JSON column): the engine then refuses
+    #: other text from a serializer of the project's own before it reaches the storage.
+    keeps_json_only: ClassVar[bool] = False
 
     @abstractmethod
     async def read(self, key: StorageKey) -> StoredSession | None:

@@ -36,6 +36,8 @@ _UNDECODABLE = (ValueError, TypeError, ArithmeticError)
 class DatabaseStorage(SessionStorage):
     """Sessions in the database Django is configured with (the default storage)."""
 
+    keeps_json_only = True  # the data column is JSON: a CHECK on SQLite and MariaDB
+
     def __init__(self, using: str | None = None) -> None:
         self._using = using
         self._sql: dict[tuple[Any, ...], str] = {}
