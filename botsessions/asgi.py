@@ -1,4 +1,5 @@
-"""Refusing oversized webhook bodies under ASGI before Django reads them.
+"""The webhook under ASGI: oversized bodies refused before Django reads them, and the
+server's stop delayed until the updates in flight have ended.
 
 Django's ASGI handler reads a request's whole body (spooling it to disk) before any view
 runs, so the webhook view's size check would come after a 1 GiB upload was received.
@@ -9,6 +10,10 @@ request (any method) to the URLs served by a
 server serves that); every other request passes untouched::
 
     application = WebhookBodyLimit(get_asgi_application())
+
+It also answers the server's lifespan events, which Django does not take: at shutdown it
+waits for the updates the async view handed to a bot's loop, those whose client went
+away included.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from django.urls import Resolver404, resolve
 
 from .conf import settings
+from .runner import finish_updates_in_flight
 from .webhook import refusal, served_bot
 
 Scope = MutableMapping[str, Any]
@@ -35,6 +41,9 @@ class WebhookBodyLimit:
         self.application = application
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
         # Every method: the view refuses all but POST, but only after Django has read the
         # body, and a server may pass a method on as the client spelt it ("post").
         if scope["type"] != "http" or not _is_webhook(scope):
@@ -66,6 +75,20 @@ class WebhookBodyLimit:
             return received.pop(0) if received else await receive()
 
         await self.application(scope, replay, send)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Django's ASGI handler takes no lifespan events; answered here, so that a server
+    that stops first lets the updates still running end (their client may be gone, and
+    what they committed is still to be sent)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await finish_updates_in_flight()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _is_webhook(scope: Scope) -> bool:

@@ -10,12 +10,15 @@ to that loop and lends itself to the update's database work meanwhile (see
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from asgiref.current_thread_executor import CurrentThreadExecutor
+from asgiref.sync import sync_to_async
 from telegram import Update
 from telegram.ext import ExtBot
 
@@ -24,6 +27,7 @@ from .ptb import SessionApplication
 from .unit import UnitExecutor, UnitOfWork, process_as_unit, run_in_unit
 
 T = TypeVar("T")
+logger = logging.getLogger("botsessions")
 
 
 class BotRunner:
@@ -82,9 +86,13 @@ class BotRunner:
             self._started = True
 
     async def ainitialize(self) -> None:
-        """:meth:`initialize` for a caller on another event loop (an ASGI server's)."""
+        """:meth:`initialize` for a caller on another event loop (an ASGI server's).
+
+        Shielded: a client that goes away must not cut ``post_init`` off halfway (the
+        next update would run it again from the start).
+        """
         if not self._started:
-            await self.run_from_loop(self._initialize())
+            await asyncio.shield(self.run_from_loop(self._initialize()))
 
     async def run_from_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the bot's loop and await it from another loop."""
@@ -124,7 +132,7 @@ class BotRunner:
             raise
         outcome = unit.end(handled)
         if unit.sends_due:
-            self.run(unit.send_after_commit())
+            unit.send_after_commit_here()
         return outcome
 
     async def aprocess(self, update: Update) -> str:
@@ -137,7 +145,10 @@ class BotRunner:
         away): what is committed is then also sent.
         """
         await self.ainitialize()
-        return await asyncio.shield(self.run_from_loop(self._process_as_unit(update)))
+        running = asyncio.run_coroutine_threadsafe(self._process_as_unit(update), self.loop)
+        _in_flight.add(running)
+        running.add_done_callback(_in_flight.discard)
+        return await asyncio.shield(asyncio.wrap_future(running))
 
     async def _run(self, update: Update, executor: UnitExecutor) -> str:
         self._resolve_callback_data(update)
@@ -177,6 +188,26 @@ class BotRunner:
 
 _runners: dict[str, BotRunner] = {}
 _runners_lock = threading.Lock()
+# The updates the async view handed to a bot's loop and that have not ended yet.
+_in_flight: set[Future[str]] = set()
+
+
+async def finish_updates_in_flight() -> None:
+    """Wait for the updates the async view started, those whose client went away
+    included: an ASGI server that stops waits for requests, not for them."""
+    pending = list(_in_flight)
+    if pending:
+        logger.info("botsessions: waiting for %d update(s) in flight to end", len(pending))
+        await asyncio.wait([asyncio.wrap_future(future) for future in pending])
+
+
+async def arunner_for(alias: str) -> BotRunner:
+    """:func:`runner_for` from an event loop: the first call builds the bot off the loop,
+    as its factory may use the ORM or block."""
+    runner = _runners.get(alias)
+    if runner is not None and runner._pid == os.getpid():
+        return runner
+    return await sync_to_async(runner_for)(alias)
 
 
 def runner_for(alias: str) -> BotRunner:

@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from asgiref.current_thread_executor import CurrentThreadExecutor
 from asgiref.sync import ThreadSensitiveContext
 from django.core.exceptions import ImproperlyConfigured
 from django.db import Error, close_old_connections, connections, transaction
@@ -373,8 +374,7 @@ class UnitOfWork:
             self._committed = True  # process_as_unit sends them on the loop
             return
         # An outer transaction of the caller's committed later, on its own thread.
-        assert self.loop is not None
-        asyncio.run_coroutine_threadsafe(self.send_after_commit(), self.loop).result()
+        self.send_after_commit_here()
 
     # -- on the loop -------------------------------------------------------------
 
@@ -382,18 +382,33 @@ class UnitOfWork:
         """Run ``send`` (an awaitable, or a function returning one) once the update commits."""
         self._after_commit.append(send)
 
-    async def send_after_commit(self) -> None:
-        """Run the registered sends in order; a failure is logged and the rest still run."""
+    async def send_after_commit(self, executor: Executor) -> None:
+        """Run the registered sends in order; a failure is logged and the rest still run.
+
+        Their thread-sensitive calls (a send that reads through the async ORM) run on
+        ``executor``: a thread whose connection is closed or kept as Django's rules say,
+        never one asgiref would make for a request that has already ended.
+        """
         pending, self._after_commit = self._after_commit, []
         self.sending = True  # a send given as a function may read the committed sessions
         try:
-            for send in pending:
-                try:
-                    await (send() if callable(send) else send)
-                except Exception:
-                    logger.exception("botsessions: a send after commit failed (not retried)")
+            async with ThreadSensitiveContext(executor=executor):
+                for send in pending:
+                    try:
+                        await (send() if callable(send) else send)
+                    except Exception:
+                        logger.exception("botsessions: a send after commit failed (not retried)")
         finally:
             self.sending = False
+
+    def send_after_commit_here(self) -> None:
+        """:meth:`send_after_commit` on the update's loop, from a thread that waits for it
+        and runs the sends' database calls meanwhile, on its own connection."""
+        assert self.loop is not None
+        executor = CurrentThreadExecutor(None)
+        future = asyncio.run_coroutine_threadsafe(self.send_after_commit(executor), self.loop)
+        executor.run_until_future(future)
+        future.result()
 
     def discard_after_commit(self) -> None:
         for send in self._after_commit:
@@ -482,8 +497,38 @@ async def process_as_unit(
         raise
     outcome = await executor.end(outcome)
     if unit.sends_due:
-        await unit.send_after_commit()
+        thread = BorrowedThread(application.database_threads, fresh_connections=fresh_connections)
+        try:
+            await unit.send_after_commit(thread)
+        finally:
+            await thread.give_back()
     return outcome
+
+
+class BorrowedThread(Executor):
+    """One of the application's database threads, borrowed at the first call (if any)
+    and given back by :meth:`give_back`: the sends after a commit run their database
+    calls on it."""
+
+    def __init__(self, threads: DatabaseThreads, *, fresh_connections: bool) -> None:
+        self._threads = threads
+        self._fresh_connections = fresh_connections
+        self._thread: ThreadPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self._thread is None:
+            self._thread = self._threads.take()
+        return self._thread.submit(fn, *args, **kwargs)
+
+    async def give_back(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        try:
+            if self._fresh_connections:  # as Django does after a request (to the pool)
+                await asyncio.get_running_loop().run_in_executor(thread, close_old_connections)
+        finally:
+            self._threads.give_back(thread)
 
 
 class DatabaseThreads:

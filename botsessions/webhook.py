@@ -45,7 +45,7 @@ from .conf import settings
 from .errors import LockTimeout, SessionConflict, StorageError
 from .key_parts import InvalidKeyPart
 from .redaction import redact
-from .runner import BotRunner, runner_for
+from .runner import BotRunner, arunner_for, runner_for
 
 logger = logging.getLogger("botsessions.webhook")
 
@@ -85,8 +85,8 @@ class WebhookView(View):
     bot: str = "default"
     http_method_names = ["post"]
 
-    def accept(self, request: HttpRequest) -> HttpResponseBase | tuple[BotRunner, Update]:
-        """The refusal for a request we must not process, or the update to process."""
+    def accept(self, request: HttpRequest) -> HttpResponseBase | dict[str, Any]:
+        """The refusal for a request we must not process, or the update's JSON object."""
         config = bot_settings(self.bot)
         secret = config.get("WEBHOOK_SECRET") or ""
         if not secret and not _open_without_secret(self.bot):
@@ -109,18 +109,20 @@ class WebhookView(View):
         body = _read_at_most(request, limit + 1)
         if len(body) > limit:
             return refusal(413, f"body over {limit} bytes")
-        runner = runner_for(self.bot)
         try:
-            data = _parse(body)
-            try:
-                update = runner.decode(data)
-            except InvalidKeyPart as exc:  # names the field, never echoes the value
-                raise BadUpdate(f"not a Telegram update: {exc}") from exc
-            except Exception as exc:  # PTB raises many kinds for a malformed update
-                raise BadUpdate(f"not a Telegram update: {exc.__class__.__name__}") from exc
+            return _parse(body)
         except BadUpdate as exc:
             return refusal(400, str(exc))
-        return runner, update
+
+    @staticmethod
+    def decode(runner: BotRunner, data: dict[str, Any]) -> HttpResponseBase | Update:
+        """The update, or the 400 for a JSON object that is not one."""
+        try:
+            return runner.decode(data)
+        except InvalidKeyPart as exc:  # names the field, never echoes the value
+            return refusal(400, f"not a Telegram update: {exc}")
+        except Exception as exc:  # PTB raises many kinds for a malformed update
+            return refusal(400, f"not a Telegram update: {exc.__class__.__name__}")
 
     def length_required(self) -> HttpResponseBase:
         """411, answered so that the server closes the connection after it.
@@ -168,7 +170,10 @@ class TelegramWebhookView(WebhookView):
         accepted = self.accept(request)
         if isinstance(accepted, HttpResponseBase):
             return accepted
-        runner, update = accepted
+        runner = runner_for(self.bot)
+        update = self.decode(runner, accepted)
+        if isinstance(update, HttpResponseBase):
+            return update
         try:
             runner.initialize()
         except Exception as exc:  # the Bot API unreachable, the token refused, post_init
@@ -201,7 +206,10 @@ class AsyncTelegramWebhookView(WebhookView):
         accepted = self.accept(request)
         if isinstance(accepted, HttpResponseBase):
             return accepted
-        runner, update = accepted
+        runner = await arunner_for(self.bot)
+        update = self.decode(runner, accepted)
+        if isinstance(update, HttpResponseBase):
+            return update
         try:
             await runner.ainitialize()
         except Exception as exc:  # the Bot API unreachable, the token refused, post_init

@@ -140,3 +140,87 @@ def test_a_lock_wait_past_the_timeout_answers_503_and_leaves_nothing(
     assert first.status_code == 200
     assert second.status_code == 503
     assert Purchase.objects.count() == ProcessedUpdate.objects.count() == 1
+
+
+def build_demo_from_the_database() -> Any:
+    """A factory that reads the database first, as one reading its token from a model."""
+    from botproject.bot import build_application
+
+    Purchase.objects.exists()
+    return build_application()
+
+
+def test_a_bot_factory_that_uses_the_orm_is_built_off_the_loop(
+    fresh_bots: FakeBotAPI, settings: Any
+) -> None:
+    settings.BOTSESSIONS_BOTS = {
+        "default": {
+            **settings.BOTSESSIONS_BOTS["default"],
+            "APPLICATION": "tests.test_async_webhook.build_demo_from_the_database",
+        }
+    }
+    (response,) = post_all(message("🍕", chat_id=GROUP, user_id=ALICE))
+    assert (response.status_code, response.json()["outcome"]) == (200, "committed")
+
+
+def test_post_init_runs_once_whole_when_the_first_client_goes_away(
+    fresh_bots: FakeBotAPI,
+) -> None:
+    from botsessions.runner import runner_for
+
+    runner = runner_for("default")
+    steps: list[str] = []
+
+    async def post_init(application: Any) -> None:
+        steps.append("began")
+        await asyncio.sleep(0.5)
+        steps.append("ended")
+
+    runner.application.post_init = post_init
+
+    async def first_gives_up_then_second() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(runner.ainitialize(), 0.1)
+        await runner.ainitialize()
+
+    async_to_sync(first_gives_up_then_second)()
+    assert steps == ["began", "ended"]
+
+
+def test_the_servers_stop_waits_for_updates_whose_client_went_away(
+    fresh_bots: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lifespan shutdown (after the server's last request) waits for the update,
+    so what it committed is also sent."""
+    from botproject import bot as demo
+    from botsessions.asgi import WebhookBodyLimit
+    from botsessions.runner import runner_for
+
+    async def slow_count(update: Any, context: Any) -> None:
+        await asyncio.sleep(0.5)
+        context.on_commit(update.effective_message.reply_text("late but sent"))
+
+    monkeypatch.setattr(demo, "count_message", slow_count)
+    runner = runner_for("default")
+    update = runner.decode(message("🍕", chat_id=GROUP, user_id=ALICE))
+    events: list[str] = []
+
+    async def serve_then_stop() -> None:
+        with pytest.raises(TimeoutError):  # the client gave up
+            await asyncio.wait_for(runner.aprocess(update), 0.1)
+        lifespan = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+        async def receive() -> dict[str, str]:
+            return next(lifespan)
+
+        async def send(message: Any) -> None:
+            events.append(f"{message['type']}, sent: {fresh_bots.sent_texts()}")
+
+        await WebhookBodyLimit(lambda *args: None)({"type": "lifespan"}, receive, send)
+
+    fresh_bots.reset()
+    async_to_sync(serve_then_stop)()
+    assert events == [
+        "lifespan.startup.complete, sent: []",
+        "lifespan.shutdown.complete, sent: ['late but sent']",
+    ]

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
 from django.db import OperationalError, connection, connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -278,6 +279,36 @@ def test_a_failing_send_after_commit_is_logged_and_the_update_stays_committed(
     assert Purchase.objects.count() == 1
     assert api.sent_texts()[-1] == "second"  # the rest still went out
     assert "send after commit failed" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["waiting thread", "database threads"])
+def test_a_send_reads_the_orm_on_the_updates_kind_of_thread(
+    make_bot: Any, api: FakeBotAPI, path: str
+) -> None:
+    """Never on a thread asgiref makes for the caller's context: under ASGI the request
+    may have ended, and that thread and its connection (from the pool) would stay."""
+    seen: list[tuple[str, int]] = []
+
+    async def paid(update: Any, context: Any) -> None:
+        await buy(update, context)
+
+        def count() -> tuple[str, int]:  # what Purchase.objects.acount() does, and where
+            return threading.current_thread().name, Purchase.objects.count()
+
+        async def confirm() -> None:
+            seen.append(await sync_to_async(count)())
+
+        context.on_commit(confirm)
+
+    bot = make_bot(shop(), [CommandHandler("pay", paid)])
+    update = bot.runner.decode(message("/pay"))
+    if path == "waiting thread":  # the WSGI view's: the request thread runs it
+        assert bot.runner.process(update) == "committed"
+        assert seen == [(threading.current_thread().name, 1)]
+    else:  # the async view's and runbot's
+        assert async_to_sync(bot.runner.aprocess)(update) == "committed"
+        assert len(seen) == 1 and seen[0][0].startswith("botsessions-db") and seen[0][1] == 1
 
 
 def test_on_commit_outside_an_update_is_refused() -> None:
