@@ -178,13 +178,13 @@ class UpdateRun:
         while self.tasks:
             tasks, self.tasks = self.tasks, []
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self.sessions is None or not self.begun:
-            if self.moved:
-                self.outcome = Outcome.COMMITTED
-            return
         if self.failed:
             if self.outcome not in (Outcome.DUPLICATE, Outcome.BAD_STORED_DATA):
                 self.outcome = Outcome.HANDLER_FAILED
+            return
+        if self.sessions is None or not self.begun:
+            if self.moved:
+                self.outcome = Outcome.COMMITTED
             return
         try:
             # An awaitable a handler assigned is the handler's own code: when it raises,
@@ -737,19 +737,10 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         ptb = self.ptb_state
         states = ptb.start() if ptb is not None else None
         try:
-            if self.engine_sessions.migrate_chats and isinstance(update, Update):
-                ids = migration_of(update)
-                if ids is not None:
-                    run.moved = len(await move_chat(run.prepare(), *ids))
-                    unit = current_unit()
-                    if run.moved and unit is not None and unit.begun:
-                        # The moves stand even if a handler fails (see keep_so_far).
-                        await sync_to_async(unit.keep_so_far)()
-            if ptb is not None and ptb.conversations and ptb.needs_early_read(run.prepare()):
-                # A persistent conversation can reach the update: its state is read before
-                # dispatch (check_update reads it synchronously), with everything else.
-                with contextlib.suppress(ApplicationHandlerStop):
-                    await run.begin()
+            try:
+                await self._before_dispatch(run, update)
+            except Exception as exc:  # a key resolver of the project's, or the storage
+                await self.process_error(update, exc)
             if not run.failed:
                 await super().process_update(update)
             await run.finish()
@@ -766,6 +757,25 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         if run.storage_error is not None:
             raise run.storage_error
         return run.outcome
+
+    async def _before_dispatch(self, run: UpdateRun, update: object) -> None:
+        """What runs before PTB dispatches: a chat migration's moves, and the early read
+        of a persistent conversation's state. Both resolve the update's keys with the
+        project's resolvers, whose errors are the handlers' (PTB's error handlers)."""
+        if self.engine_sessions.migrate_chats and isinstance(update, Update):
+            ids = migration_of(update)
+            if ids is not None:
+                run.moved = len(await move_chat(run.prepare(), *ids))
+                unit = current_unit()
+                if run.moved and unit is not None and unit.begun:
+                    # The moves stand even if a handler fails (see keep_so_far).
+                    await sync_to_async(unit.keep_so_far)()
+        ptb = self.ptb_state
+        if ptb is not None and ptb.conversations and ptb.needs_early_read(run.prepare()):
+            # A persistent conversation can reach the update: its state is read before
+            # dispatch (check_update reads it synchronously), with everything else.
+            with contextlib.suppress(ApplicationHandlerStop):
+                await run.begin()
 
     async def process_error(
         self,

@@ -650,8 +650,15 @@ class UpdateSessions:
             embed = chat_key_of(fragment.fragment.key)
             if embed is None:
                 continue
+            old_head, new_head = embed(old_chat_id), embed(new_chat_id)
+            for head in (old_head, new_head):
+                if not isinstance(head, str):
+                    raise SessionKeyError(
+                        f"the key.chat_key of fragment {fragment.name!r} returned "
+                        f"{type(head).__name__}, not str"
+                    )
             prefix = fragment.fragment.prefix
-            pair = (prefix + embed(old_chat_id), prefix + embed(new_chat_id))
+            pair = (prefix + old_head, prefix + new_head)
             storage = fragment.storage or fragment.fragment.resolve_storage()
             by_storage.setdefault(id(storage), (storage, {}))[1][fragment.name] = pair
         moved: list[StorageKey] = []
@@ -669,7 +676,16 @@ class UpdateSessions:
                     for key in found:
                         old_head, new_head = others[key.fragment]
                         new = rekey(key.key, old_head, new_head)
-                        if new is not None:
+                        if new is not None and len(new) > MAX_KEY_LENGTH:
+                            logger.warning(
+                                "botsessions: session %s of bot %s not moved to chat %s: "
+                                "its key there would be longer than %d characters",
+                                key.key,
+                                key.bot_id,
+                                new_chat_id,
+                                MAX_KEY_LENGTH,
+                            )
+                        elif new is not None:
                             pairs.append((key, StorageKey(key.bot_id, key.fragment, new)))
                 lock = [*self.first_read(storage), *(key for pair in pairs for key in pair)]
                 if pairs:

@@ -423,3 +423,54 @@ def test_a_deadlock_a_handler_catches_never_loses_the_moves(make_bot, settings):
     assert done.wait(10)  # its connection closed before the test's teardown
     assert moved.count() == 2
     assert Session.objects.get(fragment="chat", key=f"chat:{SUPERGROUP}").data == {"pizza": 1}
+
+
+def test_a_resolver_failing_on_the_notice_is_a_handler_failure_not_a_server_error(make_bot, probe):
+    """The migration resolves keys before PTB dispatches: its errors are the handlers'."""
+
+    def by_first_word(update: Any) -> str:
+        return "word:" + update.effective_message.text.split()[0]  # a notice has no text
+
+    broken = Sessions.multi(
+        chat=Fragment(initial=lambda: {"pizza": 0}, key=per_chat, storage=probe.storage),
+        word=Fragment(initial=dict, key=by_first_word, storage=probe.storage),
+        migrate_chats=True,
+    )
+    bot = make_bot(broken, handlers())
+    notice = service_message(GROUP, migrate_to_chat_id=SUPERGROUP)
+    assert bot.process(notice) == "handler_failed"
+    assert isinstance(bot.errors[0], AttributeError)
+
+
+def test_a_chat_key_that_is_not_text_fails_the_notice_with_a_clear_error(make_bot, probe):
+    def numbered(update: Any) -> str | None:
+        chat = update.effective_chat
+        return None if chat is None else f"n:{chat.id}"
+
+    numbered.chat_key = lambda chat_id: chat_id  # type: ignore[attr-defined]
+    wrong = Sessions(initial=dict, key=numbered, storage=probe.storage, migrate_chats=True)
+    bot = make_bot(wrong, handlers())
+    assert bot.process(service_message(GROUP, migrate_to_chat_id=SUPERGROUP)) == "handler_failed"
+    assert "key.chat_key of fragment '' returned int, not str" in str(bot.errors[0])
+
+
+def test_a_key_the_move_would_make_too_long_stays_and_the_rest_moves(make_bot, probe, caplog):
+    prefix = "p" * (255 - len(f"chat:{GROUP}"))  # the group's key fits, the supergroup's not
+    both = Sessions.multi(
+        long=Fragment(
+            initial=lambda: {"n": 0}, key=per_chat, prefix=prefix, storage=probe.storage
+        ),
+        chat=Fragment(initial=lambda: {"n": 0}, key=per_chat, storage=probe.storage),
+        migrate_chats=True,
+    )
+
+    async def count_both(update: Any, context: Any) -> None:
+        context.session.long["n"] += 1
+        context.session.chat["n"] += 1
+
+    bot = make_bot(both, [MessageHandler(filters.TEXT, count_both)])
+    assert bot.process(message("🍕", chat_id=GROUP, user_id=BOB)) == "committed"
+    assert bot.process(service_message(GROUP, migrate_to_chat_id=SUPERGROUP)) == "committed"
+    assert probe.stored_text(BOT, "long", f"{prefix}chat:{GROUP}") == '{"n":1}'
+    assert probe.stored_text(BOT, "chat", f"chat:{SUPERGROUP}") == '{"n":1}'
+    assert "its key there would be longer than 255 characters" in caplog.text
