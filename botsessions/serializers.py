@@ -12,6 +12,7 @@ decoder are built once, not per call as ``json.dumps(..., **options)`` does.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import json
@@ -165,8 +166,10 @@ class DataclassSerializer(Generic[T]):
 
     A dataclass gives handlers attribute access that a type checker follows; the
     storages keep plain JSON. Fields are converted both ways, nested dataclasses
-    included (also inside ``list``, ``dict`` and ``X | None``), and the plain data must
-    pass :class:`JSONSerializer`'s checks. Change detection compares the encoded
+    included (also inside ``list``, ``dict``, ``Sequence``, ``Mapping`` and
+    ``X | None``; a dataclass in any other field type, such as a union of two, is refused
+    when written, as it would come back a ``dict``), and the plain data must pass
+    :class:`JSONSerializer`'s checks. Change detection compares the encoded
     fields, so changing an attribute is a change. A stored object with a field the
     class lacks is refused as bad stored data rather than silently dropped; a missing
     field takes its default. Data migrations see the stored JSON object, not the class:
@@ -196,7 +199,10 @@ class DataclassSerializer(Generic[T]):
         except TypeError as exc:
             raise SessionDataError(str(exc)) from exc
         try:
-            _resolve_field_types(self.cls)  # type: ignore[arg-type]  # a class is hashable
+            _check_field_types(self.cls)  # type: ignore[arg-type]  # a class is hashable
+        except _NotRebuilt as exc:
+            # Written now, it would read back as something else than was written.
+            raise SessionDataError(f"{self.cls.__name__} could not be read back: {exc}") from exc
         except Exception as exc:
             # Written now, it could never be read back: every later update would fail.
             raise SessionDataError(
@@ -226,20 +232,55 @@ class DataclassSerializer(Generic[T]):
 _type_hints = functools.cache(typing.get_type_hints)
 
 
+# The containers :func:`_from_plain` rebuilds the items of (JSON's arrays and objects).
+_LISTS = (list, collections.abc.Sequence, collections.abc.MutableSequence)
+_DICTS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+
+
+class _NotRebuilt(TypeError):
+    """A dataclass in a field type :func:`_from_plain` cannot rebuild from JSON."""
+
+
 @functools.cache
-def _resolve_field_types(cls: type) -> None:
+def _check_field_types(cls: type) -> None:
     """Resolve the field types of ``cls`` and of the dataclasses they name (a class may
-    name itself), as :func:`_from_plain` will; raises what ``get_type_hints`` raises."""
-    seen: set[int] = set()
-    pending: list[Any] = [cls]
+    name itself), as :func:`_from_plain` will; raises what ``get_type_hints`` raises,
+    or :class:`_NotRebuilt` for a dataclass it would give back as a ``dict``."""
+    seen: set[type] = set()
+    pending: list[tuple[Any, str]] = [(cls, cls.__name__)]
+    while pending:
+        kind, where = pending.pop()
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            if kind not in seen:
+                seen.add(kind)
+                pending += [
+                    (hint, f"{kind.__name__}.{name}") for name, hint in _type_hints(kind).items()
+                ]
+            continue
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        options = [arg for arg in args if arg is not type(None)]
+        if origin in _LISTS and args:
+            pending.append((args[0], where))
+        elif origin in _DICTS and len(args) == 2:
+            pending.append((args[1], where))
+        elif origin in (typing.Union, types.UnionType) and len(options) == 1:
+            pending.append((options[0], where))
+        elif _holds_dataclass(kind):
+            raise _NotRebuilt(
+                f"{where} is typed {kind}, and a dataclass there would come back as a dict "
+                "(dataclasses are rebuilt as fields, in list, dict, Sequence, Mapping and "
+                "X | None)"
+            )
+
+
+def _holds_dataclass(kind: Any) -> bool:
+    pending = [kind]
     while pending:
         kind = pending.pop()
-        if id(kind) in seen:
-            continue
-        seen.add(id(kind))
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-            pending += _type_hints(kind).values()
+            return True
         pending += typing.get_args(kind)
+    return False
 
 
 def _from_plain(kind: Any, data: Any) -> Any:
@@ -259,9 +300,9 @@ def _from_plain(kind: Any, data: Any) -> Any:
                 object.__setattr__(built, name, v)
         return built
     origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin is list and args and isinstance(data, list):
+    if origin in _LISTS and args and isinstance(data, list):
         return [_from_plain(args[0], item) for item in data]
-    if origin is dict and len(args) == 2 and isinstance(data, dict):
+    if origin in _DICTS and len(args) == 2 and isinstance(data, dict):
         return {key: _from_plain(args[1], item) for key, item in data.items()}
     if origin in (typing.Union, types.UnionType) and data is not None:
         options = [arg for arg in args if arg is not type(None)]

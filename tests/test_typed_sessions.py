@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -122,6 +123,60 @@ def test_a_dataclass_whose_field_types_do_not_resolve_is_never_written(make_bot,
     bot = make_bot(sessions, [every_update(add)])
     assert bot.process(message("x")) == Outcome.HANDLER_FAILED
     assert "could not be read back" in str(bot.errors[0])
+    assert probe.stored_text(BOT, "", f"chat:{ALICE}") is None
+
+
+@dataclass
+class Cat:
+    name: str
+
+
+@dataclass
+class Dog:
+    name: str
+
+
+@dataclass
+class Shelter:
+    queue: Sequence[Cat] = field(default_factory=list)
+    by_name: Mapping[str, Cat] = field(default_factory=dict)
+
+
+@dataclass
+class MixedShelter:
+    pets: list[Cat | Dog] = field(default_factory=list)
+
+
+def test_dataclasses_in_sequence_and_mapping_fields_come_back_as_themselves(make_bot, probe):
+    async def adopt(update: Any, context: Any) -> None:
+        context.session.queue = [*context.session.queue, Cat("Tom")]
+        context.session.by_name = {**context.session.by_name, "Tom": Cat("Tom")}
+
+    seen: list[Any] = []
+
+    async def look(update: Any, context: Any) -> None:
+        seen.append(context.session)
+
+    sessions = Sessions(
+        storage=probe.storage, initial=Shelter, serializer=DataclassSerializer(Shelter)
+    )
+    assert make_bot(sessions, [every_update(adopt)]).process(message("x")) == "committed"
+    make_bot(sessions, [every_update(look)]).process(message("y"))
+    assert seen == [Shelter([Cat("Tom")], {"Tom": Cat("Tom")})]
+    assert type(seen[0].queue[0]) is Cat and type(seen[0].by_name["Tom"]) is Cat
+
+
+def test_a_dataclass_that_would_come_back_as_a_dict_is_never_written(make_bot, probe):
+    async def take_in(update: Any, context: Any) -> None:
+        context.session.pets.append(Dog("Rex"))
+
+    sessions = Sessions(
+        storage=probe.storage, initial=MixedShelter, serializer=DataclassSerializer(MixedShelter)
+    )
+    bot = make_bot(sessions, [every_update(take_in)])
+    assert bot.process(message("x")) == Outcome.HANDLER_FAILED
+    assert "MixedShelter.pets is typed" in str(bot.errors[0]) and "Dog" in str(bot.errors[0])
+    assert "would come back as a dict" in str(bot.errors[0])
     assert probe.stored_text(BOT, "", f"chat:{ALICE}") is None
 
 
