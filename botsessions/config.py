@@ -34,7 +34,8 @@ class Fragment(Generic[D]):
     """The configuration of one session (or one fragment of a multi session).
 
     ``initial`` builds the data of a new session (it may be async) and is called for
-    every new session, so two chats never share an object; without it a new session
+    every new session, and what it returns is copied (deep), so two chats never share
+    an object; without it a new session
     is ``None``. ``key`` resolves the update to a session key (per chat by default);
     ``prefix`` is put in front of that key. ``storage`` defaults to the Django
     database. ``ttl`` expires sessions that long after their last write. ``migrations``

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import inspect
 import json
@@ -626,11 +627,7 @@ class UpdateSessions:
                     now = utcnow()
                 try:
                     if fragment.take(record, now):
-                        initial = fragment.fragment.initial
-                        value = None if initial is None else initial()
-                        if _is_awaitable(value):
-                            value = await value
-                        fragment.start_with(value)
+                        fragment.start_with(await _call_initial(fragment.fragment))
                 except StoredDataError as exc:
                     _log_bad_row(fragment.key, exc)  # type: ignore[arg-type]
                     raise
@@ -885,12 +882,17 @@ class UpdateSessions:
 
 
 async def _call_initial(fragment: Fragment) -> Any:
+    """A new session's data, its own: an ``initial`` that hands out shared objects (a
+    shallow ``DEFAULTS.copy``) would let one chat's change reach another's new session."""
     if fragment.initial is None:
         return None
     value = fragment.initial()
     if _is_awaitable(value):
         value = await value
-    return value
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # nothing a storage could hold either: the write will say why
+        return value
 
 
 @contextlib.contextmanager

@@ -421,3 +421,17 @@ def test_text_that_is_not_json_is_refused_only_by_the_database(make_bot, probe):
     else:
         assert (first, second) == ("committed", "committed")
         assert seen == [{}, {"n": 1}]
+
+
+def test_an_initial_that_shares_objects_still_gives_each_session_its_own(make_bot, probe):
+    defaults: dict[str, Any] = {"notes": []}
+
+    async def note(update: Any, context: Any) -> None:
+        context.session["notes"].append(update.effective_message.text)
+
+    sessions = Sessions(storage=probe.storage, initial=defaults.copy)  # a shallow copy
+    bot = make_bot(sessions, [every_update(note)])
+    bot.process(message("alice's secret", chat_id=ALICE))
+    bot.process(message("bob's note", chat_id=ALICE + 1))
+    assert probe.stored_text(BOT, "", f"chat:{ALICE + 1}") == '{"notes":["bob\'s note"]}'
+    assert defaults == {"notes": []}
