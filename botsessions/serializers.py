@@ -359,6 +359,10 @@ default_serializer = JSONSerializer()
 MAX_NESTING = 31
 """The deepest nesting of lists and objects stored: MariaDB's JSON refuses 32 levels."""
 
+MAX_DATA_SIZE = 4 * 1024 * 1024
+"""The largest JSON text of one session, in bytes: MariaDB refuses a statement over its
+``max_allowed_packet`` (16 MiB by default), and the driver's escaping can double text."""
+
 
 def deeper_than(value: Any, limit: int) -> bool:
     """Whether lists and objects in ``value`` nest more than ``limit`` levels deep."""

@@ -435,3 +435,17 @@ def test_an_initial_that_shares_objects_still_gives_each_session_its_own(make_bo
     bot.process(message("bob's note", chat_id=ALICE + 1))
     assert probe.stored_text(BOT, "", f"chat:{ALICE + 1}") == '{"notes":["bob\'s note"]}'
     assert defaults == {"notes": []}
+
+
+def test_more_than_4_mib_of_json_is_refused_on_every_storage(make_bot, probe):
+    """MariaDB refuses a statement past its max_allowed_packet: refused everywhere."""
+
+    async def write(update: Any, context: Any) -> None:
+        size = int(update.effective_message.text)
+        context.session["text"] = "é" * size  # two bytes each
+
+    bot = make_bot(Sessions(storage=probe.storage, initial=dict), [every_update(write)])
+    assert bot.process(message(str(2 * 1024 * 1024), chat_id=ALICE)) == "handler_failed"
+    assert "more than the 4,194,304 a session may hold" in str(bot.errors[0])
+    assert probe.stored_text(BOT, "", f"chat:{ALICE}") is None
+    assert bot.process(message(str(2 * 1024 * 1024 - 8), chat_id=ALICE)) == "committed"
