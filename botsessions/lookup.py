@@ -108,16 +108,23 @@ class Found:
 def configured_fragments(*, in_database: bool | None = None) -> list[FragmentRef]:
     """Every fragment of every configured bot with sessions, by alias and name.
 
-    ``in_database=False`` keeps the fragments whose storage is not the database's (the
-    admin's page for them), ``True`` only the database's.
+    ``in_database=False`` keeps the fragments whose storage is not the database the
+    admin's session list reads (the admin's page for other storages: Redis, or a
+    ``DatabaseStorage(using=...)`` of another database), ``True`` only that one's.
     """
+    from django.db import router
+
+    from .models import Session
     from .storage.db import DatabaseStorage
 
+    listed = router.db_for_read(Session)
     refs = []
     for bot_id, (alias, sessions) in sorted(session_configs().items(), key=lambda i: i[1][0]):
         for name, fragment in sessions.fragments.items():
             ref = FragmentRef(alias, bot_id, name, fragment)
-            if in_database is None or isinstance(ref.storage, DatabaseStorage) == in_database:
+            storage = ref.storage
+            listed_here = isinstance(storage, DatabaseStorage) and storage.using == listed
+            if in_database is None or listed_here == in_database:
                 refs.append(ref)
     return refs
 

@@ -3,7 +3,8 @@
 The bot "cache" (id 555555) keeps its ``menu`` fragment (per chat, prefix ``m:``, with a
 TTL) and its ``draft`` fragment (per user, initial data ``None``) in Redis, under a
 prefix of the test's own, and its ``user`` fragment in the database. These tests need a
-Redis server (``REDIS_URL``, default the local one); without one they are skipped.
+Redis server (``REDIS_URL``, default the local one); without one they are skipped. The
+bot "other" keeps its sessions in the test database "elsewhere", also found here.
 """
 
 from __future__ import annotations
@@ -424,3 +425,40 @@ def test_permissions_are_the_database_sessions_and_say_nothing_of_what_exists(
         assert ("Reset to initial data" in shown.text) == rights["reset"]
         assert ("botsessions-delete" in shown.text) == rights["delete"]
     assert stored(raw, prefix, "menu", f"m:chat:{CHAT}") == (1, {"step": "pay"})
+
+
+OTHER_DB_ID = 565656
+
+
+def build_elsewhere_application() -> Application:  # type: ignore[type-arg]
+    from botsessions.storage.db import DatabaseStorage
+
+    sessions = Sessions(initial=dict, storage=DatabaseStorage(using="elsewhere"))
+    token = f"{OTHER_DB_ID}:elsewhere-token"
+    return use_sessions(ApplicationBuilder().token(token), sessions).build()
+
+
+@pytest.mark.django_db(databases=["default", "elsewhere"])
+def test_sessions_a_bot_keeps_in_another_database_are_on_the_page(
+    admin_client: Client, settings: Any
+) -> None:
+    """The session list shows the database the admin reads; another one's are found here."""
+    from botsessions.models import Session
+
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "other": {"APPLICATION": "tests.test_admin_storages.build_elsewhere_application"},
+    }
+    Session.objects.using("elsewhere").create(
+        bot_id=OTHER_DB_ID, fragment="", key="chat:77", data={"order": "cake"}
+    )
+    listing = admin_client.get(reverse("admin:botsessions_session_changelist")).text
+    assert reverse(FIND) in listing and "chat:77" not in listing
+    for term in ("77", "chat:77"):
+        found = admin_client.get(reverse(FIND), {"q": term}).text
+        assert "chat:77" in found, term
+    shown = admin_client.get(
+        f"{reverse('admin:botsessions_storage_session')}?"
+        + urlencode({"bot": str(OTHER_DB_ID), "fragment": "", "key": "chat:77"})
+    ).text
+    assert "cake" in shown

@@ -66,7 +66,7 @@ def _storage_databases() -> list[str]:
     """The databases the configured bots' ``DatabaseStorage(using=...)`` write to."""
     from ...storage.db import DatabaseStorage
 
-    storages = [ref.storage for ref in configured_fragments(in_database=True)]
+    storages = [ref.storage for ref in configured_fragments()]
     return list(dict.fromkeys(s.using for s in storages if isinstance(s, DatabaseStorage)))
 
 
