@@ -14,6 +14,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass
+from datetime import UTC
 from decimal import Decimal, DecimalException
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
@@ -68,7 +69,8 @@ from .maintenance import (
 from .models import ProcessedUpdate, Session
 from .persistence import describe_ptb_row
 from .serializers import MAX_NESTING, DataclassSerializer, Serializer, default_serializer
-from .versioning import DataMigrations
+from .storage.db import STORED_VALUE_ERRORS, read_expiry, read_version
+from .versioning import VERSION_LIMIT, VERSION_STEP, DataMigrations
 
 SINGLE_FRAGMENT = "-"  # the filter's value for the unnamed fragment of a single session
 
@@ -444,10 +446,6 @@ class VersionFilter(UsableValueFilter):
         return queryset if version is None else queryset.filter(version=version)
 
 
-_VERSION_STEP = Decimal("0.000001")  # the version column's six decimal places
-_VERSION_LIMIT = Decimal(10) ** 14  # and its 20 digits in all
-
-
 def _version(value: str) -> Decimal | None:
     """A version typed in a URL, if the version column can hold it exactly, else ``None``.
 
@@ -458,9 +456,9 @@ def _version(value: str) -> Decimal | None:
         return None
     try:
         version = Decimal(value)
-        if not version.is_finite() or version.copy_abs() >= _VERSION_LIMIT:
+        if not version.is_finite() or version.copy_abs() >= VERSION_LIMIT:
             return None
-        if version.quantize(_VERSION_STEP) != version:
+        if version.quantize(VERSION_STEP) != version:
             return None
     except DecimalException:  # not a number, or one beyond the context's exponent
         return None
@@ -486,6 +484,33 @@ class ExpiryFilter(UsableValueFilter):
         if self.value() == "expired":
             return queryset.filter(expires_at__lte=now)
         return queryset
+
+
+def _unreadable_bookkeeping(obj: Session) -> dict[str, str]:
+    """The row's version and expiry, as the text :meth:`SessionAdmin.get_queryset` read
+    on SQLite, decoded into the row here; returns those that could not be (column →
+    the value as stored). Elsewhere the columns are typed, and Django reads them."""
+    unreadable: dict[str, str] | None = obj.__dict__.get("unreadable_bookkeeping")
+    if unreadable is not None:
+        return unreadable
+    unreadable = {}
+    if hasattr(obj, "stored_version") and "version" in obj.get_deferred_fields():
+        zone = connections[obj._state.db or "default"].timezone or UTC
+        texts = {"version": obj.stored_version, "expires_at": obj.stored_expiry}  # type: ignore[attr-defined]
+        try:
+            obj.version = read_version(texts["version"])
+        except STORED_VALUE_ERRORS:
+            obj.version, unreadable["version"] = None, str(texts["version"])
+        try:
+            obj.expires_at = read_expiry(texts["expires_at"], zone)
+        except STORED_VALUE_ERRORS:
+            obj.expires_at, unreadable["expires_at"] = None, str(texts["expires_at"])
+    obj.__dict__["unreadable_bookkeeping"] = unreadable
+    return unreadable
+
+
+def _unreadable(text: str) -> SafeString:
+    return format_html('<span class="errornote">{}: {}</span>', _("unreadable"), shortened(text))
 
 
 def _stored_text(obj: Session) -> str | None:
@@ -963,10 +988,14 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
     @admin.display(description=_("version"))
     def data_version(self, obj: Session) -> str | None:
         """``2``, as configured and as the filter and ``showsession`` say, not ``2.000000``."""
+        if "version" in (unreadable := _unreadable_bookkeeping(obj)):
+            return _unreadable(unreadable["version"])
         return None if obj.version is None else shown_version(obj.version)
 
     @admin.display(description=_("expires"), ordering="expires_at")
     def expiry(self, obj: Session) -> SafeString:
+        if "expires_at" in (unreadable := _unreadable_bookkeeping(obj)):
+            return _unreadable(unreadable["expires_at"])
         if obj.expires_at is None:
             return format_html('<span class="quiet">{}</span>', _("never"))
         expired = obj.is_expired
@@ -1006,6 +1035,13 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
         rows: QuerySet[Session] = (
             super().get_queryset(request).defer("data").annotate(stored_data=stored)
         )
+        if connections[rows.db].vendor == "sqlite":
+            # SQLite keeps whatever a hand edit puts in its version and expiry columns,
+            # and Django raises reading such a value: read as text, decoded row by row.
+            rows = rows.defer("version", "expires_at").annotate(
+                stored_version=Cast("version", output_field=TextField()),
+                stored_expiry=Cast("expires_at", output_field=TextField()),
+            )
         return rows
 
     def get_object(
@@ -1014,6 +1050,7 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
         obj = super().get_object(request, object_id, from_field)
         if obj is not None:
             obj.data = editable(_stored_text(obj))
+            _unreadable_bookkeeping(obj)
         return obj
 
     def get_fieldsets(self, request: HttpRequest, obj: Session | None = None) -> list[Any]:
@@ -1042,6 +1079,9 @@ class SessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscript
         loaded = form.cleaned_data["loaded_revision"]
         now = timezone.now()
         fields: dict[str, Any] = {"data": obj.data, "revision": F("revision") + 1}
+        # What could not be read is written anew: no version (the form checked the data
+        # as unversioned) and no expiry, or the fragment's.
+        fields.update(dict.fromkeys(_unreadable_bookkeeping(obj)))
         fragment = fragment_config(obj.bot_id, obj.fragment)
         if fragment is not None:
             fields["expires_at"] = now + fragment.ttl if fragment.ttl is not None else None

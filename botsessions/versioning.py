@@ -84,8 +84,8 @@ def _as_version(value: object) -> Decimal:
     # were written, more may not.
     digits = len(number.normalize().as_tuple().digits)
     if (
-        number >= _VERSION_LIMIT
-        or number != number.quantize(_VERSION_STEP, ROUND_DOWN)
+        number >= VERSION_LIMIT
+        or number != number.quantize(VERSION_STEP, ROUND_DOWN)
         or digits > _VERSION_DIGITS
     ):
         raise ConfigurationError(
@@ -95,6 +95,7 @@ def _as_version(value: object) -> Decimal:
     return number
 
 
-_VERSION_LIMIT = Decimal(10) ** 14
-_VERSION_STEP = Decimal("0.000001")
+VERSION_LIMIT = Decimal(10) ** 14
+"""The version column (``numeric(20, 6)``) keeps versions below this, and in steps of:"""
+VERSION_STEP = Decimal("0.000001")
 _VERSION_DIGITS = 15

@@ -1929,3 +1929,49 @@ def test_a_sessions_name_in_titles_and_messages_escapes_bidi_and_control_charact
     """The page title, breadcrumbs and "changed successfully" show the row's name."""
     name = str(Session(bot_id=1, fragment="menu\u202e", key="topic:\u202egpj.exe"))
     assert "\u202e" not in name and name.count("\\u202e") == 2
+
+
+@pytest.mark.parametrize(
+    ("column", "text"),
+    [
+        ("version", "'abc'"),
+        ("version", "'NaN'"),
+        ("version", "1e300"),
+        ("expires_at", "'2026-13-45 00:00:00'"),
+        ("expires_at", "'soon'"),
+    ],
+)
+def test_every_page_shows_a_row_whose_bookkeeping_a_hand_edit_made_unreadable(
+    admin_client: Client, column: str, text: str
+) -> None:
+    """SQLite keeps any value in any column: the row is shown with what it holds, and
+    saving an edit gives it bookkeeping the bot can read."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("only SQLite keeps text in a numeric or datetime column")
+    row = make("chat:500", {"pizza_count": 3})
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE botsessions_session SET {column} = {text} WHERE id = %s", [row.pk])
+    viewer = staff("view_session")
+    pages = [
+        reverse(CHANGELIST),
+        f"{reverse(CHANGELIST)}?q=500",
+        change_url(row),
+        reset_url(row),
+        reverse("admin:botsessions_session_delete", args=[row.pk]),
+        reverse("admin:botsessions_session_history", args=[row.pk]),
+    ]
+    for url in pages:
+        assert admin_client.get(url).status_code == 200, url
+    listing = viewer.get(reverse(CHANGELIST))
+    assert listing.status_code == 200 and "unreadable" in listing.text
+    assert viewer.get(change_url(row)).status_code == 200
+
+    response = admin_client.post(
+        change_url(row), {"data": '{"pizza_count": 4}', "loaded_revision": row.revision}
+    )
+
+    assert response.status_code == 302, response.text
+    stored = Session.objects.get(pk=row.pk)  # readable again
+    assert (stored.data, stored.version, stored.expires_at) == ({"pizza_count": 4}, None, None)

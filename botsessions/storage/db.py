@@ -26,11 +26,12 @@ from django.utils.dateparse import parse_datetime
 
 from ..errors import SessionConflict, StorageError, StoredDataError
 from ..unit import UnitOfWork, current_unit
+from ..versioning import VERSION_LIMIT
 from .base import Change, Delete, SessionStorage, StorageKey, StoredSession, UpdateMark, Write
 
 _MARK_REVISION = -1
 #: What decoding a column that SQLite let hold anything raises (Decimal's errors included).
-_UNDECODABLE = (ValueError, TypeError, ArithmeticError)
+STORED_VALUE_ERRORS = (ValueError, TypeError, ArithmeticError)
 
 
 class DatabaseStorage(SessionStorage):
@@ -238,11 +239,11 @@ class DatabaseStorage(SessionStorage):
             try:
                 records[storage_key] = StoredSession(
                     data=data if isinstance(data, str) else _json_text(data),
-                    version=None if version is None else Decimal(str(version)),
-                    expires_at=_aware(expires_at, connection.timezone or UTC),
+                    version=read_version(version),
+                    expires_at=read_expiry(expires_at, connection.timezone or UTC),
                     revision=int(revision),
                 )
-            except _UNDECODABLE as exc:
+            except STORED_VALUE_ERRORS as exc:
                 raise StoredDataError(
                     f"session {storage_key} cannot be decoded: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -343,7 +344,7 @@ class DatabaseStorage(SessionStorage):
             names = ("bot_id", "fragment", "key", "data", "version", "expires_at", "revision")
             columns = ", ".join(q(name) for name in names)
             if connection.vendor == "sqlite":
-                # As text: decoded row by row (``_aware``), so a date a hand edit made
+                # As text: decoded row by row (``read_expiry``), so a date a hand edit made
                 # unreadable names its row, rather than failing the driver's fetch.
                 columns = columns.replace(q("expires_at"), f"CAST({q('expires_at')} AS TEXT)")
             parts = []
@@ -421,7 +422,22 @@ def _stamp(connection: Any, now: datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(now)
 
 
-def _aware(value: Any, zone: tzinfo) -> datetime | None:
+def read_version(value: Any) -> Decimal | None:
+    """What the driver returns for the version column, as a ``Decimal``.
+
+    On SQLite a hand edit can leave any text or number there: what the column could not
+    hold elsewhere is refused (``ValueError`` or ``ArithmeticError``), not compared with
+    versions.
+    """
+    if value is None:
+        return None
+    version = Decimal(str(value))
+    if not version.is_finite() or version.copy_abs() >= VERSION_LIMIT:
+        raise ValueError(f"version {str(value)[:40]!r} is not one the column holds")
+    return version
+
+
+def read_expiry(value: Any, zone: tzinfo) -> datetime | None:
     """What the driver returns for a datetime column, as an aware datetime.
 
     A naive one is in the connection's time zone (the database's ``TIME_ZONE``, UTC
