@@ -30,6 +30,7 @@ from .conf import settings
 from .config import Fragment, Sessions, database_storage
 from .errors import (
     LockTimeout,
+    MigrationError,
     SessionDataError,
     SessionError,
     SessionKeyError,
@@ -297,6 +298,13 @@ class FragmentSession:
             self.expired = True
             return True
         migrations = self.fragment.data_migrations
+        if migrations is None and record.version is not None:
+            # Written by a release with migrations: this one (older, or one that dropped
+            # them) would write it back unstamped, and they would all run again.
+            raise MigrationError(
+                f"stored data is at version {record.version.normalize():f}, and this "
+                "fragment has no migrations; refusing to read it"
+            )
         if migrations is None or record.version == migrations.latest:
             data = self._decode(self._plan.loads, record)
         else:

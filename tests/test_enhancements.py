@@ -376,6 +376,25 @@ def test_a_migration_returning_none_is_bad_stored_data_and_deletes_nothing(
     assert "migration to version 2 returned None" in caplog.text
 
 
+def test_a_release_without_migrations_refuses_versioned_data_and_leaves_it(
+    make_bot, timed, caplog
+):
+    """A rollback to a release from before the migrations: writing the data back
+    unstamped would make every migration run again once the newer release is back."""
+    seed(timed, '{"visits": 1}', Decimal(1))
+    ran: list[Any] = []
+
+    async def handler(update, context):
+        ran.append(context.session)
+
+    bot = make_bot(Sessions(storage=timed.storage), [every_update(handler)])
+    assert bot.process(message("look")) == "bad_stored_data"
+    assert ran == []
+    assert stored_row(timed)[0] == Decimal(1)
+    assert json.loads(timed.stored_text(BOT, "", KEY)) == {"visits": 1}
+    assert "at version 1, and this fragment has no migrations" in caplog.text
+
+
 def test_timeouts_and_migrations_together(make_bot, timed, clock):
     seed(timed, "1", Decimal(1))
     sessions = Sessions(
