@@ -323,7 +323,6 @@ class _Retrying:
         started = time.monotonic()
         failures = 0
         logged_at: float | None = None
-        escalated = False
         tries_at_stop = 0
         while True:
             try:
@@ -366,7 +365,7 @@ class _Retrying:
                 if logged_at is None or now - logged_at >= RETRY_LOG_INTERVAL:
                     level = logging.WARNING
                     if logged_at is not None and not contention:
-                        level, escalated = logging.ERROR, True
+                        level = logging.ERROR
                     later = self.application.concurrent_updates <= 1
                     logger.log(
                         level,
@@ -382,8 +381,9 @@ class _Retrying:
                 return True
             else:
                 if failures:
-                    logger.log(
-                        logging.WARNING if escalated else logging.INFO,
+                    # At the level of the warning that said it failed, so that a project
+                    # that shows warnings sees its end too.
+                    logger.warning(
                         "update %s processed after %d tries in %.1fs",
                         update_id, failures + 1, time.monotonic() - started,
                     )  # fmt: skip

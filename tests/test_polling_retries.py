@@ -96,14 +96,14 @@ def test_contention_is_retried_until_the_update_is_processed(
     api: FakeBotAPI, caplog: pytest.LogCaptureFixture, error: Exception
 ) -> None:
     application, tried = application_failing(api, failing(6, error))
-    with caplog.at_level(logging.INFO, logger="botsessions.polling"):
+    with caplog.at_level(logging.WARNING, logger="botsessions.polling"):
         poll(application, 1)
     assert tried == [1] * 7
     # Logged once when it began, not at every retry, and once when it was over.
     [(first_level, first), (last_level, last)] = polling_log(caplog)
     assert first_level == logging.WARNING and "session held by another process" in first
     assert "update 1 not stored (try 1" in first
-    assert last_level == logging.INFO and "update 1 processed after 7 tries" in last
+    assert last_level == logging.WARNING and "update 1 processed after 7 tries" in last
 
 
 def deadlock_refusal(database: str) -> StorageError:
