@@ -554,6 +554,17 @@ def _key_segment(segment: str) -> Q:
     )
 
 
+def _prefixes_not_ending_in_a_colon() -> list[str]:
+    """The configured fragments' key prefixes that a key's ``chat:``/``user:`` part
+    follows without a colon between them."""
+    prefixes = {
+        fragment.prefix
+        for _alias, sessions in session_configs().values()
+        for fragment in sessions.fragments.values()
+    }
+    return sorted(p for p in prefixes if p and not p.endswith(":"))
+
+
 def _key_condition(term: str) -> Q:
     """How a search word matches keys.
 
@@ -563,6 +574,9 @@ def _key_condition(term: str) -> Q:
     """
     if _TELEGRAM_ID.fullmatch(term):
         parts = _key_segment(f"chat:{term}") | _key_segment(f"user:{term}")
+        for prefix in _prefixes_not_ending_in_a_colon():  # "pizza-chat:42" is chat 42's
+            for segment in (f"{prefix}chat:{term}", f"{prefix}user:{term}"):
+                parts |= Q(key_text__iexact=segment) | Q(key_text__istartswith=f"{segment}:")
         return Q(key_text__icontains=f":{term}") & parts
     if _KEY_PAIRS.fullmatch(term):
         return Q(key_text__icontains=term) & _key_segment(term)

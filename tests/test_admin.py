@@ -38,6 +38,7 @@ from botsessions import (
     Sessions,
     bots,
     maintenance,
+    per_user,
     use_sessions,
 )
 from botsessions import admin as session_admin
@@ -1257,6 +1258,32 @@ def test_the_list_describes_business_guest_and_prefixed_keys(
     assert f"business chat {CHAT} via connection wLq9Tr2V" in page
     assert f"user 111 in guest chat {CHAT}" in page
     assert f"topic 7 of chat {CHAT}" in page
+
+
+HYPHENATED_ID = 878787
+
+
+def build_hyphenated_application() -> Application:  # type: ignore[type-arg]
+    sessions = Sessions.multi(
+        chat=Fragment(prefix="session-"), user=Fragment(prefix="session-", key=per_user)
+    )
+    return use_sessions(
+        ApplicationBuilder().token(f"{HYPHENATED_ID}:hyphenated-token"), sessions
+    ).build()
+
+
+def test_search_by_id_finds_keys_whose_prefix_ends_without_a_colon(
+    admin_client: Client, settings: Any
+) -> None:
+    settings.BOTSESSIONS_BOTS = {
+        **settings.BOTSESSIONS_BOTS,
+        "hyphenated": {"APPLICATION": "tests.test_admin.build_hyphenated_application"},
+    }
+    make(f"session-chat:{CHAT}", bot_id=HYPHENATED_ID, fragment="chat")
+    make("session-user:111", bot_id=HYPHENATED_ID, fragment="user")
+    make(f"other-chat:{CHAT}")  # no configured fragment has this prefix
+    assert search(admin_client, str(CHAT)) == [f"session-chat:{CHAT}"]
+    assert search(admin_client, "111") == ["session-user:111"]
 
 
 # -- whatever a staff user types, no 500 -----------------------------------------------------
