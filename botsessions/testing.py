@@ -40,7 +40,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -382,14 +382,22 @@ def _chat_of(chat_id: Any) -> dict[str, Any]:
     return _chat(int(chat_id) if chat_id is not None else 0)
 
 
-def use_fake_bot_api(bot: Bot, api: FakeBotAPI) -> None:
-    """Make ``bot`` send every Bot API call to ``api``, before it is initialized.
+def use_fake_bot_api(bot: Bot, api: FakeBotAPI) -> Callable[[], None]:
+    """Make ``bot`` send every Bot API call to ``api``, before it is initialized; returns
+    the function that gives it its own request objects back.
 
     PTB keeps a bot's two request objects (one for ``getUpdates``, one for the rest) in
     ``Bot._request`` and routes each call through it; the kit's tests pin that. This is
     the only place the kit touches a PTB private attribute.
     """
+    own = bot._request
     bot._request = (api, api)
+
+    def give_back() -> None:
+        if bot._request == (api, api):
+            bot._request = own
+
+    return give_back
 
 
 # -- updates --------------------------------------------------------------------------
@@ -631,14 +639,18 @@ class BotClient:
         self.api = FakeBotAPI()
         self.django_client = client or Client()
         self._path = path
+        self._give_back: list[Callable[[], None]] = []
         bot_settings(alias)  # an unknown alias fails here, clearly
         _drop_applications()
 
     # -- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Drop the application the client used; the next use builds it anew."""
+        """Drop the application the client used; the next use builds it anew. An
+        application the project built once (a module's) gets its own transport back."""
         _drop_applications()
+        while self._give_back:
+            self._give_back.pop()()
 
     def __enter__(self) -> BotClient:
         return self
@@ -726,7 +738,7 @@ class BotClient:
                 # used it): start again from a fresh application.
                 _drop_applications()
                 runner = runner_for(self.alias)
-            use_fake_bot_api(runner.application.bot, self.api)
+            self._give_back.append(use_fake_bot_api(runner.application.bot, self.api))
         return runner
 
     # -- builders -----------------------------------------------------------------------

@@ -83,3 +83,7 @@ def with_handlers(sessions: Sessions) -> Application:  # type: ignore[type-arg]
     application.add_handler(CommandHandler("status", status))
     application.add_handler(CommandHandler("later", later))
     return application
+
+
+# Built once, as the module is imported, as some projects do (APPLICATION naming it).
+module_application = build_application()

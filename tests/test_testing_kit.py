@@ -345,6 +345,24 @@ def test_closing_drops_the_application(db: None) -> None:
     assert runner_for("default").application.bot.request is not client.api
 
 
+def test_closing_gives_a_module_level_application_its_own_transport_back(
+    db: None, settings: Any
+) -> None:
+    """An application built once, at import, is the same object for every client."""
+    settings.BOTSESSIONS_BOTS = {
+        "default": {"APPLICATION": "tests.kit_bot.module_application", "WEBHOOK_SECRET": "s"}
+    }
+    from .kit_bot import module_application
+
+    own = module_application.bot.request
+    with BotClient() as client:
+        assert client.send("/status", chat_id=1, user_id=1).texts == ["You are member."]
+        assert module_application.bot.request is client.api
+    assert module_application.bot.request is own
+    with BotClient() as again:  # and a later client fakes it again
+        assert again.send("/status", chat_id=1, user_id=1).texts == ["You are member."]
+
+
 def test_a_second_client_of_the_same_bot_sends_new_update_ids(db: None) -> None:
     with BotClient() as first:
         first.send("🍕", chat_id=2, user_id=2)
