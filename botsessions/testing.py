@@ -44,6 +44,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.test import Client, TestCase
 from django.urls import NoReverseMatch, get_resolver, reverse
@@ -714,6 +716,11 @@ class BotClient:
                 "(django_db(transaction=True), TransactionTestCase) or the sync view."
             )
         secret = bot_settings(self.alias).get("WEBHOOK_SECRET") or ""
+        if not secret and not django_settings.DEBUG:  # Django's tests run with DEBUG off
+            raise ImproperlyConfigured(
+                f"Bot {self.alias!r} has no WEBHOOK_SECRET, and with DEBUG off its webhook "
+                "refuses every update (403): give it one in the test settings."
+            )
         headers = {SECRET_HEADER: secret} if secret else {}
         before = len(self.api.calls)
         # Inside a test's transaction the update's commit is a savepoint's release, and

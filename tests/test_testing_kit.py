@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.test import TestCase, TransactionTestCase, override_settings
 
@@ -361,6 +362,12 @@ def test_closing_gives_a_module_level_application_its_own_transport_back(
     assert module_application.bot.request is own
     with BotClient() as again:  # and a later client fakes it again
         assert again.send("/status", chat_id=1, user_id=1).texts == ["You are member."]
+
+
+def test_a_bot_without_a_webhook_secret_is_named_not_answered_403(db: None, settings: Any) -> None:
+    settings.BOTSESSIONS_BOTS = {"default": {"APPLICATION": "botproject.bot.build_application"}}
+    with BotClient() as client, pytest.raises(ImproperlyConfigured, match="no WEBHOOK_SECRET"):
+        client.send("/hunger", chat_id=1, user_id=1)
 
 
 def test_a_second_client_of_the_same_bot_sends_new_update_ids(db: None) -> None:
