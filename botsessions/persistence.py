@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextvars
 import enum
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, is_typeddict
 
 from telegram import Update
 from telegram.ext import BasePersistence, ConversationHandler, PersistenceInput
@@ -45,7 +45,13 @@ from .chat_migration import migration_of
 from .config import Fragment, Sessions
 from .errors import ConfigurationError, SessionDataError, SessionNotLoadedError
 from .keys import describe_key, per_chat, per_user, place_of
-from .serializers import DictSubclassSerializer, Serializer, default_serializer
+from .serializers import (
+    DataclassSerializer,
+    DictSubclassSerializer,
+    JSONSerializer,
+    Serializer,
+    default_serializer,
+)
 from .storage.base import Delete, StorageKey, StoredSession, Write
 
 if TYPE_CHECKING:
@@ -363,12 +369,17 @@ class PTBState:
             ("user_data", types.user_data),
             ("bot_data", types.bot_data),
         ):
-            if (
-                not getattr(store, name)
-                or kind is dict
-                or persistence.serializers[name] is not default_serializer
-            ):
+            serializer = persistence.serializers[name]
+            if not getattr(store, name):
                 continue
+            if isinstance(serializer, DataclassSerializer) and serializer.cls is not kind:
+                raise ConfigurationError(
+                    f"the {name}_serializer builds {serializer.cls.__name__}, but "
+                    f"ContextTypes({name}=...) is {getattr(kind, '__name__', kind)}: give "
+                    "ContextTypes the same class"
+                )
+            if kind is dict or is_typeddict(kind) or type(serializer) is not JSONSerializer:
+                continue  # plain dicts (a TypedDict's too), or a serializer of its own
             if not issubclass(kind, dict):
                 raise ConfigurationError(
                     f"DjangoPersistence stores {name} as JSON, so ContextTypes({name}=...) must "

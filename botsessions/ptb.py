@@ -278,8 +278,12 @@ class SessionContext(
         run: UpdateRun | None = getattr(self, "_botsessions_run", None)
         if run is not None and not run.begun and not run.ended:
             await run.begin()
-        if getattr(self.application, "ptb_state", None) is None:
-            # Another persistence (or none); DjangoPersistence's state was read by begin().
+        if getattr(self.application, "ptb_state", None) is None or (
+            run is not None and run.loaded_sessions is not None
+        ):
+            # PTB's refresh_* hooks: of another persistence, or of DjangoPersistence (a
+            # subclass may override them) with the state begin() read. A job's context
+            # has no update's state to give them.
             await super().refresh_data()
 
     # -- PTB's own state, when DjangoPersistence stores it (botsessions.persistence) -------

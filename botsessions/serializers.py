@@ -142,15 +142,35 @@ class JSONSerializer:
 class DictSubclassSerializer(JSONSerializer):
     """JSON for data of a ``dict`` subclass, such as PTB's ``ContextTypes(bot_data=...)``.
 
-    It is stored as a plain JSON object and read back into a new instance of the
-    class, so whatever its ``__init__`` sets (defaults of keys never stored) is there.
+    Its keys are stored as a plain JSON object and read back into a new instance of
+    the class, so whatever its ``__init__`` sets is there: its attributes, and the
+    defaults of keys never stored (a key it sets comes back, deleted or not). An
+    attribute set later is not stored: refused, not lost.
     """
 
     def __init__(self, kind: type[dict[Any, Any]]) -> None:
         self.kind = kind
 
+    @functools.cached_property
+    def _init_attributes(self) -> frozenset[str]:
+        return frozenset(getattr(self.kind(), "__dict__", ()))
+
+    def _keys(self, value: Any) -> Any:
+        if not isinstance(value, self.kind):
+            return value
+        added = set(getattr(value, "__dict__", ())) - self._init_attributes
+        if added:
+            raise SessionDataError(
+                f"a {self.kind.__name__}'s attributes are not stored, only its keys: "
+                f"{', '.join(sorted(added))} would be lost"
+            )
+        return dict(value)
+
+    def encode(self, value: Any) -> str:
+        return super().encode(self._keys(value))
+
     def dumps(self, value: Any) -> str:
-        return super().dumps(dict(value) if isinstance(value, self.kind) else value)
+        return super().dumps(self._keys(value))
 
     def loads(self, text: str) -> Any:
         stored = super().loads(text)

@@ -368,7 +368,15 @@ class FragmentSession:
         if text is not None and plan.verify is not None:
             text = plan.verify(value, text)
         else:
-            text = self._foreign_text(self.fragment.serializer.dumps(value))
+            try:
+                dumped = self.fragment.serializer.dumps(value)
+            except SessionDataError:
+                raise
+            except Exception as exc:  # a serializer of the project's own may raise anything
+                raise SessionDataError(
+                    f"the serializer could not store the data: {type(exc).__name__}: {exc}"
+                ) from exc
+            text = self._foreign_text(dumped)
         if not text.isascii():
             try:
                 text.encode("utf-8")
@@ -502,9 +510,13 @@ class UpdateSessions:
             self.fragments[name] = state
         self._states = states
         if self._primary is None:
-            # No fragment has a key: the update is still recorded where sessions live.
+            # No fragment has a key (or there is none: DjangoPersistence storing nothing):
+            # the update is still recorded where sessions live.
+            first = plan.fragments[0] if plan.fragments else None
             self._primary = (
-                plan.fragments[0].storage or plan.fragments[0].fragment.resolve_storage()
+                database_storage()
+                if first is None
+                else first.storage or first.fragment.resolve_storage()
             )
         if plan.mixed:
             # The record lives in the storage that commits with the handlers' rows, so

@@ -449,3 +449,21 @@ def test_more_than_4_mib_of_json_is_refused_on_every_storage(make_bot, probe):
     assert "more than the 4,194,304 a session may hold" in str(bot.errors[0])
     assert probe.stored_text(BOT, "", f"chat:{ALICE}") is None
     assert bot.process(message(str(2 * 1024 * 1024 - 8), chat_id=ALICE)) == "committed"
+
+
+class Exploding(PickledText):
+    """A serializer of the project's own that fails with an error of its own (as orjson
+    raises TypeError for a type it does not know)."""
+
+    def dumps(self, value: Any) -> str:
+        raise TypeError("Type is not JSON serializable: Decimal")
+
+
+def test_a_serializer_failing_its_own_way_fails_the_handler_not_the_request(make_bot, probe):
+    async def handler(update: Any, context: Any) -> None:
+        context.session["n"] = 1
+
+    sessions = Sessions(storage=probe.storage, initial=dict, serializer=Exploding())
+    bot = make_bot(sessions, [every_update(handler)])
+    assert bot.process(message("x")) == "handler_failed"
+    assert "could not store the data: TypeError: Type is not JSON" in str(bot.errors[0])

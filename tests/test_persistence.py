@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -38,6 +38,7 @@ from botsessions import (
     ConfigurationError,
     DataclassSerializer,
     DjangoPersistence,
+    JSONSerializer,
     SessionContext,
     SessionDataError,
     SessionNotLoadedError,
@@ -1027,6 +1028,110 @@ def test_a_dict_subclass_in_context_types_is_stored_as_json_and_read_back_as_its
         (BotData, {"greeting": "hi", "count": 1}),
     ]
     assert rows()[("ptb.bot_data", "bot")] == {"greeting": "hi", "count": 2}
+
+
+def test_an_attribute_set_on_a_dict_subclass_is_refused_not_lost(make_bot):
+    async def set_language(update: Any, context: Any) -> None:
+        context.bot_data.lang = "fr"  # not a key: JSON would not keep it
+
+    def configure(builder: Any) -> None:
+        builder.context_types(ContextTypes(context=SessionContext, bot_data=BotData))
+        builder.persistence(DjangoPersistence())
+
+    bot = make_bot(None, [MessageHandler(filters.TEXT, set_language)], configure=configure)
+    assert bot.process(message("hello", chat_id=GROUP, user_id=ALICE)) == "handler_failed"
+    assert "BotData's attributes are not stored, only its keys: lang" in str(bot.errors[0])
+
+
+def test_a_dict_subclass_with_a_json_serializer_of_its_own_is_read_back_as_itself(make_bot):
+    seen: list[Any] = []
+
+    async def count(update: Any, context: Any) -> None:
+        seen.append(type(context.bot_data))
+        context.bot_data["count"] += 1
+
+    def configure(builder: Any) -> None:
+        builder.context_types(ContextTypes(context=SessionContext, bot_data=BotData))
+        builder.persistence(DjangoPersistence(serializer=JSONSerializer()))
+
+    for _ in range(2):
+        bot = make_bot(None, [MessageHandler(filters.TEXT, count)], configure=configure)
+        assert bot.process(message("hello", chat_id=GROUP, user_id=ALICE)) == "committed"
+        bot.close()
+    assert seen == [BotData, BotData]
+
+
+class TypedChatData(TypedDict, total=False):
+    messages: int
+
+
+def test_a_typeddict_in_context_types_is_a_plain_dict(make_bot):
+    async def note(update: Any, context: Any) -> None:
+        context.chat_data["messages"] = context.chat_data.get("messages", 0) + 1
+
+    def configure(builder: Any) -> None:
+        builder.context_types(ContextTypes(context=SessionContext, chat_data=TypedChatData))
+        builder.persistence(DjangoPersistence())
+
+    bot = make_bot(None, [MessageHandler(filters.TEXT, note)], configure=configure)
+    for _ in range(2):
+        assert bot.process(message("hi", chat_id=GROUP, user_id=ALICE)) == "committed"
+    assert row("ptb.chat_data", f"chat:{GROUP}") == {"messages": 2}
+
+
+def test_a_dataclass_serializer_for_another_class_than_context_types_is_refused(api):
+    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url)
+    builder.persistence(DjangoPersistence(chat_data_serializer=DataclassSerializer(ChatData)))
+    with pytest.raises(ConfigurationError, match="builds ChatData, but ContextTypes"):
+        use_sessions(builder).build()
+
+
+def test_a_persistence_that_stores_nothing_lets_handlers_run(make_bot, api):
+    nothing = PersistenceInput(
+        bot_data=False, chat_data=False, user_data=False, callback_data=False
+    )
+
+    async def hello(update: Any, context: Any) -> None:
+        await update.message.reply_text("hello")
+
+    persistence = DjangoPersistence(nothing)
+    bot = make_bot(
+        None, [MessageHandler(filters.TEXT, hello)], configure=with_persistence(persistence)
+    )
+    api.reset()
+    assert bot.process(message("hi", chat_id=GROUP, user_id=ALICE)) == "unchanged"
+    assert api.sent_texts() == ["hello"]
+
+
+class Refreshing(DjangoPersistence):
+    """PTB's hooks, overridden as with any persistence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refreshed: list[tuple[str, Any]] = []
+
+    async def refresh_bot_data(self, bot_data: Any) -> None:
+        self.refreshed.append(("bot", dict(bot_data)))
+
+    async def refresh_chat_data(self, chat_id: int, chat_data: Any) -> None:
+        self.refreshed.append((f"chat {chat_id}", dict(chat_data)))
+
+    async def refresh_user_data(self, user_id: int, user_data: Any) -> None:
+        self.refreshed.append((f"user {user_id}", dict(user_data)))
+
+
+def test_ptbs_refresh_hooks_get_the_updates_state(make_bot):
+    persistence = Refreshing()
+    bot = make_bot(
+        None, [MessageHandler(filters.TEXT, remember)], configure=with_persistence(persistence)
+    )
+    bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    bot.process(message("hi", chat_id=GROUP, user_id=ALICE))
+    assert persistence.refreshed[-3:] == [
+        ("bot", {"bot": 1}),
+        (f"chat {GROUP}", {"chat": 1}),
+        (f"user {ALICE}", {"user": 1}),
+    ]
 
 
 def test_arbitrary_callback_data_is_refused_until_it_is_stored():
