@@ -258,7 +258,7 @@ class FragmentSession:
 
     async def _read_one(self) -> None:
         assert self.key is not None and self.storage is not None
-        lock = self._owner.first_read(self.storage) if self._owner is not None else ()
+        lock = await self._owner.locks_for_read(self.storage) if self._owner is not None else ()
         with storage_failure("reading sessions"):
             records, _ = await self.storage.load([self.key], None, lock=lock)
         record = records.get(self.key)
@@ -526,13 +526,17 @@ class UpdateSessions:
                 if storage.commits_with_unit():
                     self._primary = storage
                     break
-        # Every key in each storage, locked together on that storage's first read.
+        # Every key in each storage, locked together on that storage's first read, the
+        # storages in the order of their first key (see locks_for_read).
         self._unlocked: dict[int, list[StorageKey]] = {}
+        self._storages: dict[int, SessionStorage] = {}
         if sessions.locking:
             for index in plan.lock_order:
                 state = states[index]
                 if state.key is not None and state.fragment.lock:
+                    assert state.storage is not None
                     self._unlocked.setdefault(id(state.storage), []).append(state.key)
+                    self._storages[id(state.storage)] = state.storage
         # Rows beside the fragments' own (PTB's migrate_chat_data): read and locked with
         # the storage's first read; their records and the changes to them, for the commit.
         self._extra_reads: dict[int, list[StorageKey]] = {}
@@ -559,6 +563,7 @@ class UpdateSessions:
         self._extra_reads.setdefault(id(storage), []).extend(keys)
         if self.sessions.locking:
             self._unlocked.setdefault(id(storage), []).extend(keys)
+            self._storages[id(storage)] = storage
 
     @property
     def single(self) -> FragmentSession:
@@ -576,6 +581,20 @@ class UpdateSessions:
         if keys:
             self._locked_in.append((storage, keys))
         return keys
+
+    async def locks_for_read(self, storage: SessionStorage | None) -> list[StorageKey]:
+        """:meth:`first_read`'s keys, once those of every storage before this one in the
+        update's order are locked (without a read): whichever lazy fragment a handler
+        awaits first, updates lock their storages in one order, never in a cycle."""
+        for earlier_id in list(self._unlocked):
+            if earlier_id == id(storage):
+                break
+            earlier = self._storages[earlier_id]
+            keys = self.first_read(earlier)
+            if keys:
+                with storage_failure("locking sessions"):
+                    await earlier.load([], None, lock=keys)
+        return self.first_read(storage)
 
     async def hold_keys(self) -> None:
         """Take this process's locks of every key, before any lock in the database.
@@ -641,7 +660,7 @@ class UpdateSessions:
                 records, processed = await storage.load(
                     [*(f.key for f in group if f.key is not None), *extra],
                     mark,
-                    lock=self.first_read(storage),
+                    lock=await self.locks_for_read(storage),
                 )
             if processed:
                 self.already_processed = True
@@ -711,7 +730,10 @@ class UpdateSessions:
                             )
                         elif new is not None:
                             pairs.append((key, StorageKey(key.bot_id, key.fragment, new)))
-                lock = [*self.first_read(storage), *(key for pair in pairs for key in pair)]
+                lock = [
+                    *await self.locks_for_read(storage),
+                    *(key for pair in pairs for key in pair),
+                ]
                 if pairs:
                     self._locked_in.append((storage, lock))
                 if names:

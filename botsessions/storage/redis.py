@@ -18,13 +18,15 @@ record exists, or, without one, its keys hold what it wrote. A read that may hav
 locks that way gives them back the same way.
 
 A lock is a key holding a random token, with an expiry of ``BOTSESSIONS_LOCK_TIMEOUT``,
-so a process that died holding one blocks its keys for that long at most. An update that
+so a process that died holding one blocks its keys for that long at most; a live one
+renews the locks it holds every third of that, however long its updates run. An update that
 finds a key locked retries with a short, growing pause, within the update's lock-wait
 budget; past it :class:`~botsessions.errors.LockTimeout` (the webhook's 503).
 
 The updates of one process take turns on the engine's in-process key locks before they
 come here, so one process holds a key for one update at a time, and this storage can
-remember the token of each key it holds.
+remember the token of each key it holds (and which update holds it: a chat migration,
+which moves keys beside its own, waits for another update's).
 
 Key names (``prefix`` is ``"botsessions:"`` by default; the braces make every key of a
 bot land in one Redis Cluster slot, so the scripts may touch several of them)::
@@ -186,6 +188,15 @@ end
 return 1
 """
 
+# KEYS: locks; ARGV[1]: their lifetime in ms, then one token per lock. Renews each lock
+# that still holds its token.
+_EXTEND = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1 + i] then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+end
+return 1
+"""
+
 #: Between attempts at a held lock: from 2 ms, doubling up to 50 ms.
 _LOCK_BACKOFF = Backoff(first=0.002, cap=0.05)
 
@@ -221,8 +232,14 @@ class RedisStorage(SessionStorage):
         self._scripts: weakref.WeakKeyDictionary[Redis, dict[str, Any]] = (
             weakref.WeakKeyDictionary()
         )
-        #: The token of each key this process holds the lock of.
+        #: The token of each key this process holds the lock of, and the update (its
+        #: unit of work) that holds it.
         self._tokens: dict[StorageKey, str] = {}
+        self._holders: dict[StorageKey, object] = {}
+        #: Per event loop, the task that renews the locks this process holds.
+        self._keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"<RedisStorage {self.prefix!r}>"
@@ -267,6 +284,7 @@ class RedisStorage(SessionStorage):
                 "load": client.register_script(_LOAD),
                 "commit": client.register_script(_COMMIT),
                 "unlock": client.register_script(_UNLOCK),
+                "extend": client.register_script(_EXTEND),
             }
         return scripts[name]
 
@@ -334,6 +352,11 @@ class RedisStorage(SessionStorage):
         A held lock is retried until the update's lock-wait budget runs out.
         """
         wanted = list(dict.fromkeys(k for k in lock))
+        holder = current_unit()
+        if any(self._holders.get(k, holder) is not holder for k in wanted):
+            # Keys another update of this process holds (a chat migration moves keys
+            # beside its own): never taken over with its token, waited for.
+            await self._released([k for k in wanted if self._holders.get(k, holder) is not holder])
         fresh = secrets.token_hex(16)
         tokens = [self._tokens.get(k, fresh) for k in wanted]
         names = [self.lock_name(k) for k in wanted]
@@ -341,23 +364,75 @@ class RedisStorage(SessionStorage):
         if mark is not None:
             names.append(self.mark_name(mark))
         args: list[Any] = [len(wanted), "1" if mark is not None else "0"]
-        args.append(max(1, int(settings.LOCK_TIMEOUT * 1000)) if wanted else 0)  # PX 0 is refused
+        args.append(_lock_lifetime_ms() if wanted else 0)
         args += tokens
         # Remembered before sending: a read whose reply is lost may have taken them.
         taking = {k: t for k, t in zip(wanted, tokens, strict=True) if k not in self._tokens}
         self._tokens.update(taking)
+        self._holders.update(dict.fromkeys(taking, holder))
         try:
             reply = await self._run("load", names, args, "reading sessions")
             if reply[0] != 1:
                 reply = await self._wait(names, args)
         except StorageError as exc:
             for key in taking:
-                del self._tokens[key]
+                self._drop_token(key)
             if taking and _may_have_run(exc):
                 await self._give_back(taking)
             raise
+        if wanted:
+            self._keep_locks()
         records = {key: _decode(key, value) for key, value in zip(keys, reply[2:], strict=True)}
         return records, bool(reply[1])
+
+    def _drop_token(self, key: StorageKey) -> str | None:
+        self._holders.pop(key, None)
+        return self._tokens.pop(key, None)
+
+    async def _released(self, keys: list[StorageKey]) -> None:
+        """Wait, within the update's lock-wait budget, until this process's other updates
+        have given back ``keys``."""
+        unit = current_unit()
+        budget = unit.remaining() if unit is not None else settings.LOCK_TIMEOUT
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        attempts = 0
+        while any(key in self._tokens for key in keys):
+            left = deadline - loop.time()
+            if left <= 0:
+                raise LockTimeout(f"session locks in Redis not granted within {budget:g} s")
+            attempts += 1
+            await asyncio.sleep(min(left, _LOCK_BACKOFF.delay(attempts)))
+
+    def _keep_locks(self) -> None:
+        """Renew the locks this process holds, while it holds them, from this loop.
+
+        A lock expires ``BOTSESSIONS_LOCK_TIMEOUT`` after it is taken, so that a process
+        that dies frees its keys that soon; a live one renews every lock it holds each
+        third of that, so that an update that runs longer (a slow handler, a wait for a
+        lock in the database) still holds its keys when it commits.
+        """
+        loop = asyncio.get_running_loop()
+        keeper = self._keepers.get(loop)
+        if keeper is None or keeper.done():
+            self._keepers[loop] = loop.create_task(self._renew_locks())
+
+    async def _renew_locks(self) -> None:
+        while self._tokens:
+            lifetime = _lock_lifetime_ms()
+            await asyncio.sleep(lifetime / 3000)
+            held = list(self._tokens.items())
+            if not held:
+                return
+            try:
+                await self._run(
+                    "extend",
+                    [self.lock_name(key) for key, _ in held],
+                    [lifetime, *(token for _, token in held)],
+                    "renewing session locks",
+                )
+            except StorageError as exc:
+                logger.warning("botsessions: %s; they expire unless renewed in time", exc)
 
     async def _give_back(self, taken: Mapping[StorageKey, str]) -> None:
         """Give back the locks a failed read may have taken, if they still hold its tokens."""
@@ -464,7 +539,7 @@ class RedisStorage(SessionStorage):
         except (RedisError, OSError) as exc:
             raise StorageError(f"{unknown} (settling it failed too: {exc})") from exc
         for key, _ in held:
-            self._tokens.pop(key, None)  # given back
+            self._drop_token(key)  # given back
         given_back, recorded, *holding = (int(n) for n in reply)
         landed: bool | None
         if with_record:
@@ -485,7 +560,9 @@ class RedisStorage(SessionStorage):
 
     async def unlock(self, keys: Sequence[StorageKey]) -> None:
         """Give back the locks of ``keys`` still holding this process's tokens."""
-        held = [(k, self._tokens.pop(k)) for k in dict.fromkeys(keys) if k in self._tokens]
+        held = [(k, self._tokens[k]) for k in dict.fromkeys(keys) if k in self._tokens]
+        for key, _ in held:
+            self._drop_token(key)
         if not held:
             return
         try:
@@ -596,6 +673,9 @@ class RedisStorage(SessionStorage):
 
     async def close_for_loop(self) -> None:
         """Close the client made for the running loop (never one passed as ``client``)."""
+        keeper = self._keepers.pop(asyncio.get_running_loop(), None)
+        if keeper is not None:
+            keeper.cancel()
         client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             self._scripts.pop(client, None)
@@ -607,6 +687,10 @@ class RedisStorage(SessionStorage):
             self._scripts.pop(client, None)
             await client.aclose()
         self._clients.clear()
+
+
+def _lock_lifetime_ms() -> int:
+    return max(1, int(settings.LOCK_TIMEOUT * 1000))  # PX 0 is refused
 
 
 def _may_have_run(failed: StorageError) -> bool:
