@@ -24,13 +24,13 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypeGuard
 
 from .conf import settings
 from .config import Fragment, Sessions, database_storage
 from .errors import (
     LockTimeout,
-    MigrationError,
     SessionDataError,
     SessionError,
     SessionKeyError,
@@ -174,6 +174,7 @@ class FragmentSession:
         "revision",
         "snapshot",
         "storage",
+        "stored_version",
         "value",
     )
 
@@ -200,6 +201,7 @@ class FragmentSession:
         self.value: Any = None
         self.snapshot: str | None = None  # serialized data as loaded; None when absent
         self.revision = 0  # stored revision; 0 when no row exists
+        self.stored_version: Decimal | None = None  # the version of the data as loaded
         self.expired = False  # a stored row existed but had expired
         self.migrated = False  # loaded data was upgraded and must be stored
         self._load_task: asyncio.Task[None] | None = None
@@ -263,8 +265,10 @@ class FragmentSession:
             records, _ = await self.storage.load([self.key], None, lock=lock)
         record = records.get(self.key)
         if self.assigned:
-            # A value assigned while the read was in flight wins; keep the revision only.
+            # A value assigned while the read was in flight wins; keep the revision only
+            # (and the version, for a fragment without migrations).
             self.revision = record.revision if record is not None else 0
+            self.stored_version = record.version if record is not None else None
             self.loaded = True
             return
         try:
@@ -298,13 +302,10 @@ class FragmentSession:
             self.expired = True
             return True
         migrations = self.fragment.data_migrations
-        if migrations is None and record.version is not None:
-            # Written by a release with migrations: this one (older, or one that dropped
-            # them) would write it back unstamped, and they would all run again.
-            raise MigrationError(
-                f"stored data is at version {record.version.normalize():f}, and this "
-                "fragment has no migrations; refusing to read it"
-            )
+        # Without migrations (a release from before them, or one that dropped them) the
+        # data is read as it is, and written back with its version: the migrations of a
+        # release that has them never run twice on it.
+        self.stored_version = record.version
         if migrations is None or record.version == migrations.latest:
             data = self._decode(self._plan.loads, record)
         else:
@@ -410,7 +411,7 @@ class FragmentSession:
         ttl = fragment.ttl
         record = StoredSession(
             text,
-            migrations.latest if migrations is not None else None,
+            migrations.latest if migrations is not None else self.stored_version,
             (now or utcnow()) + ttl if ttl is not None else None,
             (expected or 0) + 1,
         )
