@@ -205,6 +205,7 @@ _UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
 
 def parse_edit(text: str) -> Any:
     """The value of JSON text typed in the edit form, or a :class:`ValidationError`."""
+    text = text.replace("\r\n", "\n")  # browsers send a textarea's lines so: not data
     if len(text) > MAX_EDIT_SIZE or len(text.encode("utf-8", "surrogatepass")) > MAX_EDIT_SIZE:
         raise ValidationError(
             _("The data is larger than %(limit)s bytes."),

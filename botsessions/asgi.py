@@ -11,9 +11,9 @@ server serves that); every other request passes untouched::
 
     application = WebhookBodyLimit(get_asgi_application())
 
-It also answers the server's lifespan events, which Django does not take: at shutdown it
-waits for the updates the async view handed to a bot's loop, those whose client went
-away included.
+At the server's lifespan shutdown it waits for the updates the async view handed to a
+bot's loop, those whose client went away included, before the wrapped application hears
+of it; the events are answered here for one that takes none, as Django's.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class WebhookBodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await self._lifespan(scope, receive, send)
             return
         # Every method: the view refuses all but POST, but only after Django has read the
         # body, and a server may pass a method on as the client spelt it ("post").
@@ -76,11 +76,34 @@ class WebhookBodyLimit:
 
         await self.application(scope, replay, send)
 
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Let the updates still running end before the server stops (their client may
+        be gone, and what they committed is still to be sent): the shutdown event reaches
+        the wrapped application once they have. One that takes no lifespan events
+        (Django's raises at once) has them answered here."""
+        received = False
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    """Django's ASGI handler takes no lifespan events; answered here, so that a server
-    that stops first lets the updates still running end (their client may be gone, and
-    what they committed is still to be sent)."""
+        async def receive_after_updates() -> Message:
+            nonlocal received
+            message = await receive()
+            received = True
+            if message["type"] == "lifespan.shutdown":
+                await finish_updates_in_flight()
+            return message
+
+        try:
+            await self.application(scope, receive_after_updates, send)
+        except Exception:
+            if received:
+                raise
+        else:
+            if received:
+                return
+        await _answer_lifespan(receive, send)
+
+
+async def _answer_lifespan(receive: Receive, send: Send) -> None:
+    """The lifespan events answered for an application that takes none."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

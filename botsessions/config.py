@@ -7,6 +7,7 @@ checked when it is built, so a mistake fails at start-up, not on the first updat
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -89,7 +90,9 @@ class Fragment(Generic[D]):
             raise ConfigurationError(
                 "key.chat_key must be a function from a chat id to that chat's key, or None"
             )
-        if isinstance(self.serializer, type):
+        if isinstance(self.serializer, type) and inspect.isfunction(
+            inspect.getattr_static(self.serializer, "dumps", None)
+        ):  # a class whose dumps() needs an instance (static methods would do)
             raise ConfigurationError(
                 f"serializer must be an instance, such as {self.serializer.__name__}(), "
                 "not the class"

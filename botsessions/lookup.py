@@ -117,13 +117,14 @@ def configured_fragments(*, in_database: bool | None = None) -> list[FragmentRef
     from .models import Session
     from .storage.db import DatabaseStorage
 
-    listed = router.db_for_read(Session)
+    # The list reads db_for_read: a replica of db_for_write, where a router has one.
+    listed = {router.db_for_read(Session), router.db_for_write(Session)}
     refs = []
     for bot_id, (alias, sessions) in sorted(session_configs().items(), key=lambda i: i[1][0]):
         for name, fragment in sessions.fragments.items():
             ref = FragmentRef(alias, bot_id, name, fragment)
             storage = ref.storage
-            listed_here = isinstance(storage, DatabaseStorage) and storage.using == listed
+            listed_here = isinstance(storage, DatabaseStorage) and storage.using in listed
             if in_database is None or listed_here == in_database:
                 refs.append(ref)
     return refs

@@ -743,7 +743,9 @@ class SessionApplication(Application):  # type: ignore[type-arg]
         try:
             try:
                 await self._before_dispatch(run, update)
-            except Exception as exc:  # a key resolver of the project's, or the storage
+            except (StorageError, DatabaseError):
+                raise  # delivered again (a 503), as a failed read: not the handlers' error
+            except Exception as exc:  # a key resolver of the project's
                 await self.process_error(update, exc)
             if not run.failed:
                 await super().process_update(update)

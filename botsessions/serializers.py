@@ -270,11 +270,21 @@ def _check_field_types(cls: type) -> None:
     pending: list[tuple[Any, str]] = [(cls, cls.__name__)]
     while pending:
         kind, where = pending.pop()
+        generic = _dataclass_of(kind)
+        if generic is not None:
+            if any(_holds_dataclass(arg) for arg in typing.get_args(kind)):
+                raise _NotRebuilt(
+                    f"{where} is typed {kind}: a dataclass given to a generic one would "
+                    "come back as a dict"
+                )
+            kind = generic
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             if kind not in seen:
                 seen.add(kind)
+                hints = _type_hints(kind)  # ClassVar annotations too: not fields
                 pending += [
-                    (hint, f"{kind.__name__}.{name}") for name, hint in _type_hints(kind).items()
+                    (hints.get(f.name, Any), f"{kind.__name__}.{f.name}")
+                    for f in dataclasses.fields(kind)
                 ]
             continue
         origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -303,8 +313,17 @@ def _holds_dataclass(kind: Any) -> bool:
     return False
 
 
+def _dataclass_of(kind: Any) -> type | None:
+    """The dataclass a generic alias names (``Box[int]``), which is built as it."""
+    origin = typing.get_origin(kind)
+    if isinstance(origin, type) and dataclasses.is_dataclass(origin):
+        return origin
+    return None
+
+
 def _from_plain(kind: Any, data: Any) -> Any:
     """``data`` (decoded JSON) as ``kind``: dataclasses are rebuilt, the rest kept."""
+    kind = _dataclass_of(kind) or kind
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         if not isinstance(data, dict):
             raise TypeError(f"{kind.__name__} is stored as an object, found {type(data).__name__}")

@@ -425,13 +425,17 @@ class FragmentSession:
             )
         if self.storage is not None and self.storage.keeps_json_only:
             try:
-                json.loads(text)
+                json.loads(text, parse_constant=_not_json)  # NaN and Infinity are not JSON
             except ValueError as exc:
                 raise SessionDataError(
                     f"the serializer's dumps() returned text that is not JSON, which "
                     f"{type(self.storage).__name__} cannot keep: {exc}"
                 ) from None
         return text
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
 
 
 class _FloatFrom1e16(Exception):

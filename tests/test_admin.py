@@ -1883,6 +1883,23 @@ def test_data_that_fits_the_limit_is_shown_in_a_form_that_can_be_saved(
     assert Session.objects.get(pk=row.pk).data == {**data, "ok": 1}
 
 
+def test_a_textarea_sent_back_with_crlf_line_ends_is_measured_as_shown(
+    admin_client: Client,
+) -> None:
+    """Shown indented, 92,000 numbers are just under 1 MiB; a browser sends the lines back
+    ending in CR LF, 92,000 bytes more, which are no data."""
+    data = {"n": list(range(92_000)), "ok": 0}
+    row = make("chat:1", data)
+    text = admin_client.get(change_url(row)).context["adminform"].form["data"].value()
+    assert "\n" in text and len(text.encode()) < 1024 * 1024 < len(text.encode()) + 92_000
+
+    posted = text.replace("\n", "\r\n").replace('"ok": 0', '"ok": 1')
+    response = admin_client.post(change_url(row), {"data": posted, "loaded_revision": 1})
+
+    assert response.status_code == 302, response.text
+    assert Session.objects.get(pk=row.pk).data == {**data, "ok": 1}
+
+
 # -- a busy database -------------------------------------------------------------------------
 
 

@@ -462,3 +462,21 @@ def test_sessions_a_bot_keeps_in_another_database_are_on_the_page(
         + urlencode({"bot": str(OTHER_DB_ID), "fragment": "", "key": "chat:77"})
     ).text
     assert "cake" in shown
+
+
+def test_a_replica_the_list_reads_is_the_database_the_bots_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A primary/replica router: the sessions written to the primary are the list's."""
+    from django.db import router
+
+    from botsessions.admin_storages import has_other_storages
+    from botsessions.models import Session
+
+    reads = router.db_for_read
+
+    def replica(model: Any, **hints: Any) -> str | None:
+        return "replica" if model is Session else reads(model, **hints)
+
+    monkeypatch.setattr(router, "db_for_read", replica)
+    assert not has_other_storages()

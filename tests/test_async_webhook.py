@@ -224,3 +224,48 @@ def test_the_servers_stop_waits_for_updates_whose_client_went_away(
         "lifespan.startup.complete, sent: []",
         "lifespan.shutdown.complete, sent: ['late but sent']",
     ]
+
+
+def test_an_application_that_takes_lifespan_events_hears_of_the_stop_after_the_updates(
+    fresh_bots: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botproject import bot as demo
+    from botsessions.asgi import WebhookBodyLimit
+    from botsessions.runner import runner_for
+
+    async def slow_count(update: Any, context: Any) -> None:
+        await asyncio.sleep(0.5)
+        context.on_commit(update.effective_message.reply_text("late but sent"))
+
+    monkeypatch.setattr(demo, "count_message", slow_count)
+    runner = runner_for("default")
+    update = runner.decode(message("🍕", chat_id=GROUP, user_id=ALICE))
+    heard: list[str] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:  # one with lifespan hooks
+        while True:
+            event = await receive()
+            heard.append(f"{event['type']}, sent: {fresh_bots.sent_texts()}")
+            await send({"type": f"{event['type']}.complete"})
+            if event["type"] == "lifespan.shutdown":
+                return
+
+    async def serve_then_stop() -> None:
+        with pytest.raises(TimeoutError):  # the client gave up
+            await asyncio.wait_for(runner.aprocess(update), 0.1)
+        lifespan = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+        async def receive() -> dict[str, str]:
+            return next(lifespan)
+
+        async def send(message: Any) -> None:
+            pass
+
+        await WebhookBodyLimit(inner)({"type": "lifespan"}, receive, send)
+
+    fresh_bots.reset()
+    async_to_sync(serve_then_stop)()
+    assert heard == [
+        "lifespan.startup, sent: []",
+        "lifespan.shutdown, sent: ['late but sent']",
+    ]

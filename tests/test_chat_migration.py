@@ -474,3 +474,21 @@ def test_a_key_the_move_would_make_too_long_stays_and_the_rest_moves(make_bot, p
     assert probe.stored_text(BOT, "long", f"{prefix}chat:{GROUP}") == '{"n":1}'
     assert probe.stored_text(BOT, "chat", f"chat:{SUPERGROUP}") == '{"n":1}'
     assert "its key there would be longer than 255 characters" in caplog.text
+
+
+def test_a_storage_failing_during_the_move_is_a_redelivery_not_a_handlers_error(
+    make_bot, monkeypatch
+):
+    """Delivered again (the webhook's 503), as a failed read: error handlers, which may
+    tell the chat that something went wrong, hear nothing of an outage."""
+    from botsessions import StorageError
+    from botsessions.storage.db import DatabaseStorage
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("the database went away")
+
+    bot = make_bot(sessions(None), handlers())
+    monkeypatch.setattr(DatabaseStorage, "rename_chat", down)
+    with pytest.raises(StorageError, match="went away"):
+        bot.process(service_message(GROUP, migrate_to_chat_id=SUPERGROUP))
+    assert bot.errors == []

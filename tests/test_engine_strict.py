@@ -297,6 +297,7 @@ def test_fragment_config_is_validated():
         Fragment(ttl=timedelta(days=10_000_000))
     with pytest.raises(ConfigurationError, match=r"JSONSerializer\(\), not the class"):
         Fragment(serializer=JSONSerializer)  # type: ignore[arg-type]
+    Fragment(serializer=PlainJSON)  # type: ignore[arg-type]  # its methods are static
     with pytest.raises(ConfigurationError, match="not function"):
         Sessions(lambda: {"n": 0})  # type: ignore[arg-type]
 
@@ -467,3 +468,44 @@ def test_a_serializer_failing_its_own_way_fails_the_handler_not_the_request(make
     bot = make_bot(sessions, [every_update(handler)])
     assert bot.process(message("x")) == "handler_failed"
     assert "could not store the data: TypeError: Type is not JSON" in str(bot.errors[0])
+
+
+class PlainJSON:
+    """A serializer class of static methods: its functions need no instance."""
+
+    dumps = staticmethod(json.dumps)
+    loads = staticmethod(json.loads)
+
+
+def test_nan_from_a_serializer_of_ones_own_is_refused_by_the_database(make_bot, probe):
+    async def handler(update: Any, context: Any) -> None:
+        context.session["x"] = float("nan")
+
+    sessions = Sessions(storage=probe.storage, initial=dict, serializer=PlainJSON)
+    bot = make_bot(sessions, [every_update(handler)])
+    if probe.kind == "db":
+        assert bot.process(message("x")) == "handler_failed"
+        assert "NaN is not JSON" in str(bot.errors[0])
+    else:
+        assert bot.process(message("x")) == "committed"
+
+
+@pytest.mark.parametrize("version", ["'NaN'", "'abc'", "1e300"])
+def test_a_version_a_hand_edit_made_unreadable_is_bad_stored_data(make_bot, version):
+    """SQLite keeps any value in the version column: what no version column could hold
+    is not compared with versions, and the row is left as it is."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("only SQLite keeps text in a numeric column")
+    seen: list[Any] = []
+
+    async def handler(update: Any, context: Any) -> None:
+        seen.append(context.session)
+
+    bot = make_bot(Sessions(initial=dict), [every_update(handler)])
+    Session.objects.create(bot_id=BOT, fragment="", key=f"chat:{ALICE}", data={"n": 1})
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE botsessions_session SET version = {version}")
+    assert bot.process(message("x")) == "bad_stored_data"
+    assert seen == [] and Session.objects.values_list("data", flat=True).get() == {"n": 1}

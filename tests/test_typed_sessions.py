@@ -7,7 +7,7 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import pytest
 from telegram import Update
@@ -177,6 +177,52 @@ def test_a_dataclass_that_would_come_back_as_a_dict_is_never_written(make_bot, p
     assert bot.process(message("x")) == Outcome.HANDLER_FAILED
     assert "MixedShelter.pets is typed" in str(bot.errors[0]) and "Dog" in str(bot.errors[0])
     assert "would come back as a dict" in str(bot.errors[0])
+    assert probe.stored_text(BOT, "", f"chat:{ALICE}") is None
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Box(Generic[T]):
+    value: T
+
+
+@dataclass
+class Shop:
+    EMPTY: ClassVar[Cat] = Cat("none")  # not a field: never stored
+    sizes: Box[int] = field(default_factory=lambda: Box(0))
+    pets: list[Cat] = field(default_factory=list)
+
+
+@dataclass
+class CatBox:
+    box: Box[Cat] = field(default_factory=lambda: Box(Cat("Tom")))
+
+
+def test_class_variables_are_no_fields_and_a_generic_dataclass_comes_back(make_bot, probe):
+    async def grow(update: Any, context: Any) -> None:
+        context.session.sizes = Box(context.session.sizes.value + 1)
+
+    seen: list[Any] = []
+
+    async def look(update: Any, context: Any) -> None:
+        seen.append(context.session)
+
+    sessions = Sessions(storage=probe.storage, initial=Shop, serializer=DataclassSerializer(Shop))
+    assert make_bot(sessions, [every_update(grow)]).process(message("x")) == "committed"
+    make_bot(sessions, [every_update(look)]).process(message("y"))
+    assert seen == [Shop(Box(1), [])] and type(seen[0].sizes) is Box
+
+
+def test_a_dataclass_given_to_a_generic_one_is_never_written(make_bot, probe):
+    async def rebox(update: Any, context: Any) -> None:
+        context.session.box = Box(Cat("Kit"))
+
+    boxed = Sessions(storage=probe.storage, initial=CatBox, serializer=DataclassSerializer(CatBox))
+    bot = make_bot(boxed, [every_update(rebox)])
+    assert bot.process(message("x")) == Outcome.HANDLER_FAILED
+    assert "CatBox.box is typed" in str(bot.errors[0])
     assert probe.stored_text(BOT, "", f"chat:{ALICE}") is None
 
 
