@@ -8,7 +8,8 @@ too. A job that already ran (``run_once(callback, 0)``) is done, like a Bot API 
 
 A job counts as the try's when it is added from the try's context: in its handlers,
 their error handlers, and the tasks they start (a task copies the context it was
-started in). APScheduler tells its listeners of a new job at once, in the code that
+started in), but not in another job that APScheduler runs meanwhile (it is woken
+outside any try). APScheduler tells its listeners of a new job at once, in the code that
 added it, so the listener sees that context.
 """
 
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from telegram.ext import ConversationHandler, Job
@@ -38,8 +40,7 @@ class _Try:
 
     def __init__(self) -> None:
         self.added: list[tuple[str, str]] = []  # (job id, job store)
-        # APScheduler's timers keep the context of the code that woke the scheduler, so
-        # a job run later may add jobs in a copy of this context: only an open try counts.
+        # Closed, a try counts no more jobs, whatever still runs in a copy of its context.
         self.open = True
 
 
@@ -53,6 +54,7 @@ class JobsOfTries:
             from apscheduler.events import EVENT_JOB_ADDED  # type: ignore[import-untyped]
 
             self._scheduler.add_listener(_job_added, EVENT_JOB_ADDED)
+            self._scheduler.wakeup = functools.partial(_wake_outside_tries, self._scheduler.wakeup)
             _listened_to.add(self._scheduler)
 
     @contextlib.contextmanager
@@ -101,3 +103,11 @@ def _job_added(event: Any) -> None:
     attempt = _current.get()
     if attempt is not None and attempt.open:
         attempt.added.append((event.job_id, event.jobstore))
+
+
+def _wake_outside_tries(wakeup: Callable[[], None]) -> None:
+    """Wake the scheduler outside any try: its timers, and the jobs they run, keep the
+    context they were set in, and a try's ``add_job`` wakes it."""
+    context = contextvars.copy_context()
+    context.run(_current.set, None)
+    context.run(wakeup)

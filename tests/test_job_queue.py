@@ -211,6 +211,54 @@ def test_runbot_removes_the_jobs_of_a_try_it_retries(api, monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_jobs_another_job_adds_while_a_try_is_open_are_not_the_tries(api, monkeypatch):
+    """The try's add_job wakes the scheduler, whose timers then keep the try's context:
+    the jobs a repeating job adds meanwhile are still its own."""
+    from botsessions import telegram_api
+    from botsessions.backoff import Backoff
+    from botsessions.errors import StorageError
+    from botsessions.storage.db import DatabaseStorage
+
+    monkeypatch.setattr(telegram_api, "OUTAGE_BACKOFF", Backoff(first=0.001, cap=0.002))
+    real_commit = DatabaseStorage.commit_sync
+    tries: list[str] = []
+    added: list[str] = []
+
+    def down_once(*args: Any, **kwargs: Any) -> Any:
+        if len(tries) == 1:
+            raise StorageError("database restarting")
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(DatabaseStorage, "commit_sync", down_once)
+
+    async def every_tenth_of_a_second(context: Any) -> None:
+        added.append(f"added by a job {len(added)}")
+        context.job_queue.run_once(job, 3600, name=added[-1])
+
+    async def remind(update: Any, context: Any) -> None:
+        tries.append("try")
+        context.job_queue.run_once(job, 3600, name="reminder")
+        await asyncio.sleep(0.5)  # the handler takes a moment (a Bot API call, say)
+        context.session["reminders"] = 1
+
+    builder = ApplicationBuilder().token(TOKEN).base_url(api.base_url).updater(None)
+    application = use_sessions(builder, Sessions(initial=dict)).build()
+    application.add_handler(CommandHandler("remind", remind))
+    application.job_queue.run_repeating(every_tenth_of_a_second, 0.1, first=0.05)
+    telegram_api.keep_polling_through_storage_errors(application)
+    names: list[str] = []
+
+    poll(
+        application,
+        message("/remind", chat_id=ALICE),
+        before_stop=lambda: names.extend(j.name for j in application.job_queue.jobs()),
+    )
+    assert tries == ["try", "try"]
+    assert names.count("reminder") == 1
+    assert added and set(added) <= set(names)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_retried_try_leaves_a_conversation_timeout_to_its_handler(api, monkeypatch):
     """A ConversationHandler keeps its timeout job and replaces it itself: removed under
     it, the retry (and every later step) failed as PTB removed it again."""
