@@ -35,11 +35,12 @@ from __future__ import annotations
 import contextvars
 import enum
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, is_typeddict
+from typing import TYPE_CHECKING, Any
 
 from telegram import Update
 from telegram.ext import BasePersistence, ConversationHandler, PersistenceInput
 from telegram.ext._handlers.conversationhandler import PendingState
+from typing_extensions import is_typeddict  # typing's misses typing_extensions' own
 
 from .chat_migration import migration_of
 from .config import Fragment, Sessions

@@ -22,7 +22,7 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeGuard
@@ -260,15 +260,20 @@ class FragmentSession:
 
     async def _read_one(self) -> None:
         assert self.key is not None and self.storage is not None
-        lock = await self._owner.locks_for_read(self.storage) if self._owner is not None else ()
+        owner = self._owner
         with storage_failure("reading sessions"):
-            records, _ = await self.storage.load([self.key], None, lock=lock)
+            if owner is None:
+                records, _ = await self.storage.load([self.key], None)
+            else:
+                async with owner.locks_for_read(self.storage) as lock:
+                    records, _ = await self.storage.load([self.key], None, lock=lock)
         record = records.get(self.key)
         if self.assigned:
             # A value assigned while the read was in flight wins; keep the revision only
             # (and the version, for a fragment without migrations).
             self.revision = record.revision if record is not None else 0
-            self.stored_version = record.version if record is not None else None
+            expired = record is not None and _expired(record)
+            self.stored_version = record.version if record is not None and not expired else None
             self.loaded = True
             return
         try:
@@ -296,8 +301,7 @@ class FragmentSession:
         self.loaded = True
         if record is None:
             return True
-        expires_at = record.expires_at
-        if expires_at is not None and expires_at <= (now or utcnow()):
+        if _expired(record, now):
             # Reads as absent; the row is deleted or replaced at commit.
             self.expired = True
             return True
@@ -434,6 +438,11 @@ class FragmentSession:
         return text
 
 
+def _expired(record: StoredSession, now: datetime | None = None) -> bool:
+    expires_at = record.expires_at
+    return expires_at is not None and expires_at <= (now or utcnow())
+
+
 def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")
 
@@ -531,17 +540,20 @@ class UpdateSessions:
                 if storage.commits_with_unit():
                     self._primary = storage
                     break
-        # Every key in each storage, locked together on that storage's first read, the
-        # storages in the order of their first key (see locks_for_read).
+        # Every key in each storage, locked together on that storage's first read.
         self._unlocked: dict[int, list[StorageKey]] = {}
+        # The storages in one order for every update of these sessions, whichever
+        # fragments have keys in this one: that of their first fragment (locks_for_read).
         self._storages: dict[int, SessionStorage] = {}
         if sessions.locking:
             for index in plan.lock_order:
+                fragment_plan = plan.fragments[index]
+                storage = fragment_plan.storage or fragment_plan.fragment.resolve_storage()
+                self._storages.setdefault(id(storage), storage)
                 state = states[index]
                 if state.key is not None and state.fragment.lock:
-                    assert state.storage is not None
-                    self._unlocked.setdefault(id(state.storage), []).append(state.key)
-                    self._storages[id(state.storage)] = state.storage
+                    self._unlocked.setdefault(id(storage), []).append(state.key)
+        self._taking_locks = asyncio.Lock()
         # Rows beside the fragments' own (PTB's migrate_chat_data): read and locked with
         # the storage's first read; their records and the changes to them, for the commit.
         self._extra_reads: dict[int, list[StorageKey]] = {}
@@ -568,7 +580,7 @@ class UpdateSessions:
         self._extra_reads.setdefault(id(storage), []).extend(keys)
         if self.sessions.locking:
             self._unlocked.setdefault(id(storage), []).extend(keys)
-            self._storages[id(storage)] = storage
+            self._storages.setdefault(id(storage), storage)
 
     @property
     def single(self) -> FragmentSession:
@@ -587,19 +599,36 @@ class UpdateSessions:
             self._locked_in.append((storage, keys))
         return keys
 
-    async def locks_for_read(self, storage: SessionStorage | None) -> list[StorageKey]:
-        """:meth:`first_read`'s keys, once those of every storage before this one in the
-        update's order are locked (without a read): whichever lazy fragment a handler
-        awaits first, updates lock their storages in one order, never in a cycle."""
-        for earlier_id in list(self._unlocked):
-            if earlier_id == id(storage):
-                break
-            earlier = self._storages[earlier_id]
-            keys = self.first_read(earlier)
-            if keys:
-                with storage_failure("locking sessions"):
-                    await earlier.load([], None, lock=keys)
-        return self.first_read(storage)
+    @contextlib.asynccontextmanager
+    async def locks_for_read(
+        self, storage: SessionStorage | None
+    ) -> AsyncIterator[list[StorageKey]]:
+        """:meth:`first_read`'s keys, to lock with the read the block makes, once those of
+        every storage before this one in the sessions' order are locked (without a
+        read): whichever lazy fragment a handler awaits first, updates lock their
+        storages in one order, never in a cycle. Reads of one update that run at once
+        (lazy fragments gathered) take their locks one after the other."""
+        if id(storage) not in self._unlocked:  # locked already, or nothing to lock
+            if self._taking_locks.locked():
+                # Another read of this update is taking locks, maybe this storage's.
+                async with self._taking_locks:
+                    pass
+            yield []
+            return
+        async with self._taking_locks:
+            for earlier_id, earlier in self._storages.items():
+                if earlier_id == id(storage):
+                    break
+                keys = self.first_read(earlier)
+                if keys:
+                    with storage_failure("locking sessions"):
+                        await earlier.load([], None, lock=keys)
+            yield self.first_read(storage)
+
+    def in_lock_order(self, storages: Iterable[SessionStorage]) -> list[SessionStorage]:
+        """``storages`` in the order every update of these sessions locks them."""
+        rank = {storage_id: n for n, storage_id in enumerate(self._storages)}
+        return sorted(storages, key=lambda storage: rank.get(id(storage), len(rank)))
 
     async def hold_keys(self) -> None:
         """Take this process's locks of every key, before any lock in the database.
@@ -662,11 +691,10 @@ class UpdateSessions:
             mark = self.mark if storage is primary else None
             extra = self._extra_reads.pop(id(storage), [])
             with storage_failure("reading sessions"):
-                records, processed = await storage.load(
-                    [*(f.key for f in group if f.key is not None), *extra],
-                    mark,
-                    lock=await self.locks_for_read(storage),
-                )
+                async with self.locks_for_read(storage) as lock:
+                    records, processed = await storage.load(
+                        [*(f.key for f in group if f.key is not None), *extra], mark, lock=lock
+                    )
             if processed:
                 self.already_processed = True
                 return
@@ -710,8 +738,10 @@ class UpdateSessions:
             storage = fragment.storage or fragment.fragment.resolve_storage()
             by_storage.setdefault(id(storage), (storage, {}))[1][fragment.name] = pair
         moved: list[StorageKey] = []
+        storages = self.in_lock_order(storage for storage, _ in by_storage.values())
         with storage_failure("moving sessions"):
-            for storage, heads in by_storage.values():
+            for storage in storages:
+                heads = by_storage[id(storage)][1]
                 # Built-in keys without a prefix: the storage's own search (one query in the
                 # database). Others: found by their heads, then locked with the rest.
                 names = [name for name, pair in heads.items() if pair == plain]
@@ -735,18 +765,16 @@ class UpdateSessions:
                             )
                         elif new is not None:
                             pairs.append((key, StorageKey(key.bot_id, key.fragment, new)))
-                lock = [
-                    *await self.locks_for_read(storage),
-                    *(key for pair in pairs for key in pair),
-                ]
-                if pairs:
-                    self._locked_in.append((storage, lock))
-                if names:
-                    moved += await storage.rename_chat(
-                        self.bot_id, names, old_chat_id, new_chat_id, lock=lock
-                    )
-                elif lock:
-                    await storage.load([], None, lock=lock)
+                async with self.locks_for_read(storage) as own:
+                    lock = [*own, *(key for pair in pairs for key in pair)]
+                    if pairs:
+                        self._locked_in.append((storage, lock))
+                    if names:
+                        moved += await storage.rename_chat(
+                            self.bot_id, names, old_chat_id, new_chat_id, lock=lock
+                        )
+                    elif lock:
+                        await storage.load([], None, lock=lock)
                 if pairs:
                     moved += await storage.rename(pairs)
         return moved

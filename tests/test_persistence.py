@@ -17,6 +17,7 @@ import enum
 from typing import Any, TypedDict
 
 import pytest
+import typing_extensions
 from asgiref.sync import sync_to_async
 from django.db import connection
 from django.db.models import F
@@ -1065,12 +1066,17 @@ class TypedChatData(TypedDict, total=False):
     messages: int
 
 
-def test_a_typeddict_in_context_types_is_a_plain_dict(make_bot):
+class ExtensionsChatData(typing_extensions.TypedDict, total=False):
+    messages: int
+
+
+@pytest.mark.parametrize("typed", [TypedChatData, ExtensionsChatData], ids=["typing", "te"])
+def test_a_typeddict_in_context_types_is_a_plain_dict(make_bot, typed):
     async def note(update: Any, context: Any) -> None:
         context.chat_data["messages"] = context.chat_data.get("messages", 0) + 1
 
     def configure(builder: Any) -> None:
-        builder.context_types(ContextTypes(context=SessionContext, chat_data=TypedChatData))
+        builder.context_types(ContextTypes(context=SessionContext, chat_data=typed))
         builder.persistence(DjangoPersistence())
 
     bot = make_bot(None, [MessageHandler(filters.TEXT, note)], configure=configure)

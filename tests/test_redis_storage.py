@@ -29,7 +29,7 @@ from botsessions.outcome import Outcome
 from botsessions.storage.base import Delete, StorageKey, StoredSession, UpdateMark, Write
 
 from .redis_support import URL, RedisProxy
-from .updates import ALICE, BOB, message
+from .updates import ALICE, BOB, GROUP, message
 
 pytestmark = pytest.mark.django_db
 
@@ -1127,3 +1127,106 @@ def test_lazy_fragments_in_two_storages_awaited_in_either_order_never_wait_in_a_
         "user first": "committed",
         "user first: seconds": True,
     }
+
+
+def two_stores(prefix: str) -> Sessions:
+    """Two storages (two Redis prefixes), fragment ``b`` alone in the second."""
+    first, second = storage(f"{prefix}first:"), storage(f"{prefix}second:")
+    return Sessions.multi(
+        a=Fragment(initial=dict, lazy=True, storage=first),
+        b=Fragment(initial=dict, key=per_user, lazy=True, storage=second),
+        c=Fragment(initial=dict, key=per_user, lazy=True, storage=first),
+    )
+
+
+def deliver_at_once(bots: list[Any], updates: list[dict[str, Any]]) -> list[Any]:
+    """Each update to its own bot (a process of its own), at once; outcome, or error."""
+    outcomes: list[Any] = [None] * len(updates)
+
+    def deliver(n: int) -> None:
+        started = time.monotonic()
+        try:
+            outcome: Any = bots[n].process(updates[n])
+        except Exception as exc:
+            outcome = type(exc).__name__
+        outcomes[n] = (outcome, time.monotonic() - started < 1.5)
+
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in range(len(updates))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return outcomes
+
+
+def test_storages_are_locked_in_one_order_whichever_fragments_have_keys(
+    make_bot, prefix, settings
+):
+    """An inline query has no chat: fragment ``a`` has no key. Its update still locks the
+    first storage before the second, as a message does: no wait in a cycle."""
+    from .updates import inline_query
+
+    settings.BOTSESSIONS_LOCK_TIMEOUT = 2
+
+    async def in_the_order_of_its_text(update: Any, context: Any) -> None:
+        names = ["b", "c"] if update.inline_query is not None else ["c", "b"]
+        for name in names:
+            (await getattr(context.session, name))["by"] = update.update_id
+            await asyncio.sleep(0.3)
+
+    from telegram import Update
+    from telegram.ext import TypeHandler
+
+    handlers = [TypeHandler(Update, in_the_order_of_its_text)]
+    bots = [make_bot(two_stores(prefix), handlers) for _ in "ab"]
+    updates = [message("hi", chat_id=GROUP, user_id=ALICE), inline_query(ALICE)]
+    assert deliver_at_once(bots, updates) == [("committed", True)] * 2
+
+
+def test_lazy_fragments_gathered_take_their_locks_one_after_the_other(make_bot, prefix, settings):
+    settings.BOTSESSIONS_LOCK_TIMEOUT = 2
+
+    async def one_by_one(update: Any, context: Any) -> None:
+        (await context.session.a)["n"] = 1
+        await asyncio.sleep(0.3)
+        (await context.session.b)["n"] = 1
+
+    async def gathered(update: Any, context: Any) -> None:
+        for data in await asyncio.gather(context.session.b, context.session.a):
+            data["n"] = 2
+
+    bots = [
+        make_bot(two_stores(prefix), [MessageHandler(filters.TEXT, one_by_one)]),
+        make_bot(two_stores(prefix), [MessageHandler(filters.TEXT, gathered)]),
+    ]
+    updates = [message("one", chat_id=ALICE), message("two", chat_id=ALICE)]
+    assert deliver_at_once(bots, updates) == [("committed", True)] * 2
+
+
+def test_reading_a_storage_locked_already_locks_no_other(make_bot, prefix):
+    """The second fragment of a storage whose keys are locked: no round trip elsewhere."""
+    from botsessions import MemoryStorage
+
+    class Watched(MemoryStorage):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loads: list[list[StorageKey]] = []
+
+        async def load(self, keys: Any, mark: Any, *, lock: Any = ()) -> Any:
+            self.loads.append([*keys, *lock])
+            return await super().load(keys, mark, lock=lock)
+
+    elsewhere, first = Watched(), storage(prefix)
+    sessions = Sessions.multi(
+        a1=Fragment(initial=dict, lazy=True, storage=first),
+        a2=Fragment(initial=dict, key=per_user, lazy=True, storage=first),
+        z=Fragment(initial=dict, lazy=True, storage=elsewhere),  # never awaited
+    )
+
+    async def both_of_the_first(update: Any, context: Any) -> None:
+        (await context.session.a1)["n"] = 1
+        (await context.session.a2)["n"] = 1
+
+    bot = make_bot(sessions, [MessageHandler(filters.TEXT, both_of_the_first)])
+    assert bot.process(message("hi", chat_id=ALICE)) == "committed"
+    assert elsewhere.loads == []

@@ -197,6 +197,10 @@ end
 return 1
 """
 
+#: The shortest pause between renewals of the locks held: a lock timeout of a few
+#: milliseconds would otherwise have them renewed hundreds of times a second.
+_RENEWAL_PAUSE_FLOOR = 0.02
+
 #: Between attempts at a held lock: from 2 ms, doubling up to 50 ms.
 _LOCK_BACKOFF = Backoff(first=0.002, cap=0.05)
 
@@ -420,19 +424,20 @@ class RedisStorage(SessionStorage):
     async def _renew_locks(self) -> None:
         while self._tokens:
             lifetime = _lock_lifetime_ms()
-            await asyncio.sleep(lifetime / 3000)
-            held = list(self._tokens.items())
-            if not held:
-                return
-            try:
-                await self._run(
-                    "extend",
-                    [self.lock_name(key) for key, _ in held],
-                    [lifetime, *(token for _, token in held)],
-                    "renewing session locks",
-                )
-            except StorageError as exc:
-                logger.warning("botsessions: %s; they expire unless renewed in time", exc)
+            await asyncio.sleep(max(lifetime / 3000, _RENEWAL_PAUSE_FLOOR))
+            by_bot: dict[int, list[tuple[StorageKey, str]]] = {}
+            for key, token in list(self._tokens.items()):
+                by_bot.setdefault(key.bot_id, []).append((key, token))
+            for held in by_bot.values():  # one script per bot: its keys share a cluster slot
+                try:
+                    await self._run(
+                        "extend",
+                        [self.lock_name(key) for key, _ in held],
+                        [lifetime, *(token for _, token in held)],
+                        "renewing session locks",
+                    )
+                except StorageError as exc:
+                    logger.warning("botsessions: %s; they expire unless renewed in time", exc)
 
     async def _give_back(self, taken: Mapping[StorageKey, str]) -> None:
         """Give back the locks a failed read may have taken, if they still hold its tokens."""
