@@ -48,6 +48,7 @@ from typing import Any
 
 from django.db import OperationalError
 
+from .conf import settings
 from .database_errors import sqlstate
 from .errors import LockTimeout
 from .storage.base import StorageKey
@@ -98,7 +99,7 @@ def acquire(connection: Any, ids: list[int], timeout: float) -> None:
             except OperationalError as exc:
                 if sqlstate(exc) != "55P03":  # lock_not_available
                     raise
-                raise LockTimeout(f"session locks not granted within {timeout:g} s") from exc
+                raise LockTimeout.budget_spent(settings.LOCK_TIMEOUT) from exc
         elif vendor == "mysql":
             cursor.execute(
                 "SET @botsessions_lock_wait = @@SESSION.innodb_lock_wait_timeout, "
@@ -118,7 +119,7 @@ def acquire(connection: Any, ids: list[int], timeout: float) -> None:
                 raise
             if granted != 1:
                 release(connection, ids)  # give back those granted before the refusal
-                raise LockTimeout(f"session locks not granted within {timeout:g} s")
+                raise LockTimeout.budget_spent(settings.LOCK_TIMEOUT)
         elif vendor == "sqlite" and needed(connection):
             from .models import ProcessedUpdate
 

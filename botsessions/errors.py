@@ -42,6 +42,14 @@ class SessionConflict(StorageError):
 class LockTimeout(StorageError):
     """The update's session locks were not granted within ``BOTSESSIONS_LOCK_TIMEOUT``."""
 
+    @classmethod
+    def budget_spent(cls, budget: float, where: str = "") -> LockTimeout:
+        """Said of the whole budget: a wait late in an update has only what is left."""
+        return cls(
+            f"session locks{where} not granted within the update's lock-wait budget of "
+            f"{budget:g} s (one for all its waits)"
+        )
+
 
 class ConfigurationError(SessionError, ValueError):
     """The session configuration is invalid (caught when it is built, not per update)."""

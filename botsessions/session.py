@@ -656,7 +656,7 @@ class UpdateSessions:
             async with asyncio.timeout(timeout):
                 self._held = await locks.acquire_rest(keys, taken)
         except TimeoutError:
-            raise LockTimeout(f"session locks not granted within {timeout:g} s") from None
+            raise LockTimeout.budget_spent(settings.LOCK_TIMEOUT) from None
 
     async def begin(self) -> None:
         """Lock every key, then read the strict fragments and the exactly-once record."""

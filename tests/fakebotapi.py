@@ -190,6 +190,9 @@ def _chat(chat_id: Any) -> dict[str, Any]:
 class _Server(ThreadingHTTPServer):
     # Handler threads must not keep the interpreter alive after a test finishes.
     daemon_threads = True
+    # As many connections waiting to be accepted as Telegram's max_connections and more:
+    # the standard 5 resets some of a burst of bots' calls.
+    request_queue_size = 128
     api: FakeBotAPI
 
 
@@ -676,8 +679,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8081)
     args = parser.parse_args(argv)
 
+    printing = threading.Lock()
+
     def log(call: Call) -> None:
-        print(_format_call(call), flush=True)
+        # Calls come in on many threads at once: one whole line each, never two mixed.
+        with printing:
+            sys.stdout.write(f"{_format_call(call)}\n")
+            sys.stdout.flush()
 
     with FakeBotAPI(args.host, args.port, on_call=log) as api:
         print(f"Fake Bot API listening, base_url={api.base_url}", flush=True)

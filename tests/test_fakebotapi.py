@@ -272,3 +272,35 @@ def test_stop_closes_socket() -> None:
     api.stop()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
+
+
+def test_the_server_prints_one_whole_line_per_call_however_many_come_at_once() -> None:
+    """What a demo (or anyone counting replies in its output) reads: calls from many
+    threads never share a line."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.servers import REPO, free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "fakebotapi.py"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and "listening" in server.stdout.readline()
+        url = f"http://127.0.0.1:{port}/bot{TOKEN}/sendMessage"
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(
+                pool.map(
+                    lambda n: _post_json(url, {"chat_id": n, "text": f"reply {n}"}), range(1, 301)
+                )
+            )
+        assert all(status == 200 for status, _ in answers)
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=10)
+    calls = [line for line in output.splitlines() if "sendMessage" in line]
+    assert len(calls) == 300 and all(line.count("sendMessage") == 1 for line in calls)

@@ -404,7 +404,7 @@ class RedisStorage(SessionStorage):
         while any(key in self._tokens for key in keys):
             left = deadline - loop.time()
             if left <= 0:
-                raise LockTimeout(f"session locks in Redis not granted within {budget:g} s")
+                raise LockTimeout.budget_spent(settings.LOCK_TIMEOUT, " in Redis")
             attempts += 1
             await asyncio.sleep(min(left, _LOCK_BACKOFF.delay(attempts)))
 
@@ -461,7 +461,7 @@ class RedisStorage(SessionStorage):
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                raise LockTimeout(f"session locks in Redis not granted within {budget:g} s")
+                raise LockTimeout.budget_spent(settings.LOCK_TIMEOUT, " in Redis")
             attempts += 1
             await asyncio.sleep(min(left, _LOCK_BACKOFF.delay(attempts)))
             reply = await self._run("load", names, args, "reading sessions")
