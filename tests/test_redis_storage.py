@@ -1230,3 +1230,23 @@ def test_reading_a_storage_locked_already_locks_no_other(make_bot, prefix):
     bot = make_bot(sessions, [MessageHandler(filters.TEXT, both_of_the_first)])
     assert bot.process(message("hi", chat_id=ALICE)) == "committed"
     assert elsewhere.loads == []
+
+
+def test_a_loop_that_closes_while_its_locks_are_renewed_closes(prefix, settings):
+    """The keeper of the locks is cancelled with its loop, whatever call it is in (the
+    client may turn that cancellation into an error of its own, which it must not
+    shrug off and carry on renewing forever)."""
+    settings.BOTSESSIONS_LOCK_TIMEOUT = 0.06  # a renewal every 20 ms
+
+    async def scene(holder: Any, pause: float) -> None:
+        await holder.load([KEY], None, lock=[KEY])  # never given back
+        await asyncio.sleep(pause)
+
+    def loops() -> None:
+        for n in range(150):  # the loop closes at every moment of a renewal, in turn
+            asyncio.run(scene(storage(f"{prefix}{n}:"), 0.021 * (n % 5)))
+
+    worker = threading.Thread(target=loops, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive()

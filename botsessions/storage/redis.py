@@ -422,7 +422,10 @@ class RedisStorage(SessionStorage):
             self._keepers[loop] = loop.create_task(self._renew_locks())
 
     async def _renew_locks(self) -> None:
-        while self._tokens:
+        keeper = asyncio.current_task()
+        # redis-py may turn a cancellation during a call into an error of its own: a
+        # keeper told to stop (its loop is closing) stops, whatever it was doing.
+        while self._tokens and not (keeper is not None and keeper.cancelling()):
             lifetime = _lock_lifetime_ms()
             await asyncio.sleep(max(lifetime / 3000, _RENEWAL_PAUSE_FLOOR))
             by_bot: dict[int, list[tuple[StorageKey, str]]] = {}
@@ -437,6 +440,8 @@ class RedisStorage(SessionStorage):
                         "renewing session locks",
                     )
                 except StorageError as exc:
+                    if keeper is not None and keeper.cancelling():
+                        return
                     logger.warning("botsessions: %s; they expire unless renewed in time", exc)
 
     async def _give_back(self, taken: Mapping[StorageKey, str]) -> None:
