@@ -404,11 +404,11 @@ class FragmentSession:
         if text.count("[") + text.count("{") > MAX_NESTING and deeper_than(value, MAX_NESTING):
             # MariaDB refuses deeper JSON: refused everywhere, alike (the admin's rule too).
             raise SessionDataError(f"session data nests deeper than {MAX_NESTING} levels")
-        if len(text) > MAX_DATA_SIZE // 4 and len(text.encode("utf-8")) > MAX_DATA_SIZE:
+        if len(text) > MAX_DATA_SIZE // 4 and (size := len(text.encode("utf-8"))) > MAX_DATA_SIZE:
             # MariaDB would refuse the statement: refused everywhere, alike.
             raise SessionDataError(
-                f"session data is {len(text.encode('utf-8')):,} bytes of JSON, more than "
-                f"the {MAX_DATA_SIZE:,} a session may hold"
+                f"session data is {size:,} bytes of JSON, more than the {MAX_DATA_SIZE:,} "
+                "a session may hold"
             )
         fragment = self.fragment
         migrations = fragment.data_migrations

@@ -396,17 +396,9 @@ class RedisStorage(SessionStorage):
     async def _released(self, keys: list[StorageKey]) -> None:
         """Wait, within the update's lock-wait budget, until this process's other updates
         have given back ``keys``."""
-        unit = current_unit()
-        budget = unit.remaining() if unit is not None else settings.LOCK_TIMEOUT
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        attempts = 0
+        waiting = _LockWait()
         while any(key in self._tokens for key in keys):
-            left = deadline - loop.time()
-            if left <= 0:
-                raise LockTimeout.budget_spent(settings.LOCK_TIMEOUT, " in Redis")
-            attempts += 1
-            await asyncio.sleep(min(left, _LOCK_BACKOFF.delay(attempts)))
+            await waiting.pause()
 
     def _keep_locks(self) -> None:
         """Renew the locks this process holds, while it holds them, from this loop.
@@ -458,17 +450,9 @@ class RedisStorage(SessionStorage):
             )
 
     async def _wait(self, names: list[str], args: list[Any]) -> Any:
-        unit = current_unit()
-        budget = unit.remaining() if unit is not None else settings.LOCK_TIMEOUT
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        attempts = 0
+        waiting = _LockWait()
         while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise LockTimeout.budget_spent(settings.LOCK_TIMEOUT, " in Redis")
-            attempts += 1
-            await asyncio.sleep(min(left, _LOCK_BACKOFF.delay(attempts)))
+            await waiting.pause()
             reply = await self._run("load", names, args, "reading sessions")
             if reply[0] == 1:
                 return reply
@@ -697,6 +681,25 @@ class RedisStorage(SessionStorage):
             self._scripts.pop(client, None)
             await client.aclose()
         self._clients.clear()
+
+
+class _LockWait:
+    """Pauses between tries at a held lock, growing, within the update's lock-wait budget
+    (counted from its first wait): past it, :class:`LockTimeout`."""
+
+    def __init__(self) -> None:
+        unit = current_unit()
+        budget = unit.remaining() if unit is not None else settings.LOCK_TIMEOUT
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + budget
+        self._attempts = 0
+
+    async def pause(self) -> None:
+        left = self._deadline - self._loop.time()
+        if left <= 0:
+            raise LockTimeout.budget_spent(settings.LOCK_TIMEOUT, " in Redis")
+        self._attempts += 1
+        await asyncio.sleep(min(left, _LOCK_BACKOFF.delay(self._attempts)))
 
 
 def _lock_lifetime_ms() -> int:
