@@ -123,7 +123,7 @@ class BotRunner:
         executor = CurrentThreadExecutor(None)
         try:
             future = asyncio.run_coroutine_threadsafe(
-                self._run(update, UnitExecutor(unit, thread=executor)), self.loop
+                self._run(update, UnitExecutor(unit, executor)), self.loop
             )
             executor.run_until_future(future)
             handled = future.result()

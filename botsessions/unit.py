@@ -423,42 +423,30 @@ class UnitExecutor(Executor):
     Every call the update sends to its database thread (the storage's, and each
     thread-sensitive ``sync_to_async`` of its handlers) goes through
     :meth:`UnitOfWork.run`, so the first one opens the transaction. The thread is
-    ``thread`` (the waiting request thread's executor), or one borrowed from
-    ``threads`` at the first call and given back by :meth:`end`: an update waiting for a
-    key held in this process ties up no thread.
+    ``thread``: the waiting request thread's executor, or a :class:`BorrowedThread` of the
+    application's, taken at the first call and given back by :meth:`end` (an update
+    waiting for a key held in this process ties up no thread).
     """
 
-    def __init__(
-        self,
-        unit: UnitOfWork,
-        *,
-        thread: Executor | None = None,
-        threads: DatabaseThreads | None = None,
-    ) -> None:
+    def __init__(self, unit: UnitOfWork, thread: Executor) -> None:
         self.unit = unit
         self._thread = thread
-        self._threads = threads
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return self._borrow().submit(self.unit.run, fn, *args, **kwargs)
-
-    def _borrow(self) -> Executor:
-        if self._thread is None:
-            assert self._threads is not None
-            self._thread = self._threads.take()
-        return self._thread
+        return self._thread.submit(self.unit.run, fn, *args, **kwargs)
 
     async def end(self, outcome: str | None) -> str:
         """:meth:`UnitOfWork.end` on the unit's thread; a borrowed thread goes back."""
+        thread = self._thread
+        borrowed = thread if isinstance(thread, BorrowedThread) else None
         try:
-            if self._thread is None and not self.unit.has_pending_writes:
+            if borrowed is not None and not borrowed.taken and not self.unit.has_pending_writes:
                 return self.unit.end(outcome)  # no database work: nothing to do there
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._borrow(), self.unit.end, outcome)
+            return await loop.run_in_executor(thread, self.unit.end, outcome)
         finally:
-            if self._threads is not None and self._thread is not None:
-                self._threads.give_back(self._thread)  # type: ignore[arg-type]
-                self._thread = None
+            if borrowed is not None:
+                await borrowed.give_back()
 
 
 async def run_in_unit(
@@ -489,7 +477,7 @@ async def process_as_unit(
     handlers asked for after the commit have gone out when this returns.
     """
     unit = UnitOfWork(application.unit_database, fresh_connections=fresh_connections)
-    executor = UnitExecutor(unit, threads=application.database_threads)
+    executor = UnitExecutor(unit, BorrowedThread(application.database_threads))
     try:
         outcome = await run_in_unit(application, update, executor)
     except BaseException:
@@ -507,13 +495,18 @@ async def process_as_unit(
 
 class BorrowedThread(Executor):
     """One of the application's database threads, borrowed at the first call (if any)
-    and given back by :meth:`give_back`: the sends after a commit run their database
-    calls on it."""
+    and given back by :meth:`give_back`: an update's database work runs on it, and then
+    the sends after its commit (their connection closed first with ``fresh_connections``,
+    as Django does after a request; the unit closes its own)."""
 
-    def __init__(self, threads: DatabaseThreads, *, fresh_connections: bool) -> None:
+    def __init__(self, threads: DatabaseThreads, *, fresh_connections: bool = False) -> None:
         self._threads = threads
         self._fresh_connections = fresh_connections
         self._thread: ThreadPoolExecutor | None = None
+
+    @property
+    def taken(self) -> bool:
+        return self._thread is not None
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         if self._thread is None:
