@@ -187,11 +187,11 @@ def test_post_init_runs_once_whole_when_the_first_client_goes_away(
     assert steps == ["began", "ended"]
 
 
-def test_the_servers_stop_waits_for_updates_whose_client_went_away(
-    fresh_bots: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
+def stop_with_an_update_whose_client_went_away(
+    api: FakeBotAPI, monkeypatch: pytest.MonkeyPatch, application: Any, send: Any
 ) -> None:
-    """The lifespan shutdown (after the server's last request) waits for the update,
-    so what it committed is also sent."""
+    """A 🍕 whose handler takes 0.5 s and replies after its commit, its client gone after
+    0.1 s; then the server's lifespan, startup and shutdown, through WebhookBodyLimit."""
     from botproject import bot as demo
     from botsessions.asgi import WebhookBodyLimit
     from botsessions.runner import runner_for
@@ -203,7 +203,6 @@ def test_the_servers_stop_waits_for_updates_whose_client_went_away(
     monkeypatch.setattr(demo, "count_message", slow_count)
     runner = runner_for("default")
     update = runner.decode(message("🍕", chat_id=GROUP, user_id=ALICE))
-    events: list[str] = []
 
     async def serve_then_stop() -> None:
         with pytest.raises(TimeoutError):  # the client gave up
@@ -213,13 +212,23 @@ def test_the_servers_stop_waits_for_updates_whose_client_went_away(
         async def receive() -> dict[str, str]:
             return next(lifespan)
 
-        async def send(message: Any) -> None:
-            events.append(f"{message['type']}, sent: {fresh_bots.sent_texts()}")
+        await WebhookBodyLimit(application)({"type": "lifespan"}, receive, send)
 
-        await WebhookBodyLimit(lambda *args: None)({"type": "lifespan"}, receive, send)
-
-    fresh_bots.reset()
+    api.reset()
     async_to_sync(serve_then_stop)()
+
+
+def test_the_servers_stop_waits_for_updates_whose_client_went_away(
+    fresh_bots: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lifespan shutdown (after the server's last request) waits for the update,
+    so what it committed is also sent."""
+    events: list[str] = []
+
+    async def send(message: Any) -> None:
+        events.append(f"{message['type']}, sent: {fresh_bots.sent_texts()}")
+
+    stop_with_an_update_whose_client_went_away(fresh_bots, monkeypatch, lambda *args: None, send)
     assert events == [
         "lifespan.startup.complete, sent: []",
         "lifespan.shutdown.complete, sent: ['late but sent']",
@@ -229,17 +238,6 @@ def test_the_servers_stop_waits_for_updates_whose_client_went_away(
 def test_an_application_that_takes_lifespan_events_hears_of_the_stop_after_the_updates(
     fresh_bots: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from botproject import bot as demo
-    from botsessions.asgi import WebhookBodyLimit
-    from botsessions.runner import runner_for
-
-    async def slow_count(update: Any, context: Any) -> None:
-        await asyncio.sleep(0.5)
-        context.on_commit(update.effective_message.reply_text("late but sent"))
-
-    monkeypatch.setattr(demo, "count_message", slow_count)
-    runner = runner_for("default")
-    update = runner.decode(message("🍕", chat_id=GROUP, user_id=ALICE))
     heard: list[str] = []
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:  # one with lifespan hooks
@@ -250,21 +248,10 @@ def test_an_application_that_takes_lifespan_events_hears_of_the_stop_after_the_u
             if event["type"] == "lifespan.shutdown":
                 return
 
-    async def serve_then_stop() -> None:
-        with pytest.raises(TimeoutError):  # the client gave up
-            await asyncio.wait_for(runner.aprocess(update), 0.1)
-        lifespan = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    async def send(message: Any) -> None:
+        pass
 
-        async def receive() -> dict[str, str]:
-            return next(lifespan)
-
-        async def send(message: Any) -> None:
-            pass
-
-        await WebhookBodyLimit(inner)({"type": "lifespan"}, receive, send)
-
-    fresh_bots.reset()
-    async_to_sync(serve_then_stop)()
+    stop_with_an_update_whose_client_went_away(fresh_bots, monkeypatch, inner, send)
     assert heard == [
         "lifespan.startup, sent: []",
         "lifespan.shutdown, sent: ['late but sent']",

@@ -164,11 +164,10 @@ def test_a_conversation_timeout_is_refused_where_no_job_queue_runs(make_bot, api
     asyncio.run(application.initialize())
 
 
-@pytest.mark.django_db(transaction=True)
-def test_runbot_removes_the_jobs_of_a_try_it_retries(api, monkeypatch):
-    """The first try's sessions cannot be stored: runbot tries again, and only the try
-    that committed leaves its jobs (the handler's own, and a task's it started); a job
-    scheduled outside the update stays."""
+@pytest.fixture
+def tries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """runbot's retries without their pauses, and the sessions of the first try not
+    stored: the handlers note each try in the list given, the first when it starts."""
     from botsessions import telegram_api
     from botsessions.backoff import Backoff
     from botsessions.errors import StorageError
@@ -176,14 +175,23 @@ def test_runbot_removes_the_jobs_of_a_try_it_retries(api, monkeypatch):
 
     monkeypatch.setattr(telegram_api, "OUTAGE_BACKOFF", Backoff(first=0.001, cap=0.002))
     real_commit = DatabaseStorage.commit_sync
-    tries: list[str] = []
+    noted: list[str] = []
 
     def down_once(*args: Any, **kwargs: Any) -> Any:
-        if len(tries) == 1:
+        if len(noted) == 1:
             raise StorageError("database restarting")
         return real_commit(*args, **kwargs)
 
     monkeypatch.setattr(DatabaseStorage, "commit_sync", down_once)
+    return noted
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runbot_removes_the_jobs_of_a_try_it_retries(api, tries):
+    """The first try's sessions cannot be stored: runbot tries again, and only the try
+    that committed leaves its jobs (the handler's own, and a task's it started); a job
+    scheduled outside the update stays."""
+    from botsessions import telegram_api
 
     async def remind(update: Any, context: Any) -> None:
         tries.append("try")
@@ -211,25 +219,12 @@ def test_runbot_removes_the_jobs_of_a_try_it_retries(api, monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_jobs_another_job_adds_while_a_try_is_open_are_not_the_tries(api, monkeypatch):
+def test_jobs_another_job_adds_while_a_try_is_open_are_not_the_tries(api, tries):
     """The try's add_job wakes the scheduler, whose timers then keep the try's context:
     the jobs a repeating job adds meanwhile are still its own."""
     from botsessions import telegram_api
-    from botsessions.backoff import Backoff
-    from botsessions.errors import StorageError
-    from botsessions.storage.db import DatabaseStorage
 
-    monkeypatch.setattr(telegram_api, "OUTAGE_BACKOFF", Backoff(first=0.001, cap=0.002))
-    real_commit = DatabaseStorage.commit_sync
-    tries: list[str] = []
     added: list[str] = []
-
-    def down_once(*args: Any, **kwargs: Any) -> Any:
-        if len(tries) == 1:
-            raise StorageError("database restarting")
-        return real_commit(*args, **kwargs)
-
-    monkeypatch.setattr(DatabaseStorage, "commit_sync", down_once)
 
     async def every_tenth_of_a_second(context: Any) -> None:
         added.append(f"added by a job {len(added)}")
@@ -259,24 +254,12 @@ def test_jobs_another_job_adds_while_a_try_is_open_are_not_the_tries(api, monkey
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_retried_try_leaves_a_conversation_timeout_to_its_handler(api, monkeypatch):
+def test_a_retried_try_leaves_a_conversation_timeout_to_its_handler(api, tries):
     """A ConversationHandler keeps its timeout job and replaces it itself: removed under
     it, the retry (and every later step) failed as PTB removed it again."""
     from botsessions import telegram_api
-    from botsessions.backoff import Backoff
-    from botsessions.errors import StorageError
-    from botsessions.storage.db import DatabaseStorage
 
-    monkeypatch.setattr(telegram_api, "OUTAGE_BACKOFF", Backoff(first=0.001, cap=0.002))
-    real_commit = DatabaseStorage.commit_sync
-    steps: list[str] = []
-
-    def down_once(*args: Any, **kwargs: Any) -> Any:
-        if steps == ["asked"]:
-            raise StorageError("database restarting")
-        return real_commit(*args, **kwargs)
-
-    monkeypatch.setattr(DatabaseStorage, "commit_sync", down_once)
+    steps = tries  # "asked" first: its commit fails once
 
     async def ask(update: Any, context: Any) -> int:
         steps.append("asked")
